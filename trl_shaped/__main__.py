@@ -1,0 +1,4 @@
+from trl_shaped.cli import main
+
+if __name__ == "__main__":
+    main()
