@@ -1,0 +1,62 @@
+"""Run by tests/test_grpo_distributed.py as
+`accelerate launch --config_file accelerate_configs/zeroN.yaml this.py POLICY_DIR OUT.json`.
+
+A short ShapedGRPOTrainer run under DeepSpeed on every process, with the prior as KL anchor (beta > 0), dynamic
+sampling (half the prompts give all-equal rewards), drift diagnostics every step and the auxiliary shaped loss.
+Rank 0 writes the log history to OUT.json.
+"""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _grpo_common import arithmetic_prompts, arithmetic_solutions, grpo_config, varied_reward  # noqa: E402
+
+from trl_shaped import ShapedGRPOTrainer  # noqa: E402
+from trl_shaped.tiny import build_char_tokenizer  # noqa: E402
+
+
+def half_constant_reward(completions, prompts, completion_ids, **kwargs):
+    # Prompts starting with an even digit give the same reward to every completion: their groups carry no signal
+    dense = varied_reward(completions, completion_ids)
+    return [0.5 if int(p[0]) % 2 == 0 else r for p, r in zip(prompts, dense)]
+
+
+def main():
+    policy_dir, out = sys.argv[1], sys.argv[2]
+    args = grpo_config(
+        os.path.join(os.path.dirname(out), "run"),
+        max_steps=3,
+        per_device_train_batch_size=2,
+        steps_per_generation=2,  # one generation every two optimizer steps: TRL's old-logprob path is exercised
+        beta=0.1,
+        dynamic_sampling=True,
+        max_resample_rounds=2,
+        shaping_aux_coef=0.1,
+        shaping_preset="tail_penalty",
+        shaping_top_k=5,
+        aux_max_length=32,
+        use_cpu=False,  # DeepSpeed picks its CPU accelerator
+        # On a CPU-only machine accelerate picks no backend for DeepSpeed and reports a single process; gloo fixes it
+        ddp_backend="gloo",
+    )
+    trainer = ShapedGRPOTrainer(
+        policy_dir,
+        reward_funcs=[half_constant_reward],
+        args=args,
+        train_dataset=arithmetic_prompts(),
+        processing_class=build_char_tokenizer(),
+        aux_dataset=arithmetic_solutions(),
+    )
+    trainer.train()
+    # ZeRO-3 leaves an empty tensor outside the forward for a sharded parameter
+    sharded = trainer.model.get_output_embeddings().weight.numel() == 0
+    if trainer.accelerator.is_main_process:
+        with open(out, "w") as f:
+            json.dump({"log_history": trainer.state.log_history, "lm_head_sharded": sharded}, f)
+
+
+if __name__ == "__main__":
+    main()

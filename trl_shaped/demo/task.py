@@ -1,0 +1,185 @@
+"""The demo's reasoning task: sums of signed integers, solved step by step, with several valid solution paths.
+
+A problem is an expression such as ``7+5-3+8``. A worked solution adds the terms one at a time in some order
+that keeps every running total non-negative, e.g. ``7+5=12 12-3=9 9+8=17 #### 17`` or ``8-3=5 5+7=12 12+5=17
+#### 17``. Every order that starts with a positive term and never goes below zero is correct, and the training
+corpus samples among them (and among a few step separators), so the next token of a completion is genuinely
+uncertain at the branching points, as it is in general text; the answer after ``####`` is not. That is the
+situation where the shaping presets of stage 1 can change the distribution without changing what is right,
+and where the exploration space they leave matters to RL.
+
+Datasets (all deterministic given the seed; train and test problems are disjoint expressions):
+
+- ``sft``: prompt-completion rows for stage 1 (``prompt``, ``completion``, ``answer``), several sampled worked
+  solutions per training problem;
+- ``rl``: prompt-only rows with ``answer`` for GRPO, one per training problem;
+- ``test``: prompt-only rows with ``answer`` (and one sampled worked ``completion``, the held-out text on which
+  the stage-1 distribution is measured).
+"""
+
+import itertools
+import random
+from dataclasses import dataclass
+
+from datasets import Dataset, DatasetDict
+
+# Step separators: stylistic branching that carries no information about the answer.
+SEPARATORS = (" ", ", ", "; ")
+ANSWER_MARK = "####"
+
+
+@dataclass(frozen=True)
+class ArithmeticTask:
+    """Generator of signed-sum problems with several worked solutions each.
+
+    Args:
+        min_terms (`int`): fewest terms in a problem (at least 2).
+        max_terms (`int`): most terms in a problem.
+        max_operand (`int`): operands are drawn from 1..max_operand.
+        minus_prob (`float`): probability that a term after the first is subtracted.
+        direct_prob (`float`): probability that a sampled solution states only the answer (``#### 9``), with no
+            working. It is a valid but unreliable strategy for a small model, so the corpus offers RL a real choice
+            between strategies as well as between orders.
+    """
+
+    min_terms: int = 3
+    max_terms: int = 3
+    max_operand: int = 9
+    minus_prob: float = 0.4
+    direct_prob: float = 0.25
+
+    def __post_init__(self):
+        if self.min_terms < 2:
+            raise ValueError(f"min_terms must be >= 2, got {self.min_terms}")
+        if self.max_terms < self.min_terms:
+            raise ValueError(f"max_terms must be >= min_terms ({self.min_terms}), got {self.max_terms}")
+        if self.max_operand < 1:
+            raise ValueError(f"max_operand must be >= 1, got {self.max_operand}")
+        if not 0.0 <= self.minus_prob < 1.0:
+            raise ValueError(f"minus_prob must be in [0, 1), got {self.minus_prob}")
+        if not 0.0 <= self.direct_prob < 1.0:
+            raise ValueError(f"direct_prob must be in [0, 1), got {self.direct_prob}")
+
+    def sample_terms(self, rng: random.Random) -> tuple[int, ...]:
+        """Signed terms of one problem (the first is positive), re-drawn until some order stays non-negative."""
+        while True:
+            n = rng.randint(self.min_terms, self.max_terms)
+            terms = [rng.randint(1, self.max_operand)]
+            for _ in range(n - 1):
+                sign = -1 if rng.random() < self.minus_prob else 1
+                terms.append(sign * rng.randint(1, self.max_operand))
+            if solution_orders(terms):
+                return tuple(terms)
+
+    def sample_solution(self, terms, rng: random.Random) -> str:
+        """One solution of ``terms``: the direct answer with probability ``direct_prob``, else a worked solution
+        in a uniformly chosen valid order with a uniformly chosen separator."""
+        if rng.random() < self.direct_prob:
+            return format_solution(terms, None)
+        return format_solution(terms, rng.choice(solution_orders(terms)), rng.choice(SEPARATORS))
+
+
+def format_problem(terms) -> str:
+    """``(7, 5, -3)`` -> ``"7+5-3"``."""
+    text = str(terms[0])
+    for t in terms[1:]:
+        text += f"+{t}" if t > 0 else f"-{-t}"
+    return text
+
+
+def format_prompt(terms) -> str:
+    return format_problem(terms) + "=?\n"
+
+
+def solution_orders(terms) -> list[tuple[int, ...]]:
+    """All orders of the term indices whose first term is positive and whose running totals stay >= 0.
+
+    Orders that only swap equal terms give the same text, so they are listed once.
+    """
+    seen, orders = set(), []
+    for order in itertools.permutations(range(len(terms))):
+        values = tuple(terms[i] for i in order)
+        if values in seen or values[0] < 0:
+            continue
+        totals = itertools.accumulate(values)
+        if all(total >= 0 for total in totals):
+            seen.add(values)
+            orders.append(order)
+    return orders
+
+
+def format_solution(terms, order, separator: str = " ") -> str:
+    """The worked solution that adds ``terms`` in ``order``, ending with ``#### <answer>``; with ``order=None``,
+    the direct answer ``#### <answer>`` alone."""
+    if order is None:
+        return f"{ANSWER_MARK} {sum(terms)}"
+    values = [terms[i] for i in order]
+    steps, total = [], values[0]
+    for value in values[1:]:
+        new_total = total + value
+        op = "+" if value > 0 else "-"
+        steps.append(f"{total}{op}{abs(value)}={new_total}")
+        total = new_total
+    return separator.join(steps) + f" {ANSWER_MARK} {total}"
+
+
+
+def build_datasets(
+    task: ArithmeticTask | None = None,
+    *,
+    num_train: int = 1000,
+    num_test: int = 100,
+    solutions_per_problem: int = 4,
+    seed: int = 0,
+) -> DatasetDict:
+    """Generate the ``sft``, ``rl`` and ``test`` splits described in the module docstring.
+
+    Args:
+        task (`ArithmeticTask`, *optional*): the problem generator; the default one when `None`.
+        num_train (`int`): distinct training problems.
+        num_test (`int`): distinct held-out problems, none of which is a training problem.
+        solutions_per_problem (`int`): sampled worked solutions per training problem in the ``sft`` split.
+        seed (`int`): seed of everything random here.
+    """
+    task = task or ArithmeticTask()
+    if num_train < 1 or num_test < 1:
+        raise ValueError(f"num_train and num_test must be >= 1, got {num_train} and {num_test}")
+    if solutions_per_problem < 1:
+        raise ValueError(f"solutions_per_problem must be >= 1, got {solutions_per_problem}")
+    rng = random.Random(seed)
+    problems, seen = [], set()
+    # Distinct expressions; give up when the space is too small rather than loop forever.
+    for _ in range(50 * (num_train + num_test)):
+        terms = task.sample_terms(rng)
+        if terms not in seen:
+            seen.add(terms)
+            problems.append(terms)
+            if len(problems) == num_train + num_test:
+                break
+    else:
+        raise ValueError(
+            f"the task has fewer than num_train + num_test = {num_train + num_test} distinct problems; "
+            "lower them or widen the task (max_operand, max_terms)"
+        )
+    train, test = problems[:num_train], problems[num_train:]
+
+    sft_rows = []
+    for terms in train:
+        answer = str(sum(terms))
+        for _ in range(solutions_per_problem):
+            sft_rows.append(
+                {"prompt": format_prompt(terms), "completion": task.sample_solution(terms, rng), "answer": answer}
+            )
+    rng.shuffle(sft_rows)
+    rl_rows = [{"prompt": format_prompt(t), "answer": str(sum(t))} for t in train]
+    test_rows = [
+        {"prompt": format_prompt(t), "answer": str(sum(t)), "completion": task.sample_solution(t, rng)} for t in test
+    ]
+    return DatasetDict(
+        sft=Dataset.from_list(sft_rows), rl=Dataset.from_list(rl_rows), test=Dataset.from_list(test_rows)
+    )
+
+
+def task_alphabet() -> str:
+    """Every character the task writes (a subset of ``trl_shaped.tiny.DEFAULT_ALPHABET``)."""
+    return "0123456789+-=?#,; \n"

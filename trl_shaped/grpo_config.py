@@ -1,0 +1,154 @@
+"""`ShapedGRPOConfig`: TRL's `GRPOConfig` plus the stage-1 prior, drift diagnostics, DAPO dynamic sampling and the
+optional auxiliary shaped loss."""
+
+import math
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig
+
+from .shaping import ShapingConfig
+from .sft_config import ShapedSFTConfig
+
+
+def _shaping_field(name: str):
+    # The shaping fields mean exactly what they mean in ShapedSFTConfig: reuse its help text instead of copying it.
+    return field(default=None, metadata=dict(ShapedSFTConfig.__dataclass_fields__[name].metadata))
+
+
+@dataclass
+class ShapedGRPOConfig(GRPOConfig):
+    r"""
+    Configuration class for the [`ShapedGRPOTrainer`]: every [`~trl.GRPOConfig`] parameter (`beta` stays TRL's KL
+    coefficient), plus:
+
+    Parameters:
+        > Parameters that control the stage-1 prior
+
+        prior_model_name_or_path (`str`, *optional*):
+            Path or Hub id of the stage-1 checkpoint used as the prior: the KL anchor when `beta > 0` and, whatever
+            `beta`, the baseline of the drift diagnostics. A full model or a LoRA adapter directory (merged on load).
+            `None` means the policy's own starting weights: the path it was loaded from, a frozen copy of a model
+            passed as an instance, or, for a PEFT policy, the base model with the adapters disabled (a new adapter
+            from `peft_config`) or a frozen copy of the stage-1 adapter (a `PeftModel` passed in).
+        diagnostics_steps (`int`, *optional*, defaults to `10`):
+            Compute the drift diagnostics (KL(policy || prior), entropy, top-k entropy and top-k mass of both) on
+            the sampled completions every this many optimizer steps, starting at step 0. `0` disables them.
+        diagnostics_top_k (`int`, *optional*, defaults to `100`):
+            The k of the top-k entropy and top-k mass diagnostics, an integer >= 1.
+
+        > Parameters that control dynamic sampling (DAPO)
+
+        dynamic_sampling (`bool`, *optional*, defaults to `False`):
+            Drop the prompt groups whose rewards are all equal (zero advantage: no signal) and replace them with
+            groups generated from further prompts, so that each generation batch holds the requested number of
+            informative groups wherever the data allows.
+        max_resample_rounds (`int`, *optional*, defaults to `3`):
+            Extra generation rounds allowed per generation batch to refill dropped groups, an integer >= 0. When they
+            do not suffice, the batch is completed with dropped groups (whose advantages are zero).
+
+        > Parameters that control the auxiliary shaped loss
+
+        shaping_aux_coef (`float`, *optional*, defaults to `0.0`):
+            Coefficient of the auxiliary shaped loss on the `aux_dataset` given to the trainer, >= 0. `0` disables it.
+        aux_batch_size (`int`, *optional*):
+            Sequences of auxiliary data per micro-batch; defaults to `per_device_train_batch_size`. An integer >= 1.
+        aux_max_length (`int`, *optional*, defaults to `512`):
+            Auxiliary sequences are truncated to this many tokens, an integer >= 1.
+        shaping_preset, shaping_beta, shaping_top_k, shaping_head_reward, shaping_tail_reward, shaping_positive_form:
+            The shaped loss of the auxiliary term, with the semantics of [`ShapedSFTConfig`] (explicit fields, then
+            the preset, then the defaults); resolved in [`ShapedGRPOConfig.shaping`].
+
+    The paper's RL recipe (no KL term, clip-higher, dynamic sampling, 16 samples per prompt at temperature 1.0,
+    constant learning rate 1e-6) is `PAPER_RECIPE`; build it with [`ShapedGRPOConfig.paper_recipe`].
+    """
+
+    PAPER_RECIPE = {
+        "beta": 0.0,
+        "epsilon_high": 0.28,
+        "dynamic_sampling": True,
+        "num_generations": 16,
+        "temperature": 1.0,
+        "loss_type": "dapo",
+        "learning_rate": 1e-6,
+        "lr_scheduler_type": "constant",
+    }
+
+    prior_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Stage-1 checkpoint used as the prior (KL anchor when beta > 0, baseline of the drift "
+            "diagnostics). None: the policy's own starting weights (adapters disabled for a new LoRA adapter)."
+        },
+    )
+    diagnostics_steps: int = field(
+        default=10,
+        metadata={
+            "help": "Compute KL(policy || prior) and the entropy diagnostics of policy and prior on the sampled "
+            "completions every this many optimizer steps (>= 0; 0 disables)."
+        },
+    )
+    diagnostics_top_k: int = field(
+        default=100, metadata={"help": "k of the top-k entropy and top-k mass diagnostics (>= 1)."}
+    )
+    dynamic_sampling: bool = field(
+        default=False,
+        metadata={
+            "help": "DAPO dynamic sampling: replace prompt groups whose rewards are all equal by groups from further "
+            "prompts, generating again up to max_resample_rounds extra rounds."
+        },
+    )
+    max_resample_rounds: int = field(
+        default=3, metadata={"help": "Extra generation rounds per generation batch for dynamic sampling (>= 0)."}
+    )
+    shaping_aux_coef: float = field(
+        default=0.0,
+        metadata={"help": "Coefficient of the auxiliary shaped loss on the trainer's aux_dataset (>= 0; 0 disables)."},
+    )
+    aux_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Auxiliary sequences per micro-batch (>= 1); defaults to per_device_train_batch_size."},
+    )
+    aux_max_length: int = field(default=512, metadata={"help": "Truncation length of auxiliary sequences (>= 1)."})
+    shaping_preset: str | None = _shaping_field("shaping_preset")
+    shaping_beta: float | None = _shaping_field("shaping_beta")
+    shaping_top_k: int | None = _shaping_field("shaping_top_k")
+    shaping_head_reward: float | None = _shaping_field("shaping_head_reward")
+    shaping_tail_reward: float | None = _shaping_field("shaping_tail_reward")
+    shaping_positive_form: str | None = _shaping_field("shaping_positive_form")
+
+    def __post_init__(self):
+        _check_int("diagnostics_steps", self.diagnostics_steps, 0)
+        _check_int("diagnostics_top_k", self.diagnostics_top_k, 1)
+        _check_int("max_resample_rounds", self.max_resample_rounds, 0)
+        _check_int("aux_max_length", self.aux_max_length, 1)
+        if self.aux_batch_size is not None:
+            _check_int("aux_batch_size", self.aux_batch_size, 1)
+        coef = self.shaping_aux_coef
+        if isinstance(coef, bool) or not isinstance(coef, (int, float)) or not math.isfinite(coef) or coef < 0:
+            raise ValueError(f"shaping_aux_coef must be a finite float >= 0, got {coef!r}")
+        if not isinstance(self.dynamic_sampling, bool):
+            raise ValueError(f"dynamic_sampling must be True or False, got {self.dynamic_sampling!r}")
+        if self.sync_ref_model:
+            raise ValueError(
+                "sync_ref_model must be False: the prior is the fixed stage-1 checkpoint that the drift diagnostics "
+                "and the KL term measure against"
+            )
+        super().__post_init__()
+        self.shaping  # noqa: B018 -- resolving validates: bad shaping values fail here, at construction
+
+    # Resolution (explicit fields, then preset, then defaults) is ShapedSFTConfig's: it reads only shaping_* fields.
+    shaping = property(ShapedSFTConfig.shaping.fget, doc=ShapedSFTConfig.shaping.__doc__)
+
+    @classmethod
+    def paper_recipe(cls, **overrides) -> "ShapedGRPOConfig":
+        """The paper's RLVR settings (`PAPER_RECIPE`), with `overrides` (any field) taking precedence.
+
+        Batch size (128 prompts x 16 samples in the paper) and context length depend on the hardware and are left to
+        the caller.
+        """
+        return cls(**{**cls.PAPER_RECIPE, **overrides})
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")

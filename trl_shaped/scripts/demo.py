@@ -1,0 +1,35 @@
+"""`trl-shaped demo`: the built-in two-stage demo (`trl_shaped.demo`), parsed like the other subcommands.
+
+```bash
+trl-shaped demo            # default presets, about 10 minutes on 2 CPU cores
+trl-shaped demo --quick    # the short form
+```
+"""
+
+from trl_shaped.scripts import parse_or_exit
+
+
+def make_parser(prog: str | None = None):
+    from trl import TrlParser
+
+    from trl_shaped.demo import DemoConfig
+
+    return TrlParser((DemoConfig,), prog=prog)
+
+
+def main(config):
+    from trl_shaped.demo import run_demo
+
+    report_dir = run_demo(config)
+    print(f"Demo report: {report_dir}")
+    return report_dir
+
+
+def run(argv=None, prog: str | None = None):
+    """Parse `argv` (`--config file.yaml` plus overrides) and run the demo; returns the report directory."""
+    (config,) = parse_or_exit(make_parser(prog), argv)
+    return main(config)
+
+
+if __name__ == "__main__":
+    run()

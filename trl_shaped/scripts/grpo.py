@@ -1,0 +1,130 @@
+"""Stage 2: GRPO (RLVR) from a stage-1 checkpoint with `ShapedGRPOTrainer` (TRL's `trl/scripts/grpo.py` layout).
+
+```bash
+trl-shaped grpo --config recipes/rl_paper.yaml --model_name_or_path runs/stage1_precision
+accelerate launch --config_file accelerate_configs/zero3.yaml recipes/grpo.py --config recipes/rl_paper.yaml
+```
+"""
+
+import importlib
+import os
+import sys
+from dataclasses import dataclass, field
+
+from trl_shaped.scripts import parse_or_exit
+from trl_shaped.scripts.data import ShapedScriptArguments
+from trl_shaped.scripts.sft import load_script_datasets, model_init_kwargs, split_or_fail
+
+
+@dataclass
+class ShapedGRPOScriptArguments(ShapedScriptArguments):
+    """Dataset arguments plus the reward functions.
+
+    Args:
+        reward_funcs (`list[str]`):
+            Reward functions: names from `trl_shaped.rewards` (`exact_answer_reward`, `math_answer_reward`), names
+            from `trl.rewards`, or dotted import paths (`my_pkg.rewards.my_reward`). The dataset's `answer` column
+            reaches them as the `answer` argument.
+        aux_dataset_split (`str`, *optional*):
+            Split of the dataset holding supervised rows for the auxiliary shaped loss (`shaping_aux_coef > 0`).
+    """
+
+    reward_funcs: list[str] = field(
+        default_factory=lambda: ["exact_answer_reward"],
+        metadata={
+            "help": "Reward functions: names from trl_shaped.rewards (exact_answer_reward, math_answer_reward), "
+            "names from trl.rewards, or dotted import paths (my_pkg.rewards.my_reward)."
+        },
+    )
+    aux_dataset_split: str | None = field(
+        default=None,
+        metadata={
+            "help": "Split of the dataset with supervised (prompt-completion or text) rows for the auxiliary shaped "
+            "loss (needs shaping_aux_coef > 0), e.g. `aux` with dataset_data_files `aux=data/sft.jsonl`."
+        },
+    )
+
+
+def resolve_reward_funcs(names: list[str]) -> list:
+    """Reward callables for `names` (see `ShapedGRPOScriptArguments.reward_funcs`); unknown names fail clearly."""
+    from trl_shaped import rewards as shaped_rewards
+
+    funcs = []
+    for name in names:
+        if "." in name:
+            module_path, attr = name.rsplit(".", 1)
+            sys.path.insert(0, os.getcwd())  # lets a recipe name a rewards file next to it
+            funcs.append(getattr(importlib.import_module(module_path), attr))
+            continue
+        func = getattr(shaped_rewards, name, None) if name.endswith("_reward") else None
+        if func is None:
+            import trl.rewards
+
+            func = getattr(trl.rewards, name, None)
+        if not callable(func):
+            known = sorted(n for n in dir(shaped_rewards) if n.endswith("_reward") and not n.startswith("_"))
+            raise ValueError(
+                f"reward_funcs: unknown reward function {name!r}; use one of {known}, a name from trl.rewards, "
+                "or a dotted import path"
+            )
+        funcs.append(func)
+    if not funcs:
+        raise ValueError("reward_funcs must name at least one reward function")
+    return funcs
+
+
+def main(script_args, training_args, model_args, dataset_args=None):
+    """Run GRPO from `model_args.model_name_or_path` (the stage-1 checkpoint, also the reference) and save it."""
+    from trl import get_peft_config, get_quantization_config
+
+    from trl_shaped import ShapedGRPOTrainer
+
+    if not model_args.model_name_or_path:
+        raise ValueError("model_name_or_path is required: a hub name or a local directory (the stage-1 checkpoint)")
+    reward_funcs = resolve_reward_funcs(script_args.reward_funcs)
+    training_args.model_init_kwargs = model_init_kwargs(training_args, model_args)
+    dataset = load_script_datasets(script_args, dataset_args)
+    train_dataset = split_or_fail(dataset, script_args.dataset_train_split, "dataset_train_split")
+    eval_dataset = None
+    if training_args.eval_strategy != "no":
+        eval_dataset = split_or_fail(dataset, script_args.dataset_test_split, "dataset_test_split")
+
+    if script_args.aux_dataset_split is not None:
+        extra = {"aux_dataset": split_or_fail(dataset, script_args.aux_dataset_split, "aux_dataset_split")}
+    else:
+        extra = {}
+    trainer = ShapedGRPOTrainer(
+        model=model_args.model_name_or_path,
+        reward_funcs=reward_funcs,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        peft_config=get_peft_config(model_args),
+        quantization_config=get_quantization_config(model_args),
+        **extra,
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    trainer.accelerator.print(f"Model saved to {training_args.output_dir}")
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+    trainer.end()
+    return trainer
+
+
+def make_parser(prog: str | None = None):
+    from trl import DatasetMixtureConfig, ModelConfig, TrlParser
+
+    from trl_shaped import ShapedGRPOConfig
+
+    return TrlParser((ShapedGRPOScriptArguments, ShapedGRPOConfig, ModelConfig, DatasetMixtureConfig), prog=prog)
+
+
+def run(argv=None, prog: str | None = None):
+    """Parse `argv` (`--config file.yaml` plus overrides) and train."""
+    script_args, training_args, model_args, dataset_args = parse_or_exit(make_parser(prog), argv)
+    return main(script_args, training_args, model_args, dataset_args)
+
+
+if __name__ == "__main__":
+    run()
