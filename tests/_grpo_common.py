@@ -1,8 +1,10 @@
 """Shared pieces of the GRPO tests: a tiny stage-1 checkpoint, an arithmetic prompt dataset, a config factory."""
 
+import os
 import random
 
 from datasets import Dataset
+from transformers import AutoModelForCausalLM
 
 from trl_shaped import ShapedGRPOConfig, ShapedSFTConfig, ShapedSFTTrainer
 from trl_shaped.tiny import build_char_tokenizer, build_tiny_model
@@ -30,8 +32,16 @@ def tiny_policy(tokenizer=None, seed: int = 0):
 
 
 def write_stage1_checkpoint(path, steps: int = 2, peft_config=None) -> str:
-    """Train a tiny model with ShapedSFTTrainer for a few steps and save it (full weights or a LoRA adapter)."""
+    """Train a tiny model with ShapedSFTTrainer for a few steps and save it (full weights or a LoRA adapter).
+
+    For a LoRA adapter the base model is saved first (under `path`/base) and loaded from there, so that the
+    adapter's config names a base model that can be loaded again.
+    """
     model, tokenizer = tiny_policy()
+    if peft_config is not None:
+        base = os.path.join(str(path), "base")
+        model.save_pretrained(base)
+        model = AutoModelForCausalLM.from_pretrained(base)
     args = ShapedSFTConfig(
         output_dir=str(path),
         max_steps=steps,
@@ -47,7 +57,11 @@ def write_stage1_checkpoint(path, steps: int = 2, peft_config=None) -> str:
         dataloader_num_workers=0,
     )
     trainer = ShapedSFTTrainer(
-        model=model, args=args, train_dataset=arithmetic_solutions(), processing_class=tokenizer, peft_config=peft_config
+        model=model,
+        args=args,
+        train_dataset=arithmetic_solutions(),
+        processing_class=tokenizer,
+        peft_config=peft_config,
     )
     trainer.train()
     trainer.save_model(str(path))

@@ -12,10 +12,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _grpo_common import arithmetic_prompts, arithmetic_solutions, grpo_config, varied_reward  # noqa: E402
+from _grpo_common import arithmetic_prompts, arithmetic_solutions, grpo_config, varied_reward
 
-from trl_shaped import ShapedGRPOTrainer  # noqa: E402
-from trl_shaped.tiny import build_char_tokenizer  # noqa: E402
+from trl_shaped import ShapedGRPOTrainer
+from trl_shaped.tiny import build_char_tokenizer
 
 
 def half_constant_reward(completions, prompts, completion_ids, **kwargs):

@@ -193,3 +193,18 @@ def test_bad_arguments_raise():
         fused_linear_shaped_loss(h, w, torch.full_like(labels, 37))
     with pytest.raises(ValueError, match="top_k"):
         fused_linear_shaped_loss(h, w, labels, top_k=-1)
+
+
+@pytest.mark.parametrize("name", list(PAPER_PRESETS))
+def test_extreme_logits_stay_finite_and_match(name):
+    h, w, b, labels = make_inputs(n=20, hidden=8, vocab=30, dtype=torch.float32, seed=5)
+    config = dataclasses.replace(PAPER_PRESETS[name], top_k=4)
+    w_big = (w.detach().sign() * 1e4 / 8).requires_grad_()  # logits of order +-1e4
+    h_sign = h.detach().sign().requires_grad_()
+    loss_ref, grads_ref = reference(h_sign, w_big, None, labels, config=config)
+    loss, grads = fused(h_sign, w_big, None, labels, config=config, chunk_size=6)
+    assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads)
+    # Tolerance rtol 1e-5 / atol 1e-3: float32 with logits of 1e4 (ulp 1e-3); the gradients are O(1e4) for W.
+    torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-3)
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-3)

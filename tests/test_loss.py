@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from trl_shaped import PAPER_PRESETS, ShapingConfig, shaped_loss
-from trl_shaped.loss import shaped_weights, topk_mask
+from trl_shaped.loss import shaped_weights, topk_indices, topk_mask
 from trl_shaped.shaping import ONE_MINUS_P_FLOOR
 from trl_shaped.tiny import build_tiny_model
 
@@ -250,3 +250,15 @@ def test_bad_arguments_raise():
     a = shaped_loss(logits, labels, config=PAPER_PRESETS["diversity"])
     b = shaped_loss(logits, labels, beta=0.5)
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 11, 12])
+def test_topk_indices_equal_stable_sort_with_many_ties(k):
+    # Integer logits in a small range: ties at the k-th place in most rows, some rows untied.
+    gen = torch.Generator().manual_seed(k)
+    logits = torch.randint(-3, 4, (64, 12), generator=gen).float()
+    logits[:8] = torch.randn(8, 12, generator=gen)
+    expected = torch.sort(logits, dim=-1, descending=True, stable=True).indices[:, :k]
+    expected_mask = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, expected, True)
+    assert torch.equal(topk_mask(logits, k), expected_mask)
+    assert torch.equal(torch.sort(topk_indices(logits, k), -1).values, torch.sort(expected, -1).values)

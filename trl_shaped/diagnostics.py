@@ -7,51 +7,64 @@ each chunk of logits, both for its diagnostics and for the value of the shaped l
 
 import torch
 
-from .loss import REDUCTIONS, check_labels, check_reduction, softmax_parts, topk_mask
+from .loss import REDUCTIONS, check_labels, check_reduction, softmax_parts, topk_indices
 
 STAT_NAMES = ("entropy", "topk_entropy", "topk_mass", "tail_mass", "target_prob", "target_in_topk", "top1_accuracy", "nll")
 
 
+def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    # Row-wise dot product as a batched matmul: one pass, no (n, V) temporary (vecdot and (a * b).sum make one).
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
+
+
 def row_terms(
     shifted: torch.Tensor,
-    probs: torch.Tensor,
-    log_norm: torch.Tensor,
+    unnorm: torch.Tensor,
+    norm: torch.Tensor,
     labels: torch.Tensor,
-    mask: torch.Tensor | None,
+    head_ids: torch.Tensor | None,
+    with_entropy: bool = True,
     with_top1: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """Per-row float32 sums that the loss value and the diagnostics are made of.
+    """Per-row sums that the loss value and the diagnostics are made of.
 
     Args:
-        shifted, probs, log_norm: the output of `loss.softmax_parts` for (n, V) logits (log p = shifted - log_norm).
+        shifted, unnorm, norm: the output of `loss.softmax_parts` for (n, V) logits (p = unnorm / norm).
         labels (`torch.Tensor`): (n,) ground-truth ids, all valid.
-        mask (`torch.Tensor` or `None`): (n, V) boolean mask of K_t; `None` computes only "logp_y".
-        with_top1 (`bool`): also compute "top1" (needs an argmax over the vocabulary).
+        head_ids (`torch.Tensor` or `None`): (n, k) ids of K_t from `loss.topk_indices`; `None` computes only
+            "logp_y" and "p_y".
+        with_entropy (`bool`): also compute "plogp" (one pass over the vocabulary).
+        with_top1 (`bool`): also compute "top1" (an argmax over the vocabulary).
 
     Returns:
-        dict of (n,) tensors: "logp_y"; with a mask also "plogp" (sum_a p_a log p_a), "topk_mass" (sum over K_t of p),
-        "topk_plogp" (sum over K_t of p log p), "target_in_topk" (0/1), and "top1" (0/1) when asked.
+        dict of (n,) tensors: "logp_y", "p_y"; with head ids also "head_p" (n, k: p over K_t), "topk_mass"
+        (sum over K_t of p), "topk_plogp" (sum over K_t of p log p), "target_in_topk" (0/1); "plogp"
+        (sum_a p_a log p_a) and "top1" (0/1) when asked.
     """
     rows = labels.unsqueeze(-1)
-    log_norm = log_norm.squeeze(-1)
+    log_norm = norm.log().squeeze(-1)
+    inv_norm = norm.reciprocal()
     terms = {"logp_y": shifted.gather(-1, rows).squeeze(-1) - log_norm}
-    if mask is None:
+    terms["p_y"] = unnorm.gather(-1, rows).squeeze(-1) * inv_norm.squeeze(-1)
+    if with_entropy:
+        # sum p = 1, so sum p log p = (unnorm . shifted) / norm - log norm.
+        terms["plogp"] = _row_dot(unnorm, shifted) * inv_norm.squeeze(-1) - log_norm
+    if head_ids is None:
         return terms
-    # sum p = 1, so sum p log p = sum p * shifted - log_norm; the shifted logits are <= 0, so p * shifted is 0
-    # (not 0 * inf) where p underflows, which keeps +-1e4 logits finite.
-    terms["plogp"] = torch.linalg.vecdot(probs, shifted) - log_norm
-    head_probs = probs.where(mask, 0.0)
-    terms["topk_mass"] = head_probs.sum(dim=-1)
-    terms["topk_plogp"] = torch.linalg.vecdot(head_probs, shifted) - terms["topk_mass"] * log_norm
-    terms["target_in_topk"] = mask.gather(-1, rows).squeeze(-1).float()
+    # K_t has k entries per row: everything about it is a gather of (n, k) values, not a pass over the vocabulary.
+    head_p = unnorm.gather(-1, head_ids) * inv_norm
+    terms["head_p"] = head_p
+    terms["topk_mass"] = head_p.sum(dim=-1)
+    terms["topk_plogp"] = (head_p * shifted.gather(-1, head_ids)).sum(dim=-1) - terms["topk_mass"] * log_norm
+    terms["target_in_topk"] = (head_ids == rows).any(dim=-1).to(shifted.dtype)
     if with_top1:
-        # argmax returns the first maximum: the same lower-index rule as the ties of K_t.
-        terms["top1"] = (shifted.argmax(dim=-1) == labels).float()
+        # argmax returns the first maximum: the same lower-id rule as the ties of K_t.
+        terms["top1"] = (shifted.argmax(dim=-1) == labels).to(shifted.dtype)
     return terms
 
 
 def stats_from_terms(terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The per-row diagnostics of METHOD.md section 5 from `row_terms` (computed with a mask and top1)."""
+    """The per-row diagnostics of METHOD.md section 5 from `row_terms` (computed with head ids, entropy, top1)."""
     mass = terms["topk_mass"]
     return {
         "entropy": -terms["plogp"],
@@ -59,7 +72,7 @@ def stats_from_terms(terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         "topk_entropy": torch.log(mass) - terms["topk_plogp"] / mass,
         "topk_mass": mass,
         "tail_mass": (1.0 - mass).clamp_min(0.0),
-        "target_prob": terms["logp_y"].exp(),
+        "target_prob": terms["p_y"],
         "target_in_topk": terms["target_in_topk"],
         "top1_accuracy": terms["top1"],
         "nll": -terms["logp_y"],
@@ -99,8 +112,8 @@ def distribution_stats(
         valid = check_labels(flat_labels, vocab, ignore_index)
         rows = valid.nonzero().squeeze(-1)
         z = logits.reshape(-1, vocab)[rows].float()
-        mask = topk_mask(z, top_k)
-        per_row = stats_from_terms(row_terms(*softmax_parts(z), flat_labels[rows], mask))
+        head_ids = topk_indices(z, top_k)
+        per_row = stats_from_terms(row_terms(*softmax_parts(z), flat_labels[rows], head_ids))
         if reduction == "none":
             return {k: v.new_zeros(flat_labels.shape).index_put((rows,), v).reshape(labels.shape) for k, v in per_row.items()}
         sums = {k: v.sum() for k, v in per_row.items()}

@@ -10,20 +10,24 @@ peak working set is a small multiple of that (logits, probabilities, the K_t mas
 independent of the number of tokens, and large enough for the matmuls to run at full speed.
 
 Precision: the logits are produced by the matmul in the input dtype (what the model's own `lm_head` does),
-then everything is float32. The gradients are returned in the dtypes of hidden, weight and bias; the weight's
-gradient is accumulated across chunks in the weight's dtype (one rounding per chunk, as Liger does), so no
-float32 copy of a low-precision weight or its gradient is ever made.
+then everything is float32. The gradients are returned in the dtypes of hidden, weight and bias. The weight's
+gradient is a sum over chunks: for a bf16/fp16 weight it is accumulated in a float32 buffer and rounded once at
+the end (TRL's chunked log-prob kernel found that rounding every chunk's product to bf16 biases training), at the
+cost of a float32 (V, H) buffer while the loss runs.
 """
 
 import math
 
 import torch
+from packaging.version import Version
 
 from .diagnostics import STAT_NAMES, row_terms, stats_from_terms
-from .loss import check_labels, compute_dtype, positive_weight, reduce_loss, softmax_parts, topk_mask
+from .loss import check_labels, compute_dtype, positive_weight, reduce_loss, softmax_parts, topk_indices
 from .shaping import ShapingConfig, resolve_shaping
 
 CHUNK_LOGITS_BYTES = 64 * 2**20
+# torch.addmm(..., out_dtype=float32) from bf16/fp16 inputs exists on CUDA from torch 2.8.
+_ADDMM_OUT_DTYPE = Version(torch.__version__) >= Version("2.8")
 
 
 def default_chunk_size(num_tokens: int, vocab_size: int, budget_bytes: int = CHUNK_LOGITS_BYTES) -> int:
@@ -45,42 +49,50 @@ def _chunk_logits(hidden, weight, bias, logit_scale, softcap):
     return z
 
 
+def _accumulate(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """acc += a @ b with acc in float32 (or float64) and a, b possibly bf16/fp16, without rounding a @ b first."""
+    if acc.dtype == a.dtype:
+        acc.addmm_(a, b)
+    elif acc.device.type == "cuda" and _ADDMM_OUT_DTYPE:
+        torch.addmm(acc, a, b, out_dtype=acc.dtype, out=acc)
+    else:
+        acc.addmm_(a.to(acc.dtype), b.to(acc.dtype))
+
+
 def _chunk_loss_and_grad(z, labels, config: ShapingConfig, want_grad: bool, want_stats: bool):
-    """Shaped loss per row, dl/dz (written over the probabilities) and per-row diagnostics of one chunk.
+    """Shaped loss per row, dl/dz (written over the exponentials) and per-row diagnostics of one chunk.
 
     Returns `(loss_rows, grad, stats)`; grad is None unless asked, stats None unless asked. `z` is consumed.
     """
-    mask = topk_mask(z, config.top_k) if (config.needs_topk or want_stats) else None
-    shifted, probs, log_norm = softmax_parts(z, inplace=True)
-    terms = row_terms(shifted, probs, log_norm, labels, mask, with_top1=want_stats)
-    logp_y = terms["logp_y"]
-    w_y = positive_weight(logp_y, config)
     head, tail = config.head_reward, config.tail_reward
-    in_k = terms["target_in_topk"] if mask is not None else None
+    head_ids = topk_indices(z, config.top_k) if (config.needs_topk or want_stats) else None
+    shifted, unnorm, norm = softmax_parts(z, inplace=True)
+    terms = row_terms(
+        shifted, unnorm, norm, labels, head_ids, with_entropy=(tail != 0.0 or want_stats), with_top1=want_stats
+    )
+    logp_y, p_y = terms["logp_y"], terms["p_y"]
+    w_y = positive_weight(logp_y, config)
 
-    # l = -(w_y log p_y + sum_{a != y} r_a p_a log p_a) with r_a = tail + (head - tail) * 1[a in K_t].
+    # l = -(w_y log p_y + sum_{a != y} r_a p_a log p_a), r_a = tail + (head - tail) * 1[a in K_t], written with
+    # sums over the vocabulary (plogp) and over K_t only; likewise S = sum_a w_a.
     loss_rows = -w_y * logp_y
     total_w = w_y
-    if config.needs_topk:
-        p_y = logp_y.exp()
-        y_plogp = p_y * logp_y
-        loss_rows = loss_rows - tail * (terms["plogp"] - y_plogp) - (head - tail) * (terms["topk_plogp"] - in_k * y_plogp)
-        total_w = w_y + tail * (-torch.expm1(logp_y)) + (head - tail) * (terms["topk_mass"] - in_k * p_y)
+    if tail != 0.0:
+        loss_rows = loss_rows - tail * (terms["plogp"] - p_y * logp_y)
+        total_w = total_w + tail * (-torch.expm1(logp_y))
+    if head != tail:
+        in_k = terms["target_in_topk"]
+        loss_rows = loss_rows - (head - tail) * (terms["topk_plogp"] - in_k * p_y * logp_y)
+        total_w = total_w + (head - tail) * (terms["topk_mass"] - in_k * p_y)
 
     grad = None
     if want_grad:
-        rows = labels.unsqueeze(-1)
-        p_y_col = probs.gather(-1, rows)
-        s = total_w.unsqueeze(-1)
-        # dl/dz_a = p_a * (S - r_a) for a != y and p_y * S - w_y at y, with S = sum_a w_a.
-        if config.needs_topk:
-            factor = torch.where(mask, s - head, s - tail)
-            grad = probs.mul_(factor)
-        elif config.beta != 0.0:
-            grad = probs.mul_(s)
-        else:
-            grad = probs  # cross-entropy: S = 1
-        grad.scatter_(-1, rows, p_y_col * s - w_y.unsqueeze(-1))
+        # dl/dz_a = p_a * (S - r_a) for a != y and p_y * S - w_y at y: one scaling pass over the vocabulary (which
+        # also normalises the exponentials), then k + 1 corrections per row.
+        grad = unnorm.mul_((total_w - tail).unsqueeze(-1) / norm)
+        if head != tail:
+            grad.scatter_add_(-1, head_ids, terms["head_p"] * -(head - tail))
+        grad.scatter_(-1, labels.unsqueeze(-1), (p_y * total_w - w_y).unsqueeze(-1))
 
     stats = stats_from_terms(terms) if want_stats else None
     return loss_rows, grad, stats
@@ -95,7 +107,7 @@ def _fused_forward(hidden, weight, bias, labels, config, ignore_index, chunk_siz
     n = rows.numel()
     want_grad = need_hidden_grad or need_weight_grad or need_bias_grad
     grad_hidden = torch.zeros_like(hidden) if need_hidden_grad else None
-    grad_weight = torch.zeros_like(weight) if need_weight_grad else None
+    grad_weight = torch.zeros_like(weight, dtype=compute_dtype(weight.dtype)) if need_weight_grad else None
     loss_sum = torch.zeros((), dtype=compute_dtype(weight.dtype), device=hidden.device)
     grad_bias = torch.zeros(vocab, dtype=loss_sum.dtype, device=hidden.device) if need_bias_grad else None
     stat_sums = torch.zeros(len(STAT_NAMES), dtype=torch.float32, device=hidden.device)
@@ -123,10 +135,12 @@ def _fused_forward(hidden, weight, bias, labels, config, ignore_index, chunk_siz
         if need_hidden_grad:
             grad_hidden.index_copy_(0, idx, (grad_in @ weight).to(hidden.dtype))
         if need_weight_grad:
-            grad_weight.addmm_(grad_in.t(), h)
+            _accumulate(grad_weight, grad_in.t(), h)
         if need_bias_grad:
             grad_bias += grad.sum(dim=0)
         del grad, grad_in, z
+    if grad_weight is not None:
+        grad_weight = grad_weight.to(weight.dtype)
     return loss_sum, n, stat_sums, grad_hidden, grad_weight, grad_bias
 
 

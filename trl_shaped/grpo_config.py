@@ -3,10 +3,10 @@ optional auxiliary shaped loss."""
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from trl import GRPOConfig
 
-from .shaping import ShapingConfig
 from .sft_config import ShapedSFTConfig
 
 
@@ -62,7 +62,7 @@ class ShapedGRPOConfig(GRPOConfig):
     constant learning rate 1e-6) is `PAPER_RECIPE`; build it with [`ShapedGRPOConfig.paper_recipe`].
     """
 
-    PAPER_RECIPE = {
+    PAPER_RECIPE: ClassVar[dict] = {
         "beta": 0.0,
         "epsilon_high": 0.28,
         "dynamic_sampling": True,

@@ -114,7 +114,6 @@ class ShapedGRPOTrainer(GRPOTrainer):
                 prior = copy.deepcopy(model)
                 if is_peft_model(prior):
                     prior = prior.merge_and_unload()
-        self._prior_source = "adapters disabled" if adapters_off else (prior_path or "copy of the initial policy")
 
         # TRL builds its reference model from the policy's own path when beta != 0. The reference must be the prior
         # instead, so TRL is initialised with beta = 0 (no reference built) and the prior is installed below.
@@ -129,7 +128,9 @@ class ShapedGRPOTrainer(GRPOTrainer):
             prior = _load_causal_lm(prior_path, merge_adapter=True, **self._prior_init_kwargs())
         self.prior_model = None if prior is None else self._prepare_prior(prior)
         if self.beta != 0.0 and self.prior_model is not None:
-            self.ref_model = self.prior_model  # TRL's KL term (and with PEFT, its adapters-off path otherwise)
+            # TRL's KL term. Without a separate prior (new LoRA adapter) TRL already scores the reference with the
+            # adapters disabled, which is the prior.
+            self.ref_model = self.prior_model
 
         self._resample_iterator, self._resample_epoch = None, 0
         self._last_rewards_per_func = None
@@ -227,7 +228,7 @@ class ShapedGRPOTrainer(GRPOTrainer):
                     dataset=self.train_dataset,
                     description="Training",
                     batch_size=self._train_batch_size * self.args.steps_per_generation,
-                    sampler_fn=lambda _dataset: sampler,
+                    sampler_fn=lambda _dataset, sampler=sampler: sampler,
                     is_training=True,
                 )
                 self._resample_iterator = iter(loader)
@@ -244,7 +245,9 @@ class ShapedGRPOTrainer(GRPOTrainer):
             if key == "num_items_in_batch":
                 continue
             if not (isinstance(value, torch.Tensor) and value.dim() >= 1 and value.size(0) == local_size):
-                raise ValueError(f"dynamic_sampling does not support the batch field {key!r} (multimodal or tool data)")
+                raise ValueError(
+                    f"dynamic_sampling does not support the batch field {key!r} (multimodal or tool data)"
+                )
             if value.dim() >= 2:
                 value = self.accelerator.pad_across_processes(
                     value, dim=1, pad_index=self._pad_value(key), pad_first=key in _LEFT_PADDED

@@ -36,45 +36,50 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def softmax_parts(logits: torch.Tensor, inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Shifted logits, probabilities and log-normaliser of float32 logit rows, with one exp.
+    """Shifted logits, unnormalised probabilities and normaliser of logit rows, with a single exp.
 
     Args:
-        logits (`torch.Tensor`): (n, V) float32.
+        logits (`torch.Tensor`): (n, V) float32 (or float64).
         inplace (`bool`): shift `logits` in place (the chunked loss owns its logits buffer).
 
     Returns:
-        `(shifted, probs, log_norm)`: shifted = logits - rowmax (<= 0), probs = softmax(logits), and log_norm (n, 1)
-        with log p = shifted - log_norm. Working from the shifted logits keeps p * log p exact at +-1e4 logits.
+        `(shifted, unnorm, norm)`: shifted = logits - rowmax (<= 0), unnorm = exp(shifted), norm (n, 1) its row sum;
+        p = unnorm / norm and log p = shifted - log(norm). The normalisation is left to the caller so that it can be
+        folded into the next per-row scaling instead of costing a pass over the vocabulary. Working from the shifted
+        logits keeps p * log p exact (0, not 0 * inf) at +-1e4 logits.
     """
     row_max = logits.amax(dim=-1, keepdim=True)
     shifted = logits.sub_(row_max) if inplace else logits - row_max
-    probs = shifted.exp()
-    norm = probs.sum(dim=-1, keepdim=True)
-    probs.div_(norm)
-    return shifted, probs, norm.log()
+    unnorm = shifted.exp()
+    return shifted, unnorm, unnorm.sum(dim=-1, keepdim=True)
+
+
+def topk_indices(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Token ids of K_t, the `k` largest logits of each row (n, min(k, V)), ties at the k-th place by lower id.
+
+    One `torch.topk` of k + 1 values tells whether the k-th place is tied (the k-th and (k+1)-th values are equal);
+    only such rows are re-ranked by a stable sort, which puts equal logits in id order. Untied rows need no rule:
+    their top k is unique. This avoids a second pass over the vocabulary (e.g. counting logits >= the k-th value).
+
+    Args:
+        logits (`torch.Tensor`): (n, V) logits.
+        k (`int`): the size of K_t; `k >= V` selects every token.
+    """
+    n, vocab = logits.shape
+    if k >= vocab:
+        return torch.arange(vocab, device=logits.device).expand(n, vocab)
+    values, ids = torch.topk(logits, k + 1, dim=-1, sorted=True)
+    ids = ids[:, :k]
+    tied = (values[:, k - 1] == values[:, k]).nonzero().squeeze(-1)
+    if tied.numel():
+        order = torch.sort(logits[tied], dim=-1, descending=True, stable=True).indices[:, :k]
+        ids = ids.index_copy(0, tied, order)
+    return ids
 
 
 def topk_mask(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """Boolean mask of K_t, the `k` largest logits of each row, ties at the k-th place broken by lower index.
-
-    Args:
-        logits (`torch.Tensor`): (n, V) logits or anything with the same order (e.g. shifted logits).
-        k (`int`): the size of K_t; `k >= V` selects every token.
-    """
-    vocab = logits.shape[-1]
-    if k >= vocab:
-        return torch.ones_like(logits, dtype=torch.bool)
-    kth = torch.topk(logits, k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
-    mask = logits >= kth
-    # More than k tokens at or above the k-th value means a tie at the k-th place; fix only those rows.
-    tied = (mask.sum(dim=-1) > k).nonzero().squeeze(-1)
-    if tied.numel():
-        z, t = logits[tied], kth[tied]
-        above = z > t
-        room = k - above.sum(dim=-1, keepdim=True)
-        equal = z == t
-        mask[tied] = above | (equal & (equal.cumsum(dim=-1) <= room))
-    return mask
+    """Boolean (n, V) mask of K_t (see `topk_indices`)."""
+    return torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, topk_indices(logits, k), True)
 
 
 def positive_weight(logp_y: torch.Tensor, config: ShapingConfig) -> torch.Tensor:
@@ -105,16 +110,15 @@ def shaped_weights(logits: torch.Tensor, labels: torch.Tensor, config: ShapingCo
     """
     with torch.no_grad():
         logits = logits.to(compute_dtype(logits.dtype))
-        shifted, probs, log_norm = softmax_parts(logits)
+        log_probs = F.log_softmax(logits, dim=-1)
         rows = labels.unsqueeze(-1)
-        logp_y = shifted.gather(-1, rows) - log_norm
         if config.needs_topk:
-            reward = torch.full_like(probs, config.tail_reward)
+            reward = torch.full_like(logits, config.tail_reward)
             reward.masked_fill_(topk_mask(logits, config.top_k), config.head_reward)
-            weights = probs * reward
+            weights = log_probs.exp() * reward
         else:
-            weights = torch.zeros_like(probs)
-        weights.scatter_(-1, rows, positive_weight(logp_y, config))
+            weights = torch.zeros_like(logits)
+        weights.scatter_(-1, rows, positive_weight(log_probs.gather(-1, rows), config))
     return weights
 
 

@@ -124,7 +124,7 @@ def exact_answer_reward(completions, answer, **kwargs) -> list[float]:
             predicted = _to_number(extract_answer(completion_text(completion)))
             target = _to_number(gold)
             rewards.append(1.0 if predicted is not None and target is not None and predicted == target else 0.0)
-        except Exception:  # never let a strange completion stop training
+        except Exception:  # noqa: BLE001 -- never let a strange completion stop training
             rewards.append(0.0)
     return rewards
 
@@ -178,7 +178,7 @@ def math_answer_reward(completions, answer, **kwargs) -> list[float]:
     for completion in completions:
         try:
             texts.append(completion_text(completion))
-        except Exception:
+        except Exception:  # noqa: BLE001 -- an unreadable completion scores 0
             texts.append("")
     math_verify = _load_math_verify()
     rewards = []
@@ -190,7 +190,7 @@ def math_answer_reward(completions, answer, **kwargs) -> list[float]:
                 rewards.append(1.0 if predicted is not None and predicted == target else 0.0)
             else:
                 rewards.append(_math_verify_match(math_verify, text, extracted, gold))
-        except Exception:
+        except Exception:  # noqa: BLE001 -- parser failures and timeouts score 0
             rewards.append(0.0)
     return rewards
 

@@ -10,6 +10,7 @@ GRPO auxiliary loss).
 """
 
 import functools
+import inspect
 import math
 import types
 from dataclasses import dataclass
@@ -205,6 +206,24 @@ def shaped_causal_lm_loss(
     return (outputs.loss, outputs.stats) if return_stats else outputs.loss
 
 
+def _check_dataset_columns(dataset, name: str, args, formatting_func) -> None:
+    # SFTTrainer reaches a bare KeyError deep in tokenisation on such a dataset; say what it needs instead.
+    columns = getattr(dataset, "column_names", None)
+    if columns is None or formatting_func is not None:
+        return
+    if args is not None and (getattr(args, "dataset_kwargs", None) or {}).get("skip_prepare_dataset"):
+        return
+    text_field = getattr(args, "dataset_text_field", "text") if args is not None else "text"
+    if {"input_ids", "messages", text_field} & set(columns) or {"prompt", "completion"} <= set(columns):
+        return
+    raise ValueError(
+        f"The {name} dataset has columns {sorted(columns)}, none of which SFT can train on. It needs a text column "
+        f"named by `dataset_text_field` (currently {text_field!r}), a conversational 'messages' column, 'prompt' and "
+        "'completion' columns, or tokenized 'input_ids'. Rename a column, set `dataset_text_field` in the config, or "
+        "pass a `formatting_func`."
+    )
+
+
 class ShapedSFTTrainer(SFTTrainer):
     """[`~trl.SFTTrainer`] that minimises the rank-aware shaped loss of arXiv 2512.22955 (see METHOD.md).
 
@@ -230,6 +249,13 @@ class ShapedSFTTrainer(SFTTrainer):
     _paper = PAPER
 
     def __init__(self, *args, **kwargs):
+        bound = inspect.signature(SFTTrainer.__init__).bind(self, *args, **kwargs).arguments
+        sft_args = bound.get("args")
+        formatting_func = bound.get("formatting_func")
+        eval_dataset = bound.get("eval_dataset")
+        eval_datasets = eval_dataset if isinstance(eval_dataset, dict) else {"eval": eval_dataset}
+        for name, dataset in {"train": bound.get("train_dataset"), **eval_datasets}.items():
+            _check_dataset_columns(dataset, name, sft_args, formatting_func)
         super().__init__(*args, **kwargs)
         self.shaping = getattr(self.args, "shaping", ShapingConfig())
         replaced = [

@@ -123,7 +123,6 @@ def format_solution(terms, order, separator: str = " ") -> str:
     return separator.join(steps) + f" {ANSWER_MARK} {total}"
 
 
-
 def build_datasets(
     task: ArithmeticTask | None = None,
     *,
@@ -183,3 +182,11 @@ def build_datasets(
 def task_alphabet() -> str:
     """Every character the task writes (a subset of ``trl_shaped.tiny.DEFAULT_ALPHABET``)."""
     return "0123456789+-=?#,; \n"
+
+
+def solution_strategy(completion: str) -> str:
+    """``"direct"`` for a bare ``#### <answer>``, ``"worked"`` when steps come before ``####``, else ``"other"``."""
+    head, mark, _ = completion.strip().partition(ANSWER_MARK)
+    if not mark:
+        return "other"
+    return "worked" if head.strip() else "direct"

@@ -1,0 +1,6 @@
+"""The built-in demo as a script: `python recipes/demo.py --config recipes/demo.yaml` (the same as `trl-shaped demo`)."""
+
+from trl_shaped.scripts.demo import run
+
+if __name__ == "__main__":
+    run()

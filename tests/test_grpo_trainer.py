@@ -1,0 +1,270 @@
+"""ShapedGRPOTrainer on one process: stage-1 prior, drift diagnostics, dynamic sampling, auxiliary shaped loss, LoRA."""
+
+import math
+import os
+
+import pytest
+import torch
+from _grpo_common import (
+    arithmetic_prompts,
+    arithmetic_solutions,
+    grpo_config,
+    tiny_policy,
+    varied_reward,
+    write_stage1_checkpoint,
+)
+from peft import AutoPeftModelForCausalLM, LoraConfig
+from safetensors.torch import load_file
+from trl import GRPOTrainer
+
+from trl_shaped import ShapedGRPOTrainer, shaped_loss
+from trl_shaped.sft_trainer import shaped_causal_lm_loss
+from trl_shaped.tiny import build_char_tokenizer
+
+LORA = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+
+
+def checkpoint_weights(path) -> dict:
+    return load_file(os.path.join(path, "model.safetensors"))
+
+
+def same_weights(model, reference: dict, prefix: str = "") -> bool:
+    state = {k.removeprefix(prefix): v for k, v in model.state_dict().items()}
+    return all(torch.equal(state[name], value) for name, value in reference.items())
+
+
+@pytest.fixture(scope="module")
+def stage1(tmp_path_factory):
+    return write_stage1_checkpoint(tmp_path_factory.mktemp("stage1") / "full")
+
+
+@pytest.fixture(scope="module")
+def trained(stage1, tmp_path_factory):
+    """Three GRPO steps from the stage-1 checkpoint with the prior as KL anchor; weights recorded before training."""
+    args = grpo_config(tmp_path_factory.mktemp("rl"), max_steps=3, beta=0.1)
+    trainer = ShapedGRPOTrainer(
+        stage1, [varied_reward], args, train_dataset=arithmetic_prompts(), processing_class=build_char_tokenizer()
+    )
+    prior_before = {k: v.clone() for k, v in trainer.prior_model.state_dict().items()}
+    policy_before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    return trainer, prior_before, policy_before
+
+
+def test_stage1_checkpoint_is_the_start_and_the_fixed_prior(stage1, trained):
+    trainer, prior_before, policy_before = trained
+    checkpoint = checkpoint_weights(stage1)
+    assert same_weights_dict(policy_before, checkpoint) and same_weights_dict(prior_before, checkpoint)
+    # after training: the prior is still the checkpoint, the policy moved
+    assert same_weights(trainer.prior_model, checkpoint)
+    assert not same_weights(trainer.model, checkpoint)
+    assert trainer.ref_model is trainer.prior_model  # the KL anchor when beta > 0
+    assert not any(p.requires_grad for p in trainer.prior_model.parameters())
+    assert not trainer.prior_model.training
+
+
+def same_weights_dict(state: dict, reference: dict) -> bool:
+    return all(torch.equal(state[name], value) for name, value in reference.items())
+
+
+def test_kl_to_prior_is_zero_at_step_0_and_grows(trained):
+    trainer, _, _ = trained
+    logs = [h for h in trainer.state.log_history if "kl_to_prior" in h]
+    assert len(logs) == 3
+    kl = [h["kl_to_prior"] for h in logs]
+    assert kl[0] == pytest.approx(0.0, abs=1e-6)
+    assert 0 < kl[1] < kl[2]
+    # step 0: same weights, so every statistic of the prior equals the policy's ...
+    for name in ("entropy", "topk_entropy", "topk_mass", "nll"):
+        assert logs[0][f"policy_{name}"] == pytest.approx(logs[0][f"prior_{name}"], abs=1e-5)
+    # ... and the policy's entropy equals TRL's own (temperature 1, same completions, fused head)
+    assert logs[0]["policy_entropy"] == pytest.approx(logs[0]["entropy"], rel=1e-4)
+    # TRL's KL term against the prior (beta > 0): zero before the first update
+    assert logs[0]["kl"] == pytest.approx(0.0, abs=1e-6) and logs[-1]["kl"] > 0
+    for h in logs:
+        assert 0 < h["policy_topk_mass"] <= 1 and 0 < h["policy_topk_entropy"] <= math.log(5) + 1e-5
+
+
+def test_drift_diagnostics_match_full_logits(trained):
+    trainer, _, _ = trained
+    torch.manual_seed(0)
+    vocab = len(trainer.processing_class)
+    prompt_ids = torch.randint(4, vocab, (3, 5))
+    completion_ids = torch.randint(4, vocab, (3, 6))
+    completion_mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2, [1] * 2 + [0] * 4])
+    batch = dict(
+        prompt_ids=prompt_ids,
+        prompt_mask=torch.ones_like(prompt_ids),
+        completion_ids=completion_ids,
+        completion_mask=completion_mask,
+    )
+    trainer._metrics["train"].clear()
+    trainer._log_drift_diagnostics(batch)
+    logged = {k: v[0] for k, v in trainer._metrics["train"].items()}
+
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+    attention_mask = torch.cat([batch["prompt_mask"], completion_mask], dim=1)
+    valid = completion_mask.bool()
+    with torch.no_grad():
+        logits = {
+            name: model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 4:-1][valid].double()
+            for name, model in (("policy", trainer.model), ("prior", trainer.prior_model))
+        }
+    labels = completion_ids[valid]
+    logp = {name: z.log_softmax(-1) for name, z in logits.items()}
+    kl = (logp["policy"].exp() * (logp["policy"] - logp["prior"])).sum(-1).mean()
+    assert logged["kl_to_prior"] == pytest.approx(kl.item(), rel=1e-4, abs=1e-7)
+    for name, lp in logp.items():
+        p = lp.exp()
+        top = p.topk(trainer.args.diagnostics_top_k, dim=-1).values
+        top_mass = top.sum(-1)
+        q = top / top_mass.unsqueeze(-1)
+        assert logged[f"{name}_entropy"] == pytest.approx(-(p * lp).sum(-1).mean().item(), rel=1e-4)
+        assert logged[f"{name}_topk_mass"] == pytest.approx(top_mass.mean().item(), rel=1e-4)
+        assert logged[f"{name}_topk_entropy"] == pytest.approx(-(q * q.log()).sum(-1).mean().item(), rel=1e-4)
+        assert logged[f"{name}_nll"] == pytest.approx(-lp.gather(-1, labels[:, None]).mean().item(), rel=1e-4)
+
+
+def informative_prompt(prompt: str) -> bool:
+    return int(prompt[0]) % 2 == 1  # "a+b=" with an odd a
+
+
+@pytest.mark.parametrize("all_constant", [False, True])
+def test_dynamic_sampling_refills_from_other_prompts(tmp_path, all_constant):
+    calls = []
+
+    def reward(completions, prompts, completion_ids, **kwargs):
+        dense = varied_reward(completions, completion_ids)
+        rewards = [r if informative_prompt(p) and not all_constant else 0.5 for p, r in zip(prompts, dense)]
+        calls.append((list(prompts), rewards))
+        return rewards
+
+    rounds = 1 if all_constant else 6
+    # 4 groups of 4 per generation batch; half the prompts (even a) give all-equal rewards
+    args = grpo_config(
+        tmp_path, max_steps=1, per_device_train_batch_size=16, dynamic_sampling=True, max_resample_rounds=rounds,
+        diagnostics_steps=0,
+    )  # fmt: skip
+    model, tokenizer = tiny_policy()
+    trainer = ShapedGRPOTrainer(model, [reward], args, train_dataset=arithmetic_prompts(), processing_class=tokenizer)
+    trainer.train()
+    log = trainer.state.log_history[0]
+
+    groups = [(prompts[i : i + 4], rewards[i : i + 4]) for prompts, rewards in calls for i in range(0, 16, 4)]
+    assert all(len(set(p)) == 1 for p, _ in groups)  # a group is one prompt
+    dropped = [len(set(r)) == 1 for _, r in groups]
+    assert log["dynamic_sampling/frac_groups_dropped"] == pytest.approx(sum(dropped) / len(groups))
+    assert log["dynamic_sampling/rounds"] == len(calls) - 1
+    batch = trainer._buffered_inputs[0]
+    final_prompts = {
+        tokenizer.decode(ids[mask.bool()]) for ids, mask in zip(batch["prompt_ids"], batch["prompt_mask"])
+    }
+    if all_constant:
+        assert len(calls) == 1 + rounds and log["dynamic_sampling/frac_groups_filled"] == 1.0
+        assert (batch["advantages"] == 0).all()
+        assert math.isfinite(log["loss"])
+    else:
+        first_call_prompts = set(calls[0][0])
+        assert len(calls) >= 2  # generated again ...
+        assert set(p for prompts, _ in calls[1:] for p in prompts) - first_call_prompts  # ... on other prompts
+        assert sum(not d for d in dropped) >= 4  # enough informative groups existed ...
+        assert log["dynamic_sampling/frac_groups_filled"] == 0.0  # ... so the batch holds only those
+        assert all(informative_prompt(p) for p in final_prompts)
+        assert len(batch["advantages"]) == 16 and (batch["advantages"] != 0).all()
+        assert batch["num_items_in_batch"] == batch["completion_mask"].sum()
+
+
+def _grads(model, loss_fn):
+    model.zero_grad(set_to_none=True)
+    loss_fn().backward()
+    return [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+
+
+def _aux_trainer(tmp_path, coef):
+    args = grpo_config(
+        tmp_path, shaping_aux_coef=coef, shaping_preset="tail_penalty", shaping_top_k=5, aux_max_length=32,
+        aux_batch_size=3, diagnostics_steps=0,
+    )  # fmt: skip
+    model, tokenizer = tiny_policy()
+    trainer = ShapedGRPOTrainer(
+        model, [varied_reward], args, train_dataset=arithmetic_prompts(), processing_class=tokenizer,
+        aux_dataset=arithmetic_solutions(),
+    )  # fmt: skip
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    prompts = arithmetic_prompts(2)
+    inputs = [{"prompt": row["prompt"], "answer": row["answer"]} for row in prompts for _ in range(4)]
+    torch.manual_seed(0)
+    return trainer, trainer._generate_and_score_completions(inputs)
+
+
+@pytest.mark.parametrize("coef", [0.0, 0.5])
+def test_aux_shaped_loss_changes_the_gradient_only_when_coef_positive(tmp_path, coef):
+    trainer, batch = _aux_trainer(tmp_path, coef)
+    model = trainer.model
+    g_rl = _grads(model, lambda: GRPOTrainer.compute_loss(trainer, model, batch))
+    assert any(g.abs().sum() > 0 for g in g_rl)
+    if coef == 0.0:
+        assert trainer._aux_dataloader is None  # an aux_dataset with coef 0 is not even prepared
+        g_total = _grads(model, lambda: trainer.compute_loss(model, batch))
+        assert all(torch.equal(a, b) for a, b in zip(g_total, g_rl))
+        return
+    aux_batch = trainer._next_aux_batch()
+    trainer._next_aux_batch = lambda: aux_batch
+    shaping = trainer.args.shaping
+    g_aux = _grads(model, lambda: shaped_causal_lm_loss(model, aux_batch, shaping))
+    g_total = _grads(model, lambda: trainer.compute_loss(model, batch))
+    assert any(g.abs().sum() > 0 for g in g_aux)
+    for total, rl, aux in zip(g_total, g_rl, g_aux):
+        torch.testing.assert_close(total, rl + coef * aux, rtol=1e-4, atol=1e-6)
+    # the logged auxiliary loss is the shaped loss of the aux batch, checked on full logits
+    with torch.no_grad():
+        logits = model(input_ids=aux_batch["input_ids"], attention_mask=aux_batch["attention_mask"]).logits
+    expected = shaped_loss(logits[:, :-1], aux_batch["labels"][:, 1:], config=shaping)
+    assert trainer._metrics["train"]["aux_shaped_loss"][-1] == pytest.approx(expected.item(), rel=1e-4)
+    assert (aux_batch["labels"] == -100).any()  # prompt-completion data: the prompt is not scored
+
+
+def test_aux_dataset_required_when_coef_positive(tmp_path):
+    model, tokenizer = tiny_policy()
+    with pytest.raises(ValueError, match="aux_dataset"):
+        ShapedGRPOTrainer(
+            model, [varied_reward], grpo_config(tmp_path, shaping_aux_coef=0.1), train_dataset=arithmetic_prompts(),
+            processing_class=tokenizer,
+        )  # fmt: skip
+
+
+def test_lora_policy_with_adapters_disabled_prior(stage1, tmp_path):
+    args = grpo_config(tmp_path, max_steps=3, beta=0.1)
+    trainer = ShapedGRPOTrainer(
+        stage1, [varied_reward], args, train_dataset=arithmetic_prompts(), processing_class=build_char_tokenizer(),
+        peft_config=LoraConfig(**LORA),
+    )  # fmt: skip
+    assert trainer.prior_model is None and trainer.ref_model is None
+    lora_before = {k: v.clone() for k, v in trainer.model.named_parameters() if "lora_B" in k}
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "kl_to_prior" in h]
+    assert logs[0]["kl_to_prior"] == pytest.approx(0.0, abs=1e-6)
+    assert logs[-1]["kl_to_prior"] > 1e-5 and logs[-1]["kl"] > 0
+    # the base (the prior) is untouched, the adapter moved
+    base = {k.replace("base_layer.", ""): v for k, v in trainer.model.get_base_model().state_dict().items()}
+    assert same_weights_dict(base, checkpoint_weights(stage1))
+    assert any(not torch.equal(p, lora_before[k]) for k, p in trainer.model.named_parameters() if "lora_B" in k)
+
+
+def test_stage1_lora_adapter_checkpoint_as_policy(tmp_path):
+    adapter = write_stage1_checkpoint(tmp_path / "stage1_lora", peft_config=LoraConfig(**LORA))
+    args = grpo_config(tmp_path / "rl", max_steps=2)
+    trainer = ShapedGRPOTrainer(
+        adapter, [varied_reward], args, train_dataset=arithmetic_prompts(), processing_class=build_char_tokenizer()
+    )
+    merged = AutoPeftModelForCausalLM.from_pretrained(adapter).merge_and_unload()
+    base_model, _ = tiny_policy()
+    # the prior is the stage-1 model (base + adapter), not the base model
+    assert same_weights(trainer.prior_model, merged.state_dict())
+    assert not same_weights(trainer.prior_model, base_model.state_dict())
+    assert any(p.requires_grad for n, p in trainer.model.named_parameters() if "lora" in n)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "kl_to_prior" in h]
+    assert logs[0]["kl_to_prior"] == pytest.approx(0.0, abs=1e-6) and logs[-1]["kl_to_prior"] > 0
+    assert same_weights(trainer.prior_model, merged.state_dict())

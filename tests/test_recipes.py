@@ -1,0 +1,101 @@
+"""recipes/: every YAML parses with its script's parser and says what the paper ran; the LoRA recipe trains adapters."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from trl_shaped import PAPER_PRESETS, ShapedGRPOConfig
+from trl_shaped.cli import main
+from trl_shaped.rewards import exact_answer_reward
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "recipes"
+NO_GPU = ["--bf16", "false", "--use_cpu", "true"]  # the GPU recipes ask for bf16, which a CPU-only host refuses
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, RECIPES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _parse(script, yaml_name, *extra):
+    module = importlib.import_module(f"trl_shaped.scripts.{script}")
+    return module.make_parser().parse_args_and_config(["--config", str(RECIPES / yaml_name), *extra])
+
+
+import importlib  # noqa: E402  (used by _parse; kept next to it)
+
+
+def test_every_yaml_is_covered():
+    tested = {f"stage1_{p}.yaml" for p in PAPER_PRESETS} | {
+        "rl_paper.yaml", "sft_lora_gsm8k.yaml", "eval_paper.yaml", "tiny_sft.yaml", "tiny_grpo.yaml",
+        "tiny_eval.yaml", "demo.yaml", "demo_quick.yaml", "demo_all_presets.yaml",
+    }  # fmt: skip
+    assert {p.name for p in RECIPES.glob("*.yaml")} == tested
+
+
+@pytest.mark.parametrize("preset", sorted(PAPER_PRESETS))
+def test_stage1_recipes_are_the_paper_presets_with_its_optimiser(preset):
+    script_args, args, model_args, _ = _parse("sft", f"stage1_{preset}.yaml", *NO_GPU)
+    assert args.shaping == PAPER_PRESETS[preset]
+    assert args.optim == "adamw_torch" and args.weight_decay == 0.1 and args.max_grad_norm == 1.0
+    assert args.lr_scheduler_type == "warmup_stable_decay" and args.learning_rate == 3e-4
+    assert 0 < args.warmup_steps < 1  # a ratio of the run
+    assert args.lr_scheduler_kwargs["min_lr_ratio"] == 0.1  # 3e-4 -> 3e-5, as the paper's mid-training ends
+    assert args.output_dir.endswith(f"stage1_{preset}") and model_args.model_name_or_path
+
+
+def test_rl_recipe_is_the_paper_recipe():
+    script_args, args, _, _ = _parse("grpo", "rl_paper.yaml", *NO_GPU)
+    for name, value in ShapedGRPOConfig.PAPER_RECIPE.items():
+        assert getattr(args, name) == value, name
+    assert script_args.reward_funcs == ["exact_answer_reward"]
+
+
+def test_eval_recipe_is_the_paper_protocol():
+    from trl_shaped.scripts.eval import make_parser
+
+    (config,) = make_parser().parse_args_and_config(["--config", str(RECIPES / "eval_paper.yaml")])
+    assert (config.num_samples, config.temperature, config.top_p) == (128, 0.7, 0.95)
+    assert max(config.pass_k) == 64
+
+
+def test_demo_recipes_parse():
+    from trl_shaped.scripts.demo import make_parser
+
+    configs = {name: make_parser().parse_args_and_config(["--config", str(RECIPES / f"{name}.yaml")])[0]
+               for name in ("demo", "demo_quick", "demo_all_presets")}  # fmt: skip
+    assert configs["demo_quick"].quick and not configs["demo"].quick
+    assert len(configs["demo_all_presets"].preset_names()) == 5
+
+
+def test_prepare_gsm8k_row_format():
+    row = _load("prepare_gsm8k").to_row(
+        {"question": "Tom has 1,000 apples and buys 234 more. How many?", "answer": "1000+234=1234\n#### 1,234"}
+    )
+    assert row["answer"] == "1234" and row["prompt"].endswith("\nAnswer: ")
+    assert exact_answer_reward([row["completion"]], [row["answer"]]) == [1.0]
+
+
+def test_lora_recipe_trains_adapters_only(tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    tiny = _load("make_tiny").make_tiny(tmp_path / "tiny", num_train=20, num_test=2)
+    trainer = main([
+        "sft", "--config", str(RECIPES / "sft_lora_gsm8k.yaml"), *NO_GPU,
+        "--model_name_or_path", str(tiny / "model"), "--dtype", "float32",
+        "--dataset_data_files", f"train={tiny / 'data' / 'sft.jsonl'}", "--eval_strategy", "no",
+        "--max_steps", "2", "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1",
+        "--lr_scheduler_kwargs", '{"num_decay_steps": 1, "min_lr_ratio": 0.1}', "--report_to", "none",
+        "--output_dir", str(tmp_path / "lora"),
+    ])  # fmt: skip
+    assert isinstance(trainer.model, PeftModel) and trainer.args.shaping == PAPER_PRESETS["precision"]
+    assert (tmp_path / "lora" / "adapter_config.json").is_file()
+    assert not (tmp_path / "lora" / "model.safetensors").exists()  # adapters only
+    trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    AutoModelForCausalLM.from_pretrained(tiny / "model")  # the base model is left as it was on disk
