@@ -1,4 +1,4 @@
-"""The built-in demo as a script: `python recipes/demo.py --config recipes/demo.yaml` (the same as `trl-shaped demo`)."""
+"""The built-in demo as a script: `python recipes/demo.py --config recipes/demo.yaml` (= `trl-shaped demo`)."""
 
 from trl_shaped.scripts.demo import run
 

@@ -1,6 +1,8 @@
-"""Launchable eval recipe: `accelerate launch --config_file accelerate_configs/<file>.yaml recipes/eval.py --config recipes/<recipe>.yaml`.
+"""Launchable eval recipe (the code of `trl-shaped eval`, trl_shaped/scripts/eval.py):
 
-The same code as `trl-shaped eval` (trl_shaped/scripts/eval.py); command-line flags override the YAML.
+    accelerate launch --config_file accelerate_configs/<file>.yaml recipes/eval.py --config recipes/<recipe>.yaml
+
+Command-line flags override the YAML's values.
 """
 
 from trl_shaped.scripts.eval import run

@@ -1,6 +1,8 @@
-"""Launchable grpo recipe: `accelerate launch --config_file accelerate_configs/<file>.yaml recipes/grpo.py --config recipes/<recipe>.yaml`.
+"""Launchable grpo recipe (the code of `trl-shaped grpo`, trl_shaped/scripts/grpo.py):
 
-The same code as `trl-shaped grpo` (trl_shaped/scripts/grpo.py); command-line flags override the YAML.
+    accelerate launch --config_file accelerate_configs/<file>.yaml recipes/grpo.py --config recipes/<recipe>.yaml
+
+Command-line flags override the YAML's values.
 """
 
 from trl_shaped.scripts.grpo import run

@@ -1,6 +1,8 @@
-"""Launchable sft recipe: `accelerate launch --config_file accelerate_configs/<file>.yaml recipes/sft.py --config recipes/<recipe>.yaml`.
+"""Launchable sft recipe (the code of `trl-shaped sft`, trl_shaped/scripts/sft.py):
 
-The same code as `trl-shaped sft` (trl_shaped/scripts/sft.py); command-line flags override the YAML.
+    accelerate launch --config_file accelerate_configs/<file>.yaml recipes/sft.py --config recipes/<recipe>.yaml
+
+Command-line flags override the YAML's values.
 """
 
 from trl_shaped.scripts.sft import run

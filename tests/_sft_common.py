@@ -1,4 +1,4 @@
-"""Shared pieces of the ShapedSFTTrainer tests: tiny data, tiny models, configs, and the run the DeepSpeed tests compare.
+"""Shared pieces of the ShapedSFTTrainer tests: tiny data and models, configs, and the run the DeepSpeed tests compare.
 
 Imported by tests/test_sft_*.py and by tests/_sft_zero_script.py (which `accelerate launch` runs).
 """
@@ -60,7 +60,7 @@ def step_losses(trainer) -> list[float]:
 ZERO_VOCAB = 4096
 
 
-def zero_parity_run(output_dir, world_size: int = 1, **config_kwargs) -> dict:
+def zero_parity_run(output_dir, world_size: int = 1, tie_word_embeddings: bool = False, **config_kwargs) -> dict:
     """Three steps of the tail-penalty loss on a global batch of 4 sequences split over `world_size` processes.
 
     Returns the per-step losses, the trained LM-head weight (gathered under ZeRO-3) and whether ZeRO-3 had it sharded.
@@ -68,7 +68,9 @@ def zero_parity_run(output_dir, world_size: int = 1, **config_kwargs) -> dict:
     tok = tokenizer()
     # DeepSpeed keeps parameters under 1e5 elements whole (its default `stage3_param_persistence_threshold`, which the
     # accelerate configs leave unset): a 4096-row head (the tokenizer uses the first 89 ids) is the one it shards.
-    model = build_tiny_model(ZERO_VOCAB, tokenizer=tok, hidden_size=32, seed=0)
+    model = build_tiny_model(
+        ZERO_VOCAB, tokenizer=tok, hidden_size=32, tie_word_embeddings=tie_word_embeddings, seed=0
+    )
     args = config(
         output_dir,
         per_device_train_batch_size=4 // world_size,

@@ -1,7 +1,8 @@
 """Run by tests/test_sft_deepspeed.py as `accelerate launch --config_file accelerate_configs/zeroN.yaml this.py OUT`.
 
-Trains the tiny model of `_sft_common.zero_parity_run` under DeepSpeed on every process; rank 0 writes OUT.json
-(per-step losses, whether the LM head was sharded) and OUT.pt (the gathered LM-head weight).
+Trains the tiny model of `_sft_common.zero_parity_run` under DeepSpeed on every process, with a separate LM head and
+then with tied embeddings; rank 0 writes OUT-{untied,tied}.json (per-step losses, whether the LM head was sharded)
+and OUT-{untied,tied}.pt (the gathered LM-head weight).
 """
 
 import os
@@ -9,15 +10,16 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _sft_common import save_result, zero_parity_run  # noqa: E402
+from _sft_common import save_result, zero_parity_run
 
 
 def main():
     out = sys.argv[1]
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    result = zero_parity_run(os.path.dirname(out), world_size=world_size)
-    if int(os.environ.get("RANK", "0")) == 0:
-        save_result(result, out)
+    for tied in (False, True):
+        result = zero_parity_run(os.path.dirname(out), world_size=world_size, tie_word_embeddings=tied)
+        if int(os.environ.get("RANK", "0")) == 0:
+            save_result(result, f"{out}-{'tied' if tied else 'untied'}")
 
 
 if __name__ == "__main__":

@@ -93,12 +93,12 @@ def test_recipe_launches_on_cpu(name, tiny_run_dir, tmp_path):
         "--output_dir", str(output_dir),
     ]  # fmt: skip
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    run = subprocess.run(command, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-4000:]
 
     # two processes each consumed BATCH_SIZE rows per step: the epoch counter says so
-    num_rows = sum(1 for _ in open(tiny_run_dir / "data" / "sft.jsonl"))
+    num_rows = len((tiny_run_dir / "data" / "sft.jsonl").read_text().splitlines())
     epochs = [float(e) for e in re.findall(r"'epoch': '([0-9.e-]+)'", log)]
     assert epochs, log[-4000:]
     processes = epochs[-1] * num_rows / (2 * BATCH_SIZE)

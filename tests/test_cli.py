@@ -100,7 +100,10 @@ def test_demo_quick_with_overrides(tmp_path):
         "--eval_num_samples", "2", "--output_dir", str(tmp_path / "report"),
     ])  # fmt: skip
     report_dir = Path(report_dir)
-    assert report_dir == tmp_path / "report" and any(report_dir.glob("*.md"))
+    assert report_dir == tmp_path / "report" and (report_dir / "report.md").is_file()
+    results = json.loads((report_dir / "results.json").read_text())
+    assert list(results["presets"]) == ["ce"]  # the override beat the YAML's three presets
+    assert results["config"]["sft_steps"] == 2 and results["config"]["quick"] is True  # override, YAML
 
 
 @pytest.mark.parametrize(
@@ -110,8 +113,10 @@ def test_demo_quick_with_overrides(tmp_path):
         (["eval", "--num_samples", "4", "--pass_k", "8"], "pass_k values must be in [1, num_samples=4]"),
         (["eval", "--temperature", "hot"], "invalid float value: 'hot'"),
         (["demo", "--presets", "ce,bogus"], "presets must be 'all' or a comma-separated list"),
-        (["grpo", "--config", str(RECIPES / "tiny_grpo.yaml"), "--epsilon_high", "0.28", "--not_a_field", "1"],
-         "not used by the HfArgumentParser: ['--not_a_field'"),
+        (
+            ["grpo", "--config", str(RECIPES / "tiny_grpo.yaml"), "--epsilon_high", "0.28", "--not_a_field", "1"],
+            "not used by the HfArgumentParser: ['--not_a_field'",
+        ),
     ],
 )
 def test_bad_values_fail_with_a_clear_message(argv, message, capsys):
@@ -137,5 +142,5 @@ def test_unknown_subcommand_lists_the_valid_ones(capsys):
 
 def test_console_script_is_installed():
     script = Path(sys.executable).parent / "trl-shaped"  # pyproject's [project.scripts], made by pip install
-    run = subprocess.run([str(script), "--help"], capture_output=True, text=True, env=dict(os.environ))
+    run = subprocess.run([str(script), "--help"], check=False, capture_output=True, text=True, env=dict(os.environ))
     assert run.returncode == 0 and "grpo" in run.stdout

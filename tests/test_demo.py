@@ -157,7 +157,9 @@ def test_config_profiles_and_parser():
     assert DemoConfig(presets="all").preset_names() == ["ce", "precision", "diversity", "tail_penalty", "head_reward"]
     quick, full = DemoConfig(quick=True), DemoConfig()
     assert quick.sft_steps < full.sft_steps and quick.grpo_steps < full.grpo_steps
-    (parsed,) = TrlParser(DemoConfig).parse_args_and_config(["--quick", "--sft_steps", "7", "--presets", "ce,diversity"])
+    (parsed,) = TrlParser(DemoConfig).parse_args_and_config(
+        ["--quick", "--sft_steps", "7", "--presets", "ce,diversity"]
+    )
     assert parsed.quick and parsed.sft_steps == 7 and parsed.grpo_steps == quick.grpo_steps
     assert parsed.preset_names() == ["ce", "diversity"]
 
@@ -251,7 +253,9 @@ def test_quick_demo_numbers_come_from_its_runs(quick_report):
 
     out, results = quick_report
     config = DemoConfig(quick=True)
-    test = build_datasets(num_train=config.num_train_problems, num_test=config.num_test_problems, seed=config.seed)["test"]
+    test = build_datasets(num_train=config.num_train_problems, num_test=config.num_test_problems, seed=config.seed)[
+        "test"
+    ]
     report = (out / "report.md").read_text()
     for preset, run in results["presets"].items():
         run_dir = out / "runs" / preset

@@ -39,7 +39,7 @@ def tiny():
 
 def test_pass_at_k_matches_exact_combinatorics():
     for n in range(1, 9):
-        for c in range(0, n + 1):
+        for c in range(n + 1):
             for k in range(1, n + 1):
                 exact = 1 - Fraction(math.comb(n - c, k), math.comb(n, k))
                 assert pass_at_k(n, c, k) == pytest.approx(float(exact), abs=1e-12), (n, c, k)
@@ -59,7 +59,15 @@ def test_pass_at_k_large_n_is_stable():
 
 @pytest.mark.parametrize(
     "n, c, k, name",
-    [(4, 1, 5, "k"), (4, 5, 1, "c"), (4, -1, 1, "c"), (4, 1, 0, "k"), (4, 1, -2, "k"), (0, 0, 1, "n"), (4, 1.5, 1, "c")],
+    [
+        (4, 1, 5, "k"),
+        (4, 5, 1, "c"),
+        (4, -1, 1, "c"),
+        (4, 1, 0, "k"),
+        (4, 1, -2, "k"),
+        (0, 0, 1, "n"),
+        (4, 1.5, 1, "c"),
+    ],
 )
 def test_pass_at_k_rejects_bad_arguments(n, c, k, name):
     with pytest.raises(ValueError, match=rf"^{name} "):
@@ -141,7 +149,14 @@ def test_greedy_batched_left_padded_matches_manual_decoding(tiny):
     assert batched == [[e, e] for e in expected]
     # top_p this small keeps only the most probable token: sampling is greedy (and top_k does not interfere)
     nucleus = sample_completions(
-        model, tokenizer, prompts, num_samples=2, temperature=1.0, top_p=1e-6, max_new_tokens=6, batch_size=4,
+        model,
+        tokenizer,
+        prompts,
+        num_samples=2,
+        temperature=1.0,
+        top_p=1e-6,
+        max_new_tokens=6,
+        batch_size=4,
         progress=False,
     )
     assert nucleus == [[e, e] for e in expected]
@@ -197,11 +212,21 @@ def test_text_diagnostics_match_independent_computation(tiny):
     prompts = ["3+4=?\n", "12-5+1=?\n", "8=?\n"]
     completions = ["3+4=7 #### 7", "12-5=7 7+1=8 #### 8", "#### 8"]
     top_k = 5
-    rows = [r for p, c in zip(prompts, completions) for r in _independent_stats(model, tokenizer, p, c, top_k)]
+    rows = [
+        r for p, c in zip(prompts, completions, strict=True) for r in _independent_stats(model, tokenizer, p, c, top_k)
+    ]
     got = text_diagnostics(model, tokenizer, completions, prompts=prompts, top_k=top_k, batch_size=2)
     assert got["num_tokens"] == len(rows)
-    for key in ("nll", "entropy", "topk_entropy", "topk_mass", "tail_mass", "target_prob", "target_in_topk",
-                "top1_accuracy"):
+    for key in (
+        "nll",
+        "entropy",
+        "topk_entropy",
+        "topk_mass",
+        "tail_mass",
+        "target_prob",
+        "target_in_topk",
+        "top1_accuracy",
+    ):
         assert got[key] == pytest.approx(sum(r[key] for r in rows) / len(rows), abs=1e-5), key
     assert got["perplexity"] == pytest.approx(math.exp(sum(r["nll"] for r in rows) / len(rows)), rel=1e-5)
     # without prompts every token after the first is scored
@@ -233,8 +258,15 @@ def test_evaluate_and_files(tiny, tmp_path):
         {"prompt": "1+2=?\n", "answer": "3", "completion": "1+2=3 #### 3"},
         {"prompt": "5-1=?\n", "answer": "4", "completion": "5-1=4 #### 4"},
     ]
-    config = EvalConfig(num_samples=4, max_new_tokens=4, pass_k=[1, 4], diagnostics_top_k=5, progress=False,
-                        run_name="ce", output_dir=str(tmp_path))
+    config = EvalConfig(
+        num_samples=4,
+        max_new_tokens=4,
+        pass_k=[1, 4],
+        diagnostics_top_k=5,
+        progress=False,
+        run_name="ce",
+        output_dir=str(tmp_path),
+    )
     result = evaluate(model, tokenizer, problems, config)
     assert result["num_problems"] == 2 and result["num_samples"] == 4
     assert all(len(p["completions"]) == 4 for p in result["per_problem"])

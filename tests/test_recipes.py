@@ -1,9 +1,11 @@
-"""recipes/: every YAML parses with its script's parser and says what the paper ran; the LoRA recipe trains adapters."""
+"""recipes/: every YAML parses with its script's parser and says what the paper ran; LoRA trains adapters."""
 
+import importlib
 import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
 
 from trl_shaped import PAPER_PRESETS, ShapedGRPOConfig
 from trl_shaped.cli import main
@@ -26,9 +28,6 @@ def _parse(script, yaml_name, *extra):
     return module.make_parser().parse_args_and_config(["--config", str(RECIPES / yaml_name), *extra])
 
 
-import importlib  # noqa: E402  (used by _parse; kept next to it)
-
-
 def test_every_yaml_is_covered():
     tested = {f"stage1_{p}.yaml" for p in PAPER_PRESETS} | {
         "rl_paper.yaml", "sft_lora_gsm8k.yaml", "eval_paper.yaml", "tiny_sft.yaml", "tiny_grpo.yaml",
@@ -39,7 +38,7 @@ def test_every_yaml_is_covered():
 
 @pytest.mark.parametrize("preset", sorted(PAPER_PRESETS))
 def test_stage1_recipes_are_the_paper_presets_with_its_optimiser(preset):
-    script_args, args, model_args, _ = _parse("sft", f"stage1_{preset}.yaml", *NO_GPU)
+    _, args, model_args, _ = _parse("sft", f"stage1_{preset}.yaml", *NO_GPU)
     assert args.shaping == PAPER_PRESETS[preset]
     assert args.optim == "adamw_torch" and args.weight_decay == 0.1 and args.max_grad_norm == 1.0
     assert args.lr_scheduler_type == "warmup_stable_decay" and args.learning_rate == 3e-4
@@ -85,6 +84,7 @@ def test_lora_recipe_trains_adapters_only(tmp_path):
     from transformers import AutoModelForCausalLM
 
     tiny = _load("make_tiny").make_tiny(tmp_path / "tiny", num_train=20, num_test=2)
+    base_before = AutoModelForCausalLM.from_pretrained(tiny / "model").state_dict()
     trainer = main([
         "sft", "--config", str(RECIPES / "sft_lora_gsm8k.yaml"), *NO_GPU,
         "--model_name_or_path", str(tiny / "model"), "--dtype", "float32",
@@ -98,4 +98,10 @@ def test_lora_recipe_trains_adapters_only(tmp_path):
     assert not (tmp_path / "lora" / "model.safetensors").exists()  # adapters only
     trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
-    AutoModelForCausalLM.from_pretrained(tiny / "model")  # the base model is left as it was on disk
+    # merging the trained adapters changes the weights; the base model itself is untouched
+    merged = trainer.model.merge_and_unload().state_dict()
+    assert any(not torch.equal(merged[k], base_before[k]) for k in base_before if k in merged)
+    assert all(
+        torch.equal(v, base_before[k])
+        for k, v in AutoModelForCausalLM.from_pretrained(tiny / "model").state_dict().items()
+    )

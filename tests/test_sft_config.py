@@ -34,8 +34,12 @@ def test_explicit_fields_without_preset():
 
 @pytest.mark.parametrize(
     "field, value, match",
-    [("shaping_top_k", 0, "top_k"), ("shaping_positive_form", "cubic", "positive_form"),
-     ("shaping_beta", float("nan"), "beta"), ("shaping_tail_reward", float("inf"), "tail_reward")],
+    [
+        ("shaping_top_k", 0, "top_k"),
+        ("shaping_positive_form", "cubic", "positive_form"),
+        ("shaping_beta", float("nan"), "beta"),
+        ("shaping_tail_reward", float("inf"), "tail_reward"),
+    ],
 )
 def test_invalid_values_fail_at_construction(field, value, match):
     with pytest.raises(ValueError, match=match):
@@ -51,14 +55,29 @@ def test_unknown_preset_lists_the_valid_names():
 def test_is_an_sft_config_with_help_on_every_shaping_field():
     assert issubclass(ShapedSFTConfig, SFTConfig)
     fields = {f.name: f for f in dataclasses.fields(ShapedSFTConfig) if f.name.startswith("shaping_")}
-    assert set(fields) == {"shaping_preset", "shaping_beta", "shaping_top_k", "shaping_head_reward",
-                           "shaping_tail_reward", "shaping_positive_form"}
+    assert set(fields) == {
+        "shaping_preset",
+        "shaping_beta",
+        "shaping_top_k",
+        "shaping_head_reward",
+        "shaping_tail_reward",
+        "shaping_positive_form",
+    }
     assert all(f.metadata.get("help") for f in fields.values())
     assert all(name in ShapedSFTConfig.__doc__ for name in fields)
 
 
 def test_trl_parser_reads_the_shaping_flags():
     (args,) = TrlParser((ShapedSFTConfig,)).parse_args_and_config(
-        ["--output_dir", CPU["output_dir"], "--bf16", "false", "--shaping_preset", "tail_penalty", "--shaping_top_k", "7"]
+        [
+            "--output_dir",
+            CPU["output_dir"],
+            "--bf16",
+            "false",
+            "--shaping_preset",
+            "tail_penalty",
+            "--shaping_top_k",
+            "7",
+        ]
     )
     assert args.shaping == ShapingConfig(tail_reward=-0.1, top_k=7)

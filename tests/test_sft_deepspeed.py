@@ -2,7 +2,8 @@
 
 One `accelerate launch` per stage (the repository's accelerate_configs/zero2.yaml and zero3.yaml), both started at
 once; the single-process reference runs here meanwhile. Same model, data order and global batch of 4 (2 per process);
-the tail-penalty loss with k = 5 so the shaped (not the CE) path is what runs.
+the tail-penalty loss with k = 5 so the shaped (not the CE) path is what runs. Each launch trains a model with a
+separate LM head, then one with tied embeddings (where ZeRO-3 shares one sharded weight between two modules).
 """
 
 import json
@@ -32,12 +33,21 @@ def launches(tmp_path_factory):
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     procs = {}
     for stage in STAGES:
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                   str(ROOT / "accelerate_configs" / f"{stage}.yaml"), "--main_process_port", str(29511 + len(procs)),
-                   str(ROOT / "tests" / "_sft_zero_script.py"), str(out / stage / "result")]
+        command = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(ROOT / "accelerate_configs" / f"{stage}.yaml"),
+            "--main_process_port",
+            str(29511 + len(procs)),
+            str(ROOT / "tests" / "_sft_zero_script.py"),
+            str(out / stage / "result"),
+        ]
         (out / stage).mkdir()
-        procs[stage] = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        text=True)
+        procs[stage] = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
     yield out, procs
     for proc in procs.values():
         if proc.poll() is None:
@@ -47,17 +57,22 @@ def launches(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, launches):
     torch.set_num_threads(1)
-    return zero_parity_run(tmp_path_factory.mktemp("single"))
+    return {
+        tied: zero_parity_run(tmp_path_factory.mktemp("single"), tie_word_embeddings=tied) for tied in (False, True)
+    }
 
 
 @pytest.mark.distributed
 @pytest.mark.parametrize("stage", STAGES)
-def test_zero_matches_single_process(stage, launches, reference):
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_zero_matches_single_process(stage, tied, launches, reference):
     out, procs = launches
     log, _ = procs[stage].communicate(timeout=600)
     assert procs[stage].returncode == 0, log[-4000:]
-    result = json.loads((out / stage / "result.json").read_text())
-    lm_head = torch.load(out / stage / "result.pt")
+    name = "tied" if tied else "untied"
+    result = json.loads((out / stage / f"result-{name}.json").read_text())
+    lm_head = torch.load(out / stage / f"result-{name}.pt")
+    reference = reference[tied]
 
     assert len(result["losses"]) == 3
     assert result["losses"] == pytest.approx(reference["losses"], rel=LOSS_RTOL)
@@ -65,5 +80,6 @@ def test_zero_matches_single_process(stage, launches, reference):
     # gradient leaves the head at its initial value, far from the reference's trained one)
     assert result["sharded"] == (stage == "zero3")
     torch.testing.assert_close(lm_head, reference["lm_head"], rtol=0, atol=WEIGHT_ATOL)
-    initial = build_tiny_model(ZERO_VOCAB, tokenizer=tokenizer(), hidden_size=32, seed=0).lm_head.weight.detach()
+    initial = build_tiny_model(ZERO_VOCAB, tokenizer=tokenizer(), hidden_size=32, tie_word_embeddings=tied, seed=0)
+    initial = initial.lm_head.weight.detach()
     assert (reference["lm_head"] - initial).abs().max() > 100 * WEIGHT_ATOL

@@ -23,21 +23,31 @@ def tiny_model(kind: str = "untied"):
     if kind == "moe":
         torch.manual_seed(0)
         moe = Qwen3MoeConfig(
-            vocab_size=len(TOK), hidden_size=32, intermediate_size=64, moe_intermediate_size=16, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_experts=4, num_experts_per_tok=2,
-            router_aux_loss_coef=0.05, pad_token_id=TOK.pad_token_id, eos_token_id=TOK.eos_token_id,
+            vocab_size=len(TOK),
+            hidden_size=32,
+            intermediate_size=64,
+            moe_intermediate_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            num_experts=4,
+            num_experts_per_tok=2,
+            router_aux_loss_coef=0.05,
+            pad_token_id=TOK.pad_token_id,
+            eos_token_id=TOK.eos_token_id,
         )
         return Qwen3MoeForCausalLM(moe)
     model = build_tiny_model(len(TOK), tokenizer=TOK, hidden_size=32, tie_word_embeddings=kind == "tied", seed=0)
     if kind == "softcap":
-        # Read by TRL's fused head and by ours from the config (Qwen3 itself ignores them): parity means both apply them
+        # Read by TRL's fused head and by ours from the config (Qwen3 itself ignores them): parity = both apply them
         model.config.final_logit_softcapping = 3.0
         model.config.logit_scale = 0.5
     return model
 
 
-# Stock SFTTrainer computes its NLL with TRL's chunked kernel and ours with the shaped loss at beta = 0; both are float32
-# sums in a different order, so the losses and the trained weights agree to float32 rounding, not bit for bit.
+# Stock SFTTrainer computes its NLL with TRL's chunked kernel and ours with the shaped loss at beta = 0; both are
+# float32 sums in a different order, so the losses and the trained weights agree to float32 rounding, not bit for bit.
 PARITY_RTOL = 1e-5
 
 
@@ -45,13 +55,32 @@ PARITY_RTOL = 1e-5
 def test_ce_preset_reproduces_stock_sft_trainer(tmp_path, kind):
     # SGD: Adam's first steps move every weight by about lr whatever the gradient's size, so rounding-level gradient
     # differences on near-zero gradients would show as lr-sized weight differences
-    common = dict(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4, learning_rate=0.3, optim="sgd",
-                  logging_steps=1, report_to="none", save_strategy="no", seed=0, bf16=False, disable_tqdm=True)
-    stock = SFTTrainer(model=tiny_model(kind), args=SFTConfig(loss_type="nll", **common), train_dataset=text_dataset(),
-                       processing_class=TOK)
+    common = dict(
+        output_dir=str(tmp_path),
+        max_steps=3,
+        per_device_train_batch_size=4,
+        learning_rate=0.3,
+        optim="sgd",
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        seed=0,
+        bf16=False,
+        disable_tqdm=True,
+    )
+    stock = SFTTrainer(
+        model=tiny_model(kind),
+        args=SFTConfig(loss_type="nll", **common),
+        train_dataset=text_dataset(),
+        processing_class=TOK,
+    )
     stock.train()
-    shaped = ShapedSFTTrainer(model=tiny_model(kind), args=config(tmp_path, shaping_preset="ce", learning_rate=0.3, optim="sgd"),
-                              train_dataset=text_dataset(), processing_class=TOK)
+    shaped = ShapedSFTTrainer(
+        model=tiny_model(kind),
+        args=config(tmp_path, shaping_preset="ce", learning_rate=0.3, optim="sgd"),
+        train_dataset=text_dataset(),
+        processing_class=TOK,
+    )
     shaped.train()
     assert step_losses(shaped) == pytest.approx(step_losses(stock), rel=PARITY_RTOL)
     for key in ("entropy", "mean_token_accuracy", "num_tokens"):  # TRL's own metrics keep their meaning
@@ -74,9 +103,20 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     for batch, accumulation in ((8, 1), (1, 8)):
         capture = _GradCapture()
         trainer = ShapedSFTTrainer(
-            model=tiny_model(), train_dataset=text_dataset(8), processing_class=TOK, callbacks=[capture],
-            args=config(tmp_path, max_steps=1, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
-                        shaping_preset="tail_penalty", shaping_top_k=3, shaping_beta=-0.25, max_grad_norm=0.0),
+            model=tiny_model(),
+            train_dataset=text_dataset(8),
+            processing_class=TOK,
+            callbacks=[capture],
+            args=config(
+                tmp_path,
+                max_steps=1,
+                per_device_train_batch_size=batch,
+                gradient_accumulation_steps=accumulation,
+                shaping_preset="tail_penalty",
+                shaping_top_k=3,
+                shaping_beta=-0.25,
+                max_grad_norm=0.0,
+            ),
         )
         trainer.train()
         runs[batch] = (step_losses(trainer), capture.grads)
@@ -123,8 +163,11 @@ def test_eval_logs_token_weighted_diagnostics(tmp_path):
     # Uneven lengths in batches of 3: averaging per-batch means would differ from the token-weighted mean
     eval_texts = [TEXTS[i] * (1 + i % 3) for i in range(7)]
     trainer = ShapedSFTTrainer(
-        model=tiny_model(), args=config(tmp_path, shaping_preset="precision", shaping_top_k=5, per_device_eval_batch_size=3),
-        train_dataset=text_dataset(), eval_dataset=Dataset.from_dict({"text": eval_texts}), processing_class=TOK,
+        model=tiny_model(),
+        args=config(tmp_path, shaping_preset="precision", shaping_top_k=5, per_device_eval_batch_size=3),
+        train_dataset=text_dataset(),
+        eval_dataset=Dataset.from_dict({"text": eval_texts}),
+        processing_class=TOK,
     )
     metrics = trainer.evaluate()
     expected = _expected_stats(trainer.model.eval(), trainer.eval_dataset["input_ids"], top_k=5)
@@ -135,12 +178,20 @@ def test_eval_logs_token_weighted_diagnostics(tmp_path):
 DATASETS = {
     "language_modeling": (lambda: text_dataset(), {}),
     "prompt_completion": (
-        lambda: Dataset.from_dict({"prompt": [t.split("=")[0] + "=" for t in TEXTS], "completion": [t.split("=")[1] for t in TEXTS]}),
+        lambda: Dataset.from_dict(
+            {"prompt": [t.split("=")[0] + "=" for t in TEXTS], "completion": [t.split("=")[1] for t in TEXTS]}
+        ),
         {},
     ),
     "conversational_assistant_only": (
-        lambda: Dataset.from_dict({"messages": [[{"role": "user", "content": t.split("=")[0]},
-                                                 {"role": "assistant", "content": t.split("=")[1]}] for t in TEXTS]}),
+        lambda: Dataset.from_dict(
+            {
+                "messages": [
+                    [{"role": "user", "content": t.split("=")[0]}, {"role": "assistant", "content": t.split("=")[1]}]
+                    for t in TEXTS
+                ]
+            }
+        ),
         {"assistant_only_loss": True},
     ),
     "packing": (lambda: text_dataset(), {"packing": True, "max_length": 32}),
@@ -151,8 +202,12 @@ DATASETS = {
 @pytest.mark.parametrize("name", list(DATASETS))
 def test_dataset_formats_train_with_finite_shaped_loss(tmp_path, name):
     make, kwargs = DATASETS[name]
-    trainer = ShapedSFTTrainer(model=tiny_model(), train_dataset=make(), processing_class=TOK,
-                               args=config(tmp_path, max_steps=1, shaping_preset="tail_penalty", shaping_top_k=5, **kwargs))
+    trainer = ShapedSFTTrainer(
+        model=tiny_model(),
+        train_dataset=make(),
+        processing_class=TOK,
+        args=config(tmp_path, max_steps=1, shaping_preset="tail_penalty", shaping_top_k=5, **kwargs),
+    )
     trainer.train()
     entry = next(e for e in trainer.state.log_history if "loss" in e)
     for key in ("loss", "nll", "entropy", "topk_mass", "mean_token_accuracy"):
@@ -170,8 +225,9 @@ def test_shaped_causal_lm_loss_matches_reference_on_full_logits():
     labels[2, :] = -100  # a row with nothing to score
     shaping = ShapingConfig(beta=0.5, top_k=4, head_reward=0.1, tail_reward=-0.1)
 
-    loss, stats = shaped_causal_lm_loss(model, {"input_ids": ids, "labels": labels}, shaping, num_items_in_batch=40,
-                                        return_stats=True)
+    loss, stats = shaped_causal_lm_loss(
+        model, {"input_ids": ids, "labels": labels}, shaping, num_items_in_batch=40, return_stats=True
+    )
     grads = torch.autograd.grad(loss, list(model.parameters()))
     reference = shaped_loss(model(input_ids=ids).logits[:, :-1], labels[:, 1:], config=shaping, num_items_in_batch=40)
     expected = torch.autograd.grad(reference, list(model.parameters()))
@@ -189,15 +245,24 @@ def test_lora_trains_only_adapters_and_reloads(tmp_path):
     peft_config = get_peft_config(
         ModelConfig(use_peft=True, lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_target_modules=["q_proj", "v_proj"])
     )
-    trainer = ShapedSFTTrainer(model=tiny_model(), train_dataset=text_dataset(), processing_class=TOK,
-                               peft_config=peft_config, args=config(tmp_path, shaping_preset="precision", learning_rate=1e-2))
+    trainer = ShapedSFTTrainer(
+        model=tiny_model(),
+        train_dataset=text_dataset(),
+        processing_class=TOK,
+        peft_config=peft_config,
+        args=config(tmp_path, shaping_preset="precision", learning_rate=1e-2),
+    )
     trainer.train()
     losses = step_losses(trainer)
     assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
     base, trained = tiny_model(), trainer.model
     trained_state = trained.get_base_model().state_dict()
     for name, value in base.state_dict().items():  # the base weights are untouched
-        lora_name = name.replace(".weight", ".base_layer.weight") if name.replace(".weight", ".base_layer.weight") in trained_state else name
+        lora_name = (
+            name.replace(".weight", ".base_layer.weight")
+            if name.replace(".weight", ".base_layer.weight") in trained_state
+            else name
+        )
         torch.testing.assert_close(trained_state[lora_name], value, rtol=0, atol=0, msg=name)
     assert all(p.abs().sum() > 0 for n, p in trained.named_parameters() if "lora_B" in n)  # B starts at zero
 
@@ -205,7 +270,9 @@ def test_lora_trains_only_adapters_and_reloads(tmp_path):
     reloaded = PeftModel.from_pretrained(tiny_model(), str(tmp_path / "adapter")).eval()
     ids = torch.tensor([TOK("12+34=46")["input_ids"]])
     with torch.no_grad():
-        torch.testing.assert_close(reloaded(input_ids=ids).logits, trained.eval()(input_ids=ids).logits, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(
+            reloaded(input_ids=ids).logits, trained.eval()(input_ids=ids).logits, rtol=1e-6, atol=1e-6
+        )
 
 
 class _StopAt(TrainerCallback):
@@ -220,9 +287,19 @@ class _StopAt(TrainerCallback):
 def test_resume_continues_like_uninterrupted_run_and_writes_model_card(tmp_path):
     def run(output_dir, callbacks=(), resume=None):
         trainer = ShapedSFTTrainer(
-            model=tiny_model(), train_dataset=text_dataset(), processing_class=TOK, callbacks=list(callbacks),
-            args=config(output_dir, max_steps=6, per_device_train_batch_size=2, shaping_preset="diversity",
-                        save_strategy="steps", save_steps=3, save_only_model=False),
+            model=tiny_model(),
+            train_dataset=text_dataset(),
+            processing_class=TOK,
+            callbacks=list(callbacks),
+            args=config(
+                output_dir,
+                max_steps=6,
+                per_device_train_batch_size=2,
+                shaping_preset="diversity",
+                save_strategy="steps",
+                save_steps=3,
+                save_only_model=False,
+            ),
         )
         trainer.train(resume_from_checkpoint=resume)
         return trainer
@@ -242,14 +319,22 @@ def test_resume_continues_like_uninterrupted_run_and_writes_model_card(tmp_path)
 
 def test_bad_dataset_fails_before_training_with_what_to_change(tmp_path):
     with pytest.raises(ValueError, match="dataset_text_field"):
-        ShapedSFTTrainer(model=tiny_model(), args=config(tmp_path), processing_class=TOK,
-                         train_dataset=Dataset.from_dict({"content": ["1+1=2", "2+2=4"]}))
+        ShapedSFTTrainer(
+            model=tiny_model(),
+            args=config(tmp_path),
+            processing_class=TOK,
+            train_dataset=Dataset.from_dict({"content": ["1+1=2", "2+2=4"]}),
+        )
 
 
 def test_loss_replacements_conflict_with_shaping(tmp_path):
     with pytest.raises(ValueError, match="loss_type='dft'"):
-        ShapedSFTTrainer(model=tiny_model(), args=config(tmp_path, shaping_preset="precision", loss_type="dft"),
-                         train_dataset=text_dataset(), processing_class=TOK)
+        ShapedSFTTrainer(
+            model=tiny_model(),
+            args=config(tmp_path, shaping_preset="precision", loss_type="dft"),
+            train_dataset=text_dataset(),
+            processing_class=TOK,
+        )
 
 
 def test_plain_forward_and_generation_unchanged(tmp_path):

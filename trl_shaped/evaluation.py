@@ -164,8 +164,10 @@ def sample_completions(
     model.eval()
     torch.manual_seed(seed)
     # Left padding so that every row's generation starts right after its own prompt.
-    old_side = tokenizer.padding_side
+    old_side, old_pad = tokenizer.padding_side, tokenizer.pad_token
     tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:  # many base-model tokenizers have none; padding is masked anyway
+        tokenizer.pad_token = tokenizer.eos_token
     prompts_per_call = max(1, batch_size // per_prompt)
     # top_k=0 switches off the top-k filter a model's generation_config may carry (often 50): only top-p applies.
     sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
@@ -181,13 +183,17 @@ def sample_completions(
             while remaining > 0:  # when n > batch_size one prompt takes several calls
                 m = min(remaining, max(1, batch_size // len(chunk)))
                 out = model.generate(
-                    **enc, **sampling, max_new_tokens=max_new_tokens, num_return_sequences=m,
-                    pad_token_id=pad_id, eos_token_id=eos_id,
+                    **enc,
+                    **sampling,
+                    max_new_tokens=max_new_tokens,
+                    num_return_sequences=m,
+                    pad_token_id=pad_id,
+                    eos_token_id=eos_id,
                 )
                 new = out[:, enc["input_ids"].shape[1] :]
                 for j, seq in enumerate(new):
                     stop = (seq == eos_id).nonzero() if eos_id is not None else seq[:0]
-                    length = int(stop[0]) + 1 if len(stop) else int((seq != pad_id).sum())
+                    length = int(stop[0]) + 1 if len(stop) else len(seq)  # no eos: it ran to max_new_tokens
                     rows[j // m].append(tokenizer.decode(seq[:length], skip_special_tokens=True))
                     row_lengths[j // m].append(length)
                 remaining -= m
@@ -199,7 +205,7 @@ def sample_completions(
             bar.update(len(chunk))
         bar.close()
     finally:
-        tokenizer.padding_side = old_side
+        tokenizer.padding_side, tokenizer.pad_token = old_side, old_pad
         model.train(was_training)
     return (completions, lengths) if return_lengths else completions
 
@@ -239,7 +245,9 @@ def score_completions(
     from trl_shaped.rewards import exact_answer_reward, extract_answer
 
     if len(completions) != len(answers):
-        raise ValueError(f"completions and answers must have the same length, got {len(completions)} and {len(answers)}")
+        raise ValueError(
+            f"completions and answers must have the same length, got {len(completions)} and {len(answers)}"
+        )
     if not completions:
         raise ValueError("completions must not be empty")
     n = len(completions[0])
@@ -249,7 +257,7 @@ def score_completions(
         if not 1 <= k <= n:
             raise ValueError(f"pass_k values must be in [1, num_samples={n}], got {k}")
     per_problem = []
-    for samples, gold in zip(completions, answers):
+    for samples, gold in zip(completions, answers, strict=True):
         rewards = exact_answer_reward(list(samples), [gold] * n)
         correct = [r is not None and r > 0 for r in rewards]
         extracted = [extract_answer(s) for s in samples]
@@ -324,7 +332,9 @@ def text_diagnostics(
         else:
             prompt_ids = tokenizer(_render_prompt(tokenizer, prompts[i]), add_special_tokens=False)["input_ids"]
             completion_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-            if tokenizer.eos_token_id is not None and (not completion_ids or completion_ids[-1] != tokenizer.eos_token_id):
+            if tokenizer.eos_token_id is not None and (
+                not completion_ids or completion_ids[-1] != tokenizer.eos_token_id
+            ):
                 completion_ids = completion_ids + [tokenizer.eos_token_id]
             ids, start = prompt_ids + completion_ids, max(1, len(prompt_ids))
         if max_length is not None:
@@ -438,13 +448,19 @@ class EvalConfig:
             ("diagnostics_top_k", self.diagnostics_top_k >= 1, ">= 1"),
             ("diagnostics_batch_size", self.diagnostics_batch_size >= 1, ">= 1"),
             ("max_problems", self.max_problems is None or self.max_problems >= 1, ">= 1 or None"),
-            ("diagnostics_max_length", self.diagnostics_max_length is None or self.diagnostics_max_length >= 2, ">= 2"),
+            (
+                "diagnostics_max_length",
+                self.diagnostics_max_length is None or self.diagnostics_max_length >= 2,
+                ">= 2",
+            ),
         ]
         for name, ok, allowed in checks:
             if not ok:
                 raise ValueError(f"{name} must be {allowed}, got {getattr(self, name)!r}")
         if self.pass_k is None:
-            self.pass_k = sorted({2**i for i in range(self.num_samples.bit_length()) if 2**i <= self.num_samples} | {self.num_samples})
+            self.pass_k = sorted(
+                {2**i for i in range(self.num_samples.bit_length()) if 2**i <= self.num_samples} | {self.num_samples}
+            )
         bad = [k for k in self.pass_k if not 1 <= int(k) <= self.num_samples]
         if bad:
             raise ValueError(f"pass_k values must be in [1, num_samples={self.num_samples}], got {bad}")
@@ -489,7 +505,7 @@ def evaluate(model, tokenizer, problems, config: EvalConfig) -> dict:
         return_lengths=True,
     )
     results = score_completions(completions, [str(r[config.answer_column]) for r in rows], pass_k=config.pass_k)
-    for record, samples in zip(results["per_problem"], completions):
+    for record, samples in zip(results["per_problem"], completions, strict=True):
         record["completions"] = samples
     all_lengths = [length for row in lengths for length in row]
     results["mean_completion_tokens"] = sum(all_lengths) / len(all_lengths)
@@ -541,7 +557,11 @@ def write_results(results: dict, output_dir: str | os.PathLike, *, name: str = "
     """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / f"{name}.json", "markdown": out / f"{name}.md", "pass_at_k_plot": out / f"{name}_pass_at_k.png"}
+    paths = {
+        "json": out / f"{name}.json",
+        "markdown": out / f"{name}.md",
+        "pass_at_k_plot": out / f"{name}_pass_at_k.png",
+    }
     paths["json"].write_text(json.dumps(results, indent=2, default=str))
     paths["markdown"].write_text(_markdown(results))
     plot_pass_at_k({results.get("run_name", name): results}, paths["pass_at_k_plot"])
@@ -591,7 +611,7 @@ def plot_entropy_per_preset(runs: dict, path: str | os.PathLike) -> Path:
     plt = _pyplot()
     labels = list(runs)
     diags = [r.get("diagnostics", r) if isinstance(r.get("diagnostics", r), dict) else {} for r in runs.values()]
-    missing = [label for label, d in zip(labels, diags) if "entropy" not in d]
+    missing = [label for label, d in zip(labels, diags, strict=True) if "entropy" not in d]
     if missing:
         raise ValueError(f"runs without diagnostics: {missing}")
     fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(labels) + 2), 3.5))

@@ -26,7 +26,16 @@ from .fused_loss import fused_linear_shaped_loss
 from .shaping import ShapingConfig
 
 # The per-token diagnostics of METHOD.md section 5, as returned (summed) by `fused_linear_shaped_loss`.
-STAT_KEYS = ("entropy", "topk_entropy", "topk_mass", "tail_mass", "target_prob", "target_in_topk", "top1_accuracy", "nll")
+STAT_KEYS = (
+    "entropy",
+    "topk_entropy",
+    "topk_mass",
+    "tail_mass",
+    "target_prob",
+    "target_in_topk",
+    "top1_accuracy",
+    "nll",
+)
 
 PAPER = {
     "title": "Diversity or Precision? A Deep Dive into Next Token Prediction",
@@ -34,7 +43,8 @@ PAPER = {
     "citation": """\
 @article{wu2025diversity,
     title   = {{Diversity or Precision? A Deep Dive into Next Token Prediction}},
-    author  = {Haoyuan Wu and Hai Wang and Jiajia Wu and Jinxiang Ou and Keyao Wang and Weile Chen and Zihao Zheng and Bei Yu},
+    author  = {Haoyuan Wu and Hai Wang and Jiajia Wu and Jinxiang Ou and Keyao Wang and Weile Chen and Zihao Zheng
+               and Bei Yu},
     year    = 2025,
     journal = {arXiv preprint arXiv:2512.22955}
 }""",
@@ -50,7 +60,8 @@ class ShapedCausalLMOutput(ModelOutput):
             their count, or by `num_items_in_batch` when given). The MoE auxiliary loss is not included.
         stats (`dict[str, torch.Tensor]`): detached float32 sums over the scored tokens of `STAT_KEYS`, plus
             `num_tokens`.
-        aux_loss (`torch.Tensor`, *optional*): the MoE load-balancing loss, unweighted, when router logits were asked for.
+        aux_loss (`torch.Tensor`, *optional*): the MoE load-balancing loss, unweighted, when router logits were
+            asked for.
     """
 
     loss: torch.Tensor | None = None
@@ -83,7 +94,9 @@ def _weight_owner(lm_head: torch.nn.Module) -> torch.nn.Module:
 
 
 def _shaped_head_forward(self, hidden_states, *, labels, **loss_kwargs):
-    return fused_linear_shaped_loss(hidden_states, self.weight, labels, bias=self.bias, return_stats=True, **loss_kwargs)
+    return fused_linear_shaped_loss(
+        hidden_states, self.weight, labels, bias=getattr(self, "bias", None), return_stats=True, **loss_kwargs
+    )
 
 
 def _run_as_head_forward(head: torch.nn.Module, hidden_states, labels, **loss_kwargs):
@@ -129,7 +142,9 @@ def add_shaped_lm_head(model: transformers.PreTrainedModel) -> None:
             extra = {"labels": labels, "shift_labels": shift_labels, "num_items_in_batch": num_items_in_batch}
             return original_forward(*args, **kwargs, **{k: v for k, v in extra.items() if v is not None})
         if not isinstance(shaped_lm_head, ShapingConfig):
-            raise ValueError(f"shaped_lm_head must be a ShapingConfig or None, got {type(shaped_lm_head).__name__}")
+            raise TypeError(f"shaped_lm_head must be a ShapingConfig or None, got {type(shaped_lm_head).__name__}")
+        if labels is None and shift_labels is None:
+            raise ValueError("the shaped loss needs `labels` (or pre-shifted `shift_labels`), -100 where not scored")
         kwargs["use_cache"] = False
         if getattr(text_config, "output_router_logits", False):
             kwargs.setdefault("output_router_logits", True)
@@ -156,9 +171,11 @@ def add_shaped_lm_head(model: transformers.PreTrainedModel) -> None:
             # As TRL's fused head: every MoE family in transformers shares Mixtral's load-balancing loss
             from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 
+            # Most MoE configs call the expert count `num_experts`; Mixtral-style ones `num_local_experts`
+            num_experts = getattr(text_config, "num_experts", None) or text_config.num_local_experts
             aux_loss = load_balancing_loss_func(
                 backbone_outputs.router_logits,
-                text_config.num_experts,
+                num_experts,
                 text_config.num_experts_per_tok,
                 kwargs.get("attention_mask"),
             )
@@ -316,7 +333,9 @@ class ShapedSFTTrainer(SFTTrainer):
         # Sums, reduced over processes: `log` divides once by the token count (a mean of per-batch means would weight
         # a batch with few scored tokens like a full one).
         keys = (*STAT_KEYS, "num_tokens")
-        local = torch.stack([torch.as_tensor(stats[k], dtype=torch.float64, device=self.accelerator.device) for k in keys])
+        local = torch.stack(
+            [torch.as_tensor(stats[k], dtype=torch.float64, device=self.accelerator.device) for k in keys]
+        )
         total = self.accelerator.reduce(local, reduction="sum").tolist()
         sums = self._shaped_sums[mode]
         for key, value in zip(keys, total):
@@ -352,12 +371,16 @@ class ShapedSFTTrainer(SFTTrainer):
 
         path = Path(self.args.output_dir) / "README.md"
         card = ModelCard.load(path)
-        settings = {name: getattr(self.shaping, name) for name in ("beta", "top_k", "head_reward", "tail_reward", "positive_form")}
-        card.data["trl_shaped"] = {"shaping_preset": getattr(self.args, "shaping_preset", None), **settings}
+        settings = {
+            name: getattr(self.shaping, name)
+            for name in ("beta", "top_k", "head_reward", "tail_reward", "positive_form")
+        }
+        preset = getattr(self.args, "shaping_preset", None)
+        card.data["trl_shaped"] = {"shaping_preset": preset, **settings}
         rows = "\n".join(f"| `{name}` | `{value}` |" for name, value in settings.items())
         card.text += (
-            "\n## Shaped loss\n\nTrained with [trl_shaped](https://arxiv.org/abs/2512.22955)'s rank-aware shaped "
-            f"next-token loss (preset: `{getattr(self.args, 'shaping_preset', None)}`).\n\n"
+            "\n## Shaped loss\n\nTrained with `trl_shaped`, the rank-aware reward-shaped next-token loss of "
+            f"[arXiv:2512.22955](https://arxiv.org/abs/2512.22955) (preset: `{preset}`).\n\n"
             f"| setting | value |\n|---|---|\n{rows}\n"
         )
         card.save(path)

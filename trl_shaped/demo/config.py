@@ -38,6 +38,12 @@ POSITIVE_FIELDS = (
     "eval_top_p",
     "shaping_top_k",
 )
+
+
+def _profile_help(text: str, name: str) -> str:
+    return f"{text} (default: {PROFILES['full'][name]} full, {PROFILES['quick'][name]} quick)."
+
+
 ALL_PRESETS = ("ce", "precision", "diversity", "tail_penalty", "head_reward")
 
 
@@ -67,32 +73,44 @@ class DemoConfig:
         metadata={"help": f"Comma-separated stage-1 presets out of {list(ALL_PRESETS)}, or 'all' for the five."},
     )
     quick: bool = field(
-        default=False, metadata={"help": "Run the small profile (about a minute on 2 CPU cores) instead of the full one."}
+        default=False,
+        metadata={"help": "Run the small profile (about a minute on 2 CPU cores) instead of the full one."},
     )
     output_dir: str = field(
         default="demo_report", metadata={"help": "Directory of the report (checkpoints go under its runs/)."}
     )
     seed: int = field(default=0, metadata={"help": "Seed of the task, model initialisation, training and sampling."})
     num_train_problems: int | None = field(
-        default=None, metadata={"help": "Distinct training problems (default: 1500 full, 500 quick)."}
+        default=None, metadata={"help": _profile_help("Distinct training problems", "num_train_problems")}
     )
     num_test_problems: int | None = field(
-        default=None, metadata={"help": "Distinct held-out problems (default: 100 full, 40 quick)."}
+        default=None, metadata={"help": _profile_help("Distinct held-out problems", "num_test_problems")}
     )
-    hidden_size: int | None = field(default=None, metadata={"help": "Hidden size of the tiny Qwen3 model (default 64)."})
+    hidden_size: int | None = field(
+        default=None, metadata={"help": _profile_help("Hidden size of the tiny Qwen3 model", "hidden_size")}
+    )
     num_layers: int = field(default=2, metadata={"help": "Decoder layers of the tiny Qwen3 model."})
-    sft_steps: int | None = field(default=None, metadata={"help": "Stage-1 optimizer steps (default: 600 full, 200 quick)."})
+    sft_steps: int | None = field(
+        default=None, metadata={"help": _profile_help("Stage-1 optimizer steps", "sft_steps")}
+    )
     sft_batch_size: int = field(default=32, metadata={"help": "Stage-1 sequences per step."})
     sft_learning_rate: float = field(default=3e-3, metadata={"help": "Stage-1 peak learning rate (cosine schedule)."})
-    grpo_steps: int | None = field(default=None, metadata={"help": "GRPO optimizer steps (default: 100 full, 16 quick)."})
+    grpo_steps: int | None = field(
+        default=None, metadata={"help": _profile_help("GRPO optimizer steps", "grpo_steps")}
+    )
     grpo_prompts_per_step: int = field(default=8, metadata={"help": "Prompts per GRPO step."})
     num_generations: int = field(default=8, metadata={"help": "Completions sampled per prompt in GRPO (the group)."})
     grpo_learning_rate: float = field(default=1e-4, metadata={"help": "GRPO learning rate (constant after warm-up)."})
     eval_num_samples: int | None = field(
-        default=None, metadata={"help": "Samples per test problem (n of Avg@n, Cons@n; default: 16 full, 8 quick)."}
+        default=None,
+        metadata={"help": _profile_help("Samples per test problem (n of Avg@n, Cons@n)", "eval_num_samples")},
     )
-    eval_temperature: float = field(default=0.7, metadata={"help": "Evaluation sampling temperature (the paper's 0.7)."})
-    eval_top_p: float = field(default=0.95, metadata={"help": "Evaluation nucleus sampling threshold (the paper's 0.95)."})
+    eval_temperature: float = field(
+        default=0.7, metadata={"help": "Evaluation sampling temperature (the paper's 0.7)."}
+    )
+    eval_top_p: float = field(
+        default=0.95, metadata={"help": "Evaluation nucleus sampling threshold (the paper's 0.95)."}
+    )
     shaping_top_k: int = field(
         default=4,
         metadata={
@@ -114,7 +132,9 @@ class DemoConfig:
         if self.hidden_size % 8:
             raise ValueError(f"hidden_size must be a multiple of 8 (4 heads of even size), got {self.hidden_size}")
         if self.num_generations < 2:
-            raise ValueError(f"num_generations must be >= 2 (GRPO compares completions within a group), got {self.num_generations}")
+            raise ValueError(
+                f"num_generations must be >= 2 (GRPO compares completions within a group), got {self.num_generations}"
+            )
         if self.eval_top_p > 1:
             raise ValueError(f"eval_top_p must be in (0, 1], got {self.eval_top_p}")
         if self.eval_temperature < 0:

@@ -13,12 +13,16 @@ Layout of `config.output_dir`:
     runs/<preset>/eval_{stage1,rl}.json     every sampled completion of the evaluations
 """
 
+import contextlib
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 
+import datasets
 import torch
+import transformers
 from transformers import PrinterCallback, TrainerCallback
 
 from .. import ShapedGRPOConfig, ShapedGRPOTrainer, ShapedSFTConfig, ShapedSFTTrainer
@@ -38,26 +42,48 @@ def say(message: str) -> None:
     print(f"[demo] {message}", flush=True)
 
 
+@contextlib.contextmanager
+def _quiet_libraries():
+    """The demo prints its own compact progress: silence the per-dataset-map and per-save progress bars and the
+    library deprecation notices for its duration, then restore them."""
+    datasets_bars = datasets.is_progress_bar_enabled()
+    transformers_bars = transformers.utils.logging.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.filterwarnings("ignore", message=".*pin_memory.*")
+            yield
+    finally:
+        if datasets_bars:
+            datasets.enable_progress_bars()
+        if transformers_bars:
+            transformers.utils.logging.enable_progress_bar()
+
+
 class CompactProgress(TrainerCallback):
     """Prints one line every `every` optimizer steps with a few logged values (replaces the per-log dict printer).
 
     Args:
         label (`str`): prefix of each line.
         keys (`dict[str, str]`): logged key -> short name to print.
-        every (`int`): print when the step is a multiple of this (and at the last step).
+        every (`int`): print at the first log of each block of this many steps, and at the last step.
     """
 
     def __init__(self, label: str, keys: dict[str, str], every: int):
         self.label, self.keys, self.every = label, keys, max(1, every)
         self.start = time.perf_counter()
+        self.printed = 0  # index of the last `every`-block printed
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        step = state.global_step
-        if not logs or (step % self.every and step != state.max_steps):
+        step, block = state.global_step, state.global_step // self.every
+        values = " ".join(f"{short} {logs[key]:.3f}" for key, short in self.keys.items() if key in (logs or {}))
+        if not values or (block == self.printed and step != state.max_steps):
             return
-        values = " ".join(f"{short} {logs[key]:.3f}" for key, short in self.keys.items() if key in logs)
-        if values:
-            print(f"    {self.label} step {step}/{state.max_steps}  {values}  ({time.perf_counter() - self.start:.0f}s)", flush=True)
+        self.printed = block
+        elapsed = time.perf_counter() - self.start
+        print(f"    {self.label} step {step}/{state.max_steps}  {values}  ({elapsed:.0f}s)", flush=True)
 
 
 def _compact(trainer, label: str, keys: dict[str, str], every: int) -> None:
@@ -104,7 +130,12 @@ def train_stage1(preset: str, config: DemoConfig, data, tokenizer, run_dir: Path
     seconds = time.perf_counter() - start
     trainer.save_model(str(out))
     trainer.save_state()
-    return {"checkpoint": str(out), "seconds": seconds, "log_history": trainer.state.log_history, "model": trainer.model}
+    return {
+        "checkpoint": str(out),
+        "seconds": seconds,
+        "log_history": trainer.state.log_history,
+        "model": trainer.model,
+    }
 
 
 def train_rl(preset: str, config: DemoConfig, data, tokenizer, stage1_dir: str, run_dir: Path) -> dict:
@@ -151,7 +182,12 @@ def train_rl(preset: str, config: DemoConfig, data, tokenizer, stage1_dir: str, 
     seconds = time.perf_counter() - start
     trainer.save_model(str(out))
     trainer.save_state()
-    return {"checkpoint": str(out), "seconds": seconds, "log_history": trainer.state.log_history, "model": trainer.model}
+    return {
+        "checkpoint": str(out),
+        "seconds": seconds,
+        "log_history": trainer.state.log_history,
+        "model": trainer.model,
+    }
 
 
 def completion_profile(per_problem: list[dict], answers: list[str]) -> dict:
@@ -208,6 +244,23 @@ def _eval_line(result: dict) -> str:
     )
 
 
+def run_preset(preset: str, config: DemoConfig, data, tokenizer, run_dir: Path, tag: str = "") -> dict:
+    """Stage 1 with `preset`, evaluation, GRPO from the stage-1 checkpoint, evaluation; files go to `run_dir`."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    say(f"{tag} {preset}: stage 1, shaped SFT for {config.sft_steps} steps")
+    stage1 = train_stage1(preset, config, data, tokenizer, run_dir)
+    say(f"{tag} {preset}: evaluating the stage-1 model")
+    model = stage1.pop("model")
+    eval_stage1 = evaluate_model(model, tokenizer, data, config, f"{preset} stage 1", run_dir / "eval_stage1.json")
+    say(f"    {_eval_line(eval_stage1)}")
+    say(f"{tag} {preset}: GRPO from the stage-1 checkpoint for {config.grpo_steps} steps")
+    rl = train_rl(preset, config, data, tokenizer, stage1["checkpoint"], run_dir)
+    say(f"{tag} {preset}: evaluating the RL model")
+    eval_rl = evaluate_model(rl.pop("model"), tokenizer, data, config, f"{preset} after RL", run_dir / "eval_rl.json")
+    say(f"    {_eval_line(eval_rl)}")
+    return {"stage1": stage1, "eval_stage1": eval_stage1, "rl": rl, "eval_rl": eval_rl}
+
+
 def run_demo(config: DemoConfig | None = None) -> Path:
     """Run the whole demo and write its report; returns the report directory.
 
@@ -231,20 +284,9 @@ def run_demo(config: DemoConfig | None = None) -> Path:
         f"{config.num_layers} layers x {config.hidden_size}, vocabulary {len(tokenizer)}"
     )
     runs = {}
-    for i, preset in enumerate(presets, 1):
-        run_dir = out / "runs" / preset
-        run_dir.mkdir(parents=True, exist_ok=True)
-        say(f"({i}/{len(presets)}) {preset}: stage 1, shaped SFT for {config.sft_steps} steps")
-        stage1 = train_stage1(preset, config, data, tokenizer, run_dir)
-        say(f"({i}/{len(presets)}) {preset}: evaluating the stage-1 model")
-        eval_stage1 = evaluate_model(stage1.pop("model"), tokenizer, data, config, f"{preset} stage 1", run_dir / "eval_stage1.json")
-        say(f"    {_eval_line(eval_stage1)}")
-        say(f"({i}/{len(presets)}) {preset}: GRPO from the stage-1 checkpoint for {config.grpo_steps} steps")
-        rl = train_rl(preset, config, data, tokenizer, stage1["checkpoint"], run_dir)
-        say(f"({i}/{len(presets)}) {preset}: evaluating the RL model")
-        eval_rl = evaluate_model(rl.pop("model"), tokenizer, data, config, f"{preset} after RL", run_dir / "eval_rl.json")
-        say(f"    {_eval_line(eval_rl)}")
-        runs[preset] = {"stage1": stage1, "eval_stage1": eval_stage1, "rl": rl, "eval_rl": eval_rl}
+    with _quiet_libraries():
+        for i, preset in enumerate(presets, 1):
+            runs[preset] = run_preset(preset, config, data, tokenizer, out / "runs" / preset, f"({i}/{len(presets)})")
     seconds = time.perf_counter() - total_start
     write_report(out, config=config, runs=runs, task=task, data=data, seconds=seconds)
     say(f"done in {seconds:.0f}s; report: {out / 'report.md'}")

@@ -138,10 +138,15 @@ def findings(runs: dict, summary: dict) -> list[str]:
     )
 
     gains = {p: runs[p]["eval_rl"]["avg_at_n"] - runs[p]["eval_stage1"]["avg_at_n"] for p in presets}
-    out.append("RL changed Avg@" + f"{n} by " + ", ".join(f"{p} {100 * g:+.1f} points" for p, g in gains.items()) + ".")
-    changes = {p: summary[p]["rl_curves"]["entropy"]["end"] - summary[p]["rl_curves"]["entropy"]["start"] for p in presets}
+    out.append(
+        "RL changed Avg@" + f"{n} by " + ", ".join(f"{p} {100 * g:+.1f} points" for p, g in gains.items()) + "."
+    )
+    changes = {
+        p: summary[p]["rl_curves"]["entropy"]["end"] - summary[p]["rl_curves"]["entropy"]["start"] for p in presets
+    }
     lengths = {
-        p: summary[p]["rl_curves"]["completions/mean_length"]["end"] - summary[p]["rl_curves"]["completions/mean_length"]["start"]
+        p: summary[p]["rl_curves"]["completions/mean_length"]["end"]
+        - summary[p]["rl_curves"]["completions/mean_length"]["start"]
         for p in presets
     }
     out.append(
@@ -162,7 +167,11 @@ def findings(runs: dict, summary: dict) -> list[str]:
                 else f"does NOT appear (largest decrease or smallest increase: {largest})"
             )
             + "; that it shortens its responses most "
-            + ("appears." if shortest == "diversity" and lengths["diversity"] < 0 else f"does NOT appear (largest decrease or smallest increase: {shortest}).")
+            + (
+                "appears."
+                if shortest == "diversity" and lengths["diversity"] < 0
+                else f"does NOT appear (largest decrease or smallest increase: {shortest})."
+            )
         )
     return out
 
@@ -237,7 +246,9 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
-def _markdown(config, runs: dict, summary: dict, found: list[str], task, data, seconds: float, environment: dict) -> str:
+def _markdown(
+    config, runs: dict, summary: dict, found: list[str], task, data, seconds: float, environment: dict
+) -> str:
     presets = list(runs)
     first = runs[presets[0]]
     n = first["eval_rl"]["num_samples"]
@@ -245,27 +256,39 @@ def _markdown(config, runs: dict, summary: dict, found: list[str], task, data, s
     lines = [
         "# trl_shaped demo: does the stage-1 distribution matter to RL?",
         "",
-        f"Measured by `trl-shaped demo{' --quick' if config.quick else ''}` in {seconds:.0f} s "
-        f"({environment['torch_threads']} torch threads, {environment['device']}, {environment['platform']}). "
-        "Every number below is read from the runs this command made; `results.json` holds them all.",
+        (
+            f"Measured by `trl-shaped demo{' --quick' if config.quick else ''}` in {seconds:.0f} s "
+            f"({environment['torch_threads']} torch threads, {environment['device']}, {environment['platform']}). "
+            "Every number below is read from the runs this command made; `results.json` holds them all."
+        ),
         "",
         "## What ran",
         "",
-        f"- **Task**: signed sums of {task.min_terms}-{task.max_terms} terms (operands 1..{task.max_operand}), answered "
-        f"with a worked solution in any valid order, or directly ({100 * task.direct_prob:.0f}% of the corpus), ending "
-        f"with `#### <answer>`. {len(data['rl'])} training problems ({len(data['sft'])} stage-1 solutions), "
-        f"{len(data['test'])} held-out problems. Example: `{example['prompt'].strip()}` -> `{example['completion']}`.",
-        f"- **Model**: Qwen3 architecture, {config.num_layers} layers, hidden {config.hidden_size}, character tokenizer "
-        "over the task's alphabet; every preset starts from the same initial weights.",
-        f"- **Stage 1**: `ShapedSFTTrainer`, {config.sft_steps} steps x {config.sft_batch_size} sequences, lr "
-        f"{config.sft_learning_rate} (cosine), presets {', '.join(presets)} (top-k for the rank-aware presets and "
-        f"diagnostics: {config.shaping_top_k}).",
-        f"- **Stage 2**: `ShapedGRPOTrainer` from each stage-1 checkpoint (also its prior), {config.grpo_steps} steps x "
-        f"{config.grpo_prompts_per_step} prompts x {config.num_generations} samples at temperature 1.0, no KL, "
-        f"clip-higher 0.28, dynamic sampling, lr {config.grpo_learning_rate}, reward `exact_answer_reward`.",
-        f"- **Evaluation**: {n} samples per held-out problem at temperature {config.eval_temperature}, top-p "
-        f"{config.eval_top_p}: Avg@{n}, Cons@{n}, Pass@k (unbiased estimator); distribution statistics on the held-out "
-        "reference solutions (completion tokens only).",
+        (
+            f"- **Task**: signed sums of {task.min_terms}-{task.max_terms} terms (operands 1..{task.max_operand}), answered "
+            f"with a worked solution in any valid order, or directly ({100 * task.direct_prob:.0f}% of the corpus), ending "
+            f"with `#### <answer>`. {len(data['rl'])} training problems ({len(data['sft'])} stage-1 solutions), "
+            f"{len(data['test'])} held-out problems. Example: `{example['prompt'].strip()}` -> `{example['completion']}`."
+        ),
+        (
+            f"- **Model**: Qwen3 architecture, {config.num_layers} layers, hidden {config.hidden_size}, character tokenizer "
+            "over the task's alphabet; every preset starts from the same initial weights."
+        ),
+        (
+            f"- **Stage 1**: `ShapedSFTTrainer`, {config.sft_steps} steps x {config.sft_batch_size} sequences, lr "
+            f"{config.sft_learning_rate} (cosine), presets {', '.join(presets)} (top-k for the rank-aware presets and "
+            f"diagnostics: {config.shaping_top_k})."
+        ),
+        (
+            f"- **Stage 2**: `ShapedGRPOTrainer` from each stage-1 checkpoint (also its prior), {config.grpo_steps} steps x "
+            f"{config.grpo_prompts_per_step} prompts x {config.num_generations} samples at temperature 1.0, no KL, "
+            f"clip-higher 0.28, dynamic sampling, lr {config.grpo_learning_rate}, reward `exact_answer_reward`."
+        ),
+        (
+            f"- **Evaluation**: {n} samples per held-out problem at temperature {config.eval_temperature}, top-p "
+            f"{config.eval_top_p}: Avg@{n}, Cons@{n}, Pass@k (unbiased estimator); distribution statistics on the held-out "
+            "reference solutions (completion tokens only)."
+        ),
         "",
         "## Findings (as measured)",
         "",
@@ -291,7 +314,11 @@ def _markdown(config, runs: dict, summary: dict, found: list[str], task, data, s
         rows.append(
             [p]
             + [f"{c[k]['start']:.3f} -> {c[k]['end']:.3f}" for k in RL_KEYS]
-            + [f"{c['kl_to_prior']['end']:.4f}", f"{summary[p]['rl_frac_groups_dropped']:.2f}", f"{summary[p]['rl_seconds']:.0f}"]
+            + [
+                f"{c['kl_to_prior']['end']:.4f}",
+                f"{summary[p]['rl_frac_groups_dropped']:.2f}",
+                f"{summary[p]['rl_seconds']:.0f}",
+            ]
         )
     lines += _table(
         ["preset", "reward", "entropy", "completion length", "KL to prior (end)", "groups dropped", "time (s)"], rows
@@ -303,7 +330,12 @@ def _markdown(config, runs: dict, summary: dict, found: list[str], task, data, s
         for stage, name in (("eval_stage1", "stage 1"), ("eval_rl", "after RL")):
             r = runs[p][stage]
             rows.append(
-                [p, name, f"{100 * r['avg_at_n']:.1f} ± {100 * r['avg_at_n_stderr']:.1f}", f"{100 * r['cons_at_n']:.1f}"]
+                [
+                    p,
+                    name,
+                    f"{100 * r['avg_at_n']:.1f} ± {100 * r['avg_at_n_stderr']:.1f}",
+                    f"{100 * r['cons_at_n']:.1f}",
+                ]
                 + [f"{100 * r['pass_at_k'][str(k)]:.1f}" for k in ks]
                 + [
                     f"{100 * r['frac_worked']:.0f} / {100 * r['frac_direct']:.0f}",
@@ -320,17 +352,21 @@ def _markdown(config, runs: dict, summary: dict, found: list[str], task, data, s
     )
     lines += [
         "",
-        "Avg@n is given with its standard error over problems. *worked / direct*: share of sampled completions that "
-        "show steps or state only the answer; *distinct correct solutions*: distinct correct completions per problem "
-        f"among the {n} samples (the exploration the model offers RL).",
+        (
+            "Avg@n is given with its standard error over problems. *worked / direct*: share of sampled completions that "
+            "show steps or state only the answer; *distinct correct solutions*: distinct correct completions per problem "
+            f"among the {n} samples (the exploration the model offers RL)."
+        ),
         "",
         "![Pass@k](pass_at_k.png)",
         "",
         "## Files",
         "",
         "- `results.json`: every number above, plus the full trainer log histories.",
-        "- `runs/<preset>/stage1`, `runs/<preset>/rl`: checkpoints (with `trainer_state.json`); "
-        "`runs/<preset>/eval_stage1.json`, `eval_rl.json`: every sampled completion.",
+        (
+            "- `runs/<preset>/stage1`, `runs/<preset>/rl`: checkpoints (with `trainer_state.json`); "
+            "`runs/<preset>/eval_stage1.json`, `eval_rl.json`: every sampled completion."
+        ),
         "",
     ]
     return "\n".join(lines)

@@ -29,7 +29,8 @@ class ShapedScriptArguments(ScriptArguments):
         default=None,
         metadata={
             "help": "Local data files: paths (read as the train split) or split=path pairs, e.g. "
-            "`train=data/train.jsonl test=data/test.jsonl`; format from the extension (.json/.jsonl/.csv/.parquet/.txt)."
+            "`train=data/train.jsonl test=data/test.jsonl`; the format follows the extension "
+            "(.json/.jsonl/.csv/.parquet/.txt)."
         },
     )
 
