@@ -25,7 +25,7 @@ from .diagnostics import STAT_NAMES, row_terms, stats_from_terms
 from .loss import check_labels, compute_dtype, positive_weight, reduce_loss, softmax_parts, topk_indices
 from .shaping import ShapingConfig, resolve_shaping
 
-CHUNK_LOGITS_BYTES = 64 * 2**20
+CHUNK_LOGITS_BYTES = 256 * 2**20
 # torch.addmm(..., out_dtype=float32) from bf16/fp16 inputs exists on CUDA from torch 2.8.
 _ADDMM_OUT_DTYPE = Version(torch.__version__) >= Version("2.8")
 
