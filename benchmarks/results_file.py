@@ -59,7 +59,7 @@ class PeakMemory:
     @staticmethod
     def _status_kib(field: str):
         try:
-            match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
+            match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
         except OSError:
             return None
         return int(match.group(1)) if match else None

@@ -167,16 +167,16 @@ def test_config_profiles_and_parser():
 def _fake_runs(entropy: dict, pass_n: dict, rl_entropy: dict):
     """Minimal run records with chosen numbers, to check that the conclusions follow the numbers."""
     runs = {}
-    for preset in entropy:
+    for preset, stage1_entropy in entropy.items():
         evaluation = {
             "num_samples": 4,
             "num_problems": 10,
             "avg_at_n": pass_n[preset] / 2,
             "avg_at_n_stderr": 0.01,
-            "pass_at_k": {"4": pass_n[preset]},
+            "pass_at_k": {"2": pass_n[preset], "4": 1.0},
         }
         runs[preset] = {
-            "eval_stage1": {**evaluation, "avg_at_n": 0.1},
+            "eval_stage1": {**evaluation, "avg_at_n": 0.1, "first_token_entropy": stage1_entropy},
             "eval_rl": evaluation,
             "rl": {"log_history": [{"step": i, "entropy": e} for i, e in enumerate(rl_entropy[preset])]},
         }
@@ -201,6 +201,7 @@ def test_findings_follow_the_numbers_either_way():
     )
     text = " ".join(findings(*paper_like))
     assert "entropy ordering (precision lowest, diversity highest, CE between) appears" in text
+    assert "the paper's ordering appears there." in text
     assert "give the best Pass@k after RL appears" in text
     assert "collapses its entropy most under RL appears" in text
     reversed_ = _fake_runs(
@@ -210,6 +211,7 @@ def test_findings_follow_the_numbers_either_way():
     )
     text = " ".join(findings(*reversed_))
     assert "does NOT appear at this scale." in text
+    assert "the paper's ordering does NOT appear there." in text
     assert "give the best Pass@k after RL does NOT appear" in text
     assert "largest decrease or smallest increase: ce" in text
 

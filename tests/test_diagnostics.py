@@ -51,7 +51,9 @@ def test_matches_direct_computation(k):
     for key in KEYS:
         expected = sum(r[key] for r in rows)
         # Tolerance rtol 1e-5 / atol 1e-5: float32 evaluation against float64, sums over <= 21 rows of O(1) values.
-        torch.testing.assert_close(stats[key].double(), torch.tensor(expected / len(rows)).double(), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            stats[key].double(), torch.tensor(expected / len(rows)).double(), rtol=1e-5, atol=1e-5
+        )
         torch.testing.assert_close(sums[key].double(), torch.tensor(expected).double(), rtol=1e-5, atol=1e-5)
         expected_rows = torch.tensor([r[key] for r in rows], dtype=torch.float64)
         torch.testing.assert_close(per_position[key][valid].double(), expected_rows, rtol=1e-5, atol=1e-5)
@@ -67,7 +69,9 @@ def test_ties_extreme_logits_and_low_precision():
     for key in KEYS:
         assert torch.isfinite(stats[key]).all()
         # Tolerance atol 1e-6: float32 of quantities in [0, log 5].
-        torch.testing.assert_close(stats[key].double(), torch.tensor([r[key] for r in rows]).double(), rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            stats[key].double(), torch.tensor([r[key] for r in rows]).double(), rtol=0, atol=1e-6
+        )
     # Ties at the k-th place break towards the lower index: label 3 is left out of {1, 2}.
     assert stats["target_in_topk"][0] == 0.0
     half = distribution_stats(logits.bfloat16(), labels, top_k=2)

@@ -25,7 +25,9 @@ def scaled_residual(z, q, config, head):
     S = sum_y q_y S_y with S_y = w(p_y) + sum_{a != y} r_a p_a.
     """
     p = z.softmax(-1)
-    reward = torch.where(head, torch.tensor(config.head_reward, dtype=z.dtype), torch.tensor(config.tail_reward, dtype=z.dtype))
+    reward = torch.where(
+        head, torch.tensor(config.head_reward, dtype=z.dtype), torch.tensor(config.tail_reward, dtype=z.dtype)
+    )
     if config.positive_form == "power":
         w_over_p = p ** (-((1 - p) ** config.beta))  # p ** (1 - (1 - p) ** beta) / p
     else:

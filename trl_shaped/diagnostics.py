@@ -9,7 +9,16 @@ import torch
 
 from .loss import REDUCTIONS, check_labels, check_reduction, softmax_parts, topk_indices
 
-STAT_NAMES = ("entropy", "topk_entropy", "topk_mass", "tail_mass", "target_prob", "target_in_topk", "top1_accuracy", "nll")
+STAT_NAMES = (
+    "entropy",
+    "topk_entropy",
+    "topk_mass",
+    "tail_mass",
+    "target_prob",
+    "target_in_topk",
+    "top1_accuracy",
+    "nll",
+)
 
 
 def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -115,7 +124,10 @@ def distribution_stats(
         head_ids = topk_indices(z, top_k)
         per_row = stats_from_terms(row_terms(*softmax_parts(z), flat_labels[rows], head_ids))
         if reduction == "none":
-            return {k: v.new_zeros(flat_labels.shape).index_put((rows,), v).reshape(labels.shape) for k, v in per_row.items()}
+            return {
+                k: v.new_zeros(flat_labels.shape).index_put((rows,), v).reshape(labels.shape)
+                for k, v in per_row.items()
+            }
         sums = {k: v.sum() for k, v in per_row.items()}
         if reduction == "sum":
             sums["num_tokens"] = torch.tensor(float(rows.numel()), device=z.device)

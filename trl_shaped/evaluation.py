@@ -13,8 +13,9 @@ Public signatures (the CLI's `trl-shaped eval` and the demo call these):
         1.0 if the majority answer (as above) is correct, else 0.0 (also 0.0 when no sample has an answer).
         `correct[i]` says whether sample i is correct; samples with the same answer must agree on it.
     sample_completions(model, tokenizer, prompts, *, num_samples, temperature=0.7, top_p=0.95, max_new_tokens=256,
-                       batch_size=64, seed=0, progress=True) -> list[list[str]]
-        n sampled completions per prompt (str prompts, or lists of chat messages rendered with the chat template).
+                       batch_size=64, seed=0, progress=True, return_lengths=False) -> list[list[str]]
+        n sampled completions per prompt (str prompts, or lists of chat messages rendered with the chat template);
+        with return_lengths, also their lengths in tokens. temperature=0 is greedy.
     score_completions(completions, answers, *, pass_k=(1,)) -> dict
         Extracts answers with `trl_shaped.rewards.extract_answer`, judges them with `exact_answer_reward` and
         returns {"avg_at_n", "cons_at_n", "pass_at_k": {k: value}, "per_problem": [...]}.
@@ -28,6 +29,8 @@ Public signatures (the CLI's `trl-shaped eval` and the demo call these):
         `<name>.json`, `<name>.md` and `<name>_pass_at_k.png` in `output_dir`.
     plot_pass_at_k(runs, path) / plot_entropy_per_preset(runs, path)
         PNG comparisons of several runs: `runs` maps a label (e.g. a preset name) to a result of `evaluate`.
+    load_problems(config: EvalConfig) -> datasets.Dataset
+        The rows of config.dataset_name (hub name, local directory or data file) and config.dataset_split.
     evaluate_main(config: EvalConfig) -> dict
         Loads the model and tokenizer (hub name or local path) and the dataset, evaluates, writes the files.
 

@@ -38,35 +38,48 @@ def default_chunk_size(num_tokens: int, vocab_size: int, budget_bytes: int = CHU
     return max(1, min(rows, num_tokens))
 
 
-def _chunk_logits(hidden, weight, bias, logit_scale, softcap):
-    """Float32 logits of one chunk: (hidden @ W^T + b) * scale, then softcap tanh(z / c) * c."""
-    z = hidden @ weight.t() if bias is None else torch.addmm(bias.to(weight.dtype), hidden, weight.t())
-    z = z.to(compute_dtype(z.dtype))
-    if logit_scale != 1.0:
-        z.mul_(logit_scale)
-    if softcap is not None:
-        z.div_(softcap).tanh_().mul_(softcap)
-    return z
+def _chunk_logits(hidden, weight, bias, logit_scale, softcap, out, mm_out):
+    """Float32 logits of one chunk, written into `out`: (hidden @ W^T + b) * scale, then softcap tanh(z / c) * c.
 
-
-def _accumulate(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
-    """acc += a @ b with acc in float32 (or float64) and a, b possibly bf16/fp16, without rounding a @ b first."""
-    if acc.dtype == a.dtype:
-        acc.addmm_(a, b)
-    elif acc.device.type == "cuda" and _ADDMM_OUT_DTYPE:
-        torch.addmm(acc, a, b, out_dtype=acc.dtype, out=acc)
+    `mm_out` is a buffer in the weight's dtype for the matmul when that dtype is not the compute dtype.
+    """
+    target = out if mm_out is None else mm_out
+    if bias is None:
+        torch.mm(hidden, weight.t(), out=target)
     else:
-        acc.addmm_(a.to(acc.dtype), b.to(acc.dtype))
+        torch.addmm(bias.to(weight.dtype), hidden, weight.t(), out=target)
+    if mm_out is not None:
+        out.copy_(mm_out)
+    if logit_scale != 1.0:
+        out.mul_(logit_scale)
+    if softcap is not None:
+        out.div_(softcap).tanh_().mul_(softcap)
+    return out
 
 
-def _chunk_loss_and_grad(z, labels, config: ShapingConfig, want_grad: bool, want_stats: bool):
+def _accumulate(acc: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """acc + a @ b in `dtype` (float32/64) from a, b possibly bf16/fp16, without rounding a @ b to their dtype.
+
+    `acc=None` starts the sum with the first product (no zero-filled (V, H) buffer to add it to).
+    """
+    if a.dtype == dtype:
+        return torch.mm(a, b) if acc is None else acc.addmm_(a, b)
+    if a.device.type == "cuda" and _ADDMM_OUT_DTYPE:
+        if acc is None:
+            return torch.mm(a, b, out_dtype=dtype)
+        return torch.addmm(acc, a, b, out_dtype=dtype, out=acc)
+    return torch.mm(a.to(dtype), b.to(dtype)) if acc is None else acc.addmm_(a.to(dtype), b.to(dtype))
+
+
+def _chunk_loss_and_grad(z, labels, config: ShapingConfig, want_grad: bool, want_stats: bool, exp_out=None):
     """Shaped loss per row, dl/dz (written over the exponentials) and per-row diagnostics of one chunk.
 
-    Returns `(loss_rows, grad, stats)`; grad is None unless asked, stats None unless asked. `z` is consumed.
+    Returns `(loss_rows, grad, stats)`; grad is None unless asked, stats None unless asked. `z` is consumed; the
+    exponentials (then the gradient) go to `exp_out` when given.
     """
     head, tail = config.head_reward, config.tail_reward
     head_ids = topk_indices(z, config.top_k) if (config.needs_topk or want_stats) else None
-    shifted, unnorm, norm = softmax_parts(z, inplace=True)
+    shifted, unnorm, norm = softmax_parts(z, inplace=True, out=exp_out)
     terms = row_terms(
         shifted, unnorm, norm, labels, head_ids, with_entropy=(tail != 0.0 or want_stats), with_top1=want_stats
     )
@@ -98,8 +111,21 @@ def _chunk_loss_and_grad(z, labels, config: ShapingConfig, want_grad: bool, want
     return loss_rows, grad, stats
 
 
-def _fused_forward(hidden, weight, bias, labels, config, ignore_index, chunk_size, logit_scale, softcap, want_stats,
-                   need_hidden_grad, need_weight_grad, need_bias_grad):
+def _fused_forward(
+    hidden,
+    weight,
+    bias,
+    labels,
+    config,
+    ignore_index,
+    chunk_size,
+    logit_scale,
+    softcap,
+    want_stats,
+    need_hidden_grad,
+    need_weight_grad,
+    need_bias_grad,
+):
     """Loss sum, number of valid rows, stats sums and the (unscaled) gradients, one chunk of logits at a time."""
     vocab = weight.shape[0]
     valid = check_labels(labels, vocab, ignore_index)
@@ -107,20 +133,31 @@ def _fused_forward(hidden, weight, bias, labels, config, ignore_index, chunk_siz
     n = rows.numel()
     want_grad = need_hidden_grad or need_weight_grad or need_bias_grad
     grad_hidden = torch.zeros_like(hidden) if need_hidden_grad else None
-    grad_weight = torch.zeros_like(weight, dtype=compute_dtype(weight.dtype)) if need_weight_grad else None
+    grad_weight = None
     loss_sum = torch.zeros((), dtype=compute_dtype(weight.dtype), device=hidden.device)
     grad_bias = torch.zeros(vocab, dtype=loss_sum.dtype, device=hidden.device) if need_bias_grad else None
     stat_sums = torch.zeros(len(STAT_NAMES), dtype=torch.float32, device=hidden.device)
     chunk = chunk_size or default_chunk_size(n, vocab)
+    # Equal chunks (no small last one), and (chunk, V) buffers reused by every chunk: a fresh allocation of that
+    # size per chunk costs page faults on a CPU and allocator churn on a GPU.
+    chunk = math.ceil(n / max(1, math.ceil(n / chunk))) if n else 1
+    logits_buf = torch.empty(chunk, vocab, dtype=loss_sum.dtype, device=hidden.device)
+    exp_buf = torch.empty_like(logits_buf)
+    mm_buf = (
+        None if weight.dtype == loss_sum.dtype else torch.empty(chunk, vocab, dtype=weight.dtype, device=hidden.device)
+    )
     softcap_grad = softcap is not None
     for start in range(0, n, chunk):
         idx = rows[start : start + chunk]
         h, y = hidden[idx].to(weight.dtype), labels[idx]
-        z = _chunk_logits(h, weight, bias, logit_scale, softcap)
+        size = idx.numel()
+        z = _chunk_logits(
+            h, weight, bias, logit_scale, softcap, logits_buf[:size], None if mm_buf is None else mm_buf[:size]
+        )
         if softcap_grad and want_grad:
             # d softcap / d pre-cap = 1 - tanh^2 = 1 - (z / c)^2, kept before z is consumed.
             chain = (z / softcap).square_().neg_().add_(1.0).mul_(logit_scale)
-        loss_rows, grad, stats = _chunk_loss_and_grad(z, y, config, want_grad, want_stats)
+        loss_rows, grad, stats = _chunk_loss_and_grad(z, y, config, want_grad, want_stats, exp_buf[:size])
         loss_sum += loss_rows.sum()
         if want_stats:
             stat_sums += torch.stack([stats[name].sum() for name in STAT_NAMES]).float()
@@ -131,23 +168,37 @@ def _fused_forward(hidden, weight, bias, labels, config, ignore_index, chunk_siz
             del chain
         elif logit_scale != 1.0:
             grad.mul_(logit_scale)
-        grad_in = grad.to(weight.dtype)  # a no-op in float32
+        grad_in = grad if mm_buf is None else mm_buf[:size].copy_(grad)
         if need_hidden_grad:
             grad_hidden.index_copy_(0, idx, (grad_in @ weight).to(hidden.dtype))
         if need_weight_grad:
-            _accumulate(grad_weight, grad_in.t(), h)
+            grad_weight = _accumulate(grad_weight, grad_in.t(), h, loss_sum.dtype)
         if need_bias_grad:
             grad_bias += grad.sum(dim=0)
         del grad, grad_in, z
-    if grad_weight is not None:
-        grad_weight = grad_weight.to(weight.dtype)
+    if need_weight_grad:
+        grad_weight = torch.zeros_like(weight) if grad_weight is None else grad_weight.to(weight.dtype)
     return loss_sum, n, stat_sums, grad_hidden, grad_weight, grad_bias
 
 
 class _FusedLinearShapedLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, config, ignore_index, num_items_in_batch, reduction, chunk_size,
-                logit_scale, softcap, want_stats, grad_enabled):
+    def forward(
+        ctx,
+        hidden,
+        weight,
+        bias,
+        labels,
+        config,
+        ignore_index,
+        num_items_in_batch,
+        reduction,
+        chunk_size,
+        logit_scale,
+        softcap,
+        want_stats,
+        grad_enabled,
+    ):
         need = (
             grad_enabled and hidden.requires_grad,
             grad_enabled and weight.requires_grad,
@@ -232,7 +283,9 @@ def fused_linear_shaped_loss(
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum' for the fused loss, got {reduction!r}")
     if weight.dim() != 2 or hidden.shape[-1] != weight.shape[1]:
-        raise ValueError(f"weight must be (V, H) with H = hidden.shape[-1]; got {tuple(weight.shape)} and hidden {tuple(hidden.shape)}")
+        raise ValueError(
+            f"weight must be (V, H) with H = hidden.shape[-1]; got {tuple(weight.shape)} and hidden {tuple(hidden.shape)}"
+        )
     if hidden.shape[:-1] != labels.shape:
         raise ValueError(f"hidden {tuple(hidden.shape)} must be labels {tuple(labels.shape)} plus a hidden axis")
     if bias is not None and bias.shape != (weight.shape[0],):
@@ -247,8 +300,19 @@ def fused_linear_shaped_loss(
     flat_hidden = hidden.reshape(-1, hidden.shape[-1])
     flat_labels = labels.reshape(-1)
     loss, stats = _FusedLinearShapedLoss.apply(
-        flat_hidden, weight, bias, flat_labels, config, ignore_index, num_items_in_batch, reduction, chunk_size,
-        float(logit_scale), None if softcap is None else float(softcap), return_stats, torch.is_grad_enabled(),
+        flat_hidden,
+        weight,
+        bias,
+        flat_labels,
+        config,
+        ignore_index,
+        num_items_in_batch,
+        reduction,
+        chunk_size,
+        float(logit_scale),
+        None if softcap is None else float(softcap),
+        return_stats,
+        torch.is_grad_enabled(),
     )
     if not return_stats:
         return loss

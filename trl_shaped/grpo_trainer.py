@@ -31,6 +31,7 @@ from trl.trainer.utils import (
 
 from .diagnostics import distribution_stats
 from .fused_loss import _chunk_logits, default_chunk_size
+from .loss import compute_dtype
 from .grpo_config import ShapedGRPOConfig
 from .sft_trainer import PAPER, _logit_transform, shaped_causal_lm_loss
 
@@ -39,6 +40,13 @@ DRIFT_STATS = ("entropy", "topk_entropy", "topk_mass", "nll")
 # Batch fields that are per-token (padded on the right) or per-prompt-token (padded on the left), and their padding.
 _LEFT_PADDED = {"prompt_ids", "prompt_mask"}
 _PAD_ONE = {"tool_mask", "importance_sampling_ratio"}
+
+
+def _project(hidden, weight, bias, logit_scale, softcap) -> torch.Tensor:
+    """Float32 logits of one chunk, through the same projection (scale, softcap) as the fused loss."""
+    out = hidden.new_empty((hidden.shape[0], weight.shape[0]), dtype=compute_dtype(weight.dtype))
+    mm_out = None if weight.dtype == out.dtype else hidden.new_empty(out.shape, dtype=weight.dtype)
+    return _chunk_logits(hidden.to(weight.dtype), weight, bias, logit_scale, softcap, out, mm_out)
 
 
 def _is_adapter_dir(path) -> bool:
@@ -378,8 +386,8 @@ class ShapedGRPOTrainer(GRPOTrainer):
             weight_q, bias_q = _head_params(head_q)
             for start in range(0, labels.numel(), step):
                 part = slice(start, start + step)
-                z_p = _chunk_logits(hidden_policy[part], weight_p, bias_p, scale_p, cap_p)
-                z_q = _chunk_logits(hidden_prior[part], weight_q, bias_q, scale_q, cap_q)
+                z_p = _project(hidden_policy[part], weight_p, bias_p, scale_p, cap_p)
+                z_q = _project(hidden_prior[part], weight_q, bias_q, scale_q, cap_q)
                 stats_p = distribution_stats(z_p, labels[part], top_k=k, reduction="sum")
                 stats_q = distribution_stats(z_q, labels[part], top_k=k, reduction="sum")
                 log_p, log_q = z_p.log_softmax(-1), z_q.log_softmax(-1)

@@ -10,9 +10,9 @@ For each scored position with logits z, p = softmax(z) and ground truth y, the d
 and the loss is l = -sum_a sg(w_a) log p_a, whose logit gradient is -(w - p * sum_a w_a). At the defaults
 w = onehot(y), so l = -log p_y and the gradient is the cross-entropy's.
 
-The helpers here (`softmax_parts`, `topk_mask`, `positive_weight`) are the small functional core that the
-chunked `fused_linear_shaped_loss` and `distribution_stats` reuse, so that the three agree by construction on
-everything but the reduction over the vocabulary.
+The helpers here (`softmax_parts`, `topk_indices`, `positive_weight`) are the small functional core that the
+chunked `fused_linear_shaped_loss` and `distribution_stats` reuse. `shaped_loss` itself stays the literal formula
+(dense weights, autograd through log_softmax), so that the tests compare the chunked closed forms against it.
 
 Decisions (METHOD.md leaves them open):
     * Ties at the k-th place: K_t is ranked by the float32 logits (the same order as p, without the rounding of
@@ -35,12 +35,15 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def softmax_parts(logits: torch.Tensor, inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def softmax_parts(
+    logits: torch.Tensor, inplace: bool = False, out: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Shifted logits, unnormalised probabilities and normaliser of logit rows, with a single exp.
 
     Args:
         logits (`torch.Tensor`): (n, V) float32 (or float64).
         inplace (`bool`): shift `logits` in place (the chunked loss owns its logits buffer).
+        out (`torch.Tensor`, *optional*): where to write the exponentials (a reused buffer).
 
     Returns:
         `(shifted, unnorm, norm)`: shifted = logits - rowmax (<= 0), unnorm = exp(shifted), norm (n, 1) its row sum;
@@ -50,7 +53,7 @@ def softmax_parts(logits: torch.Tensor, inplace: bool = False) -> tuple[torch.Te
     """
     row_max = logits.amax(dim=-1, keepdim=True)
     shifted = logits.sub_(row_max) if inplace else logits - row_max
-    unnorm = shifted.exp()
+    unnorm = torch.exp(shifted, out=out) if out is not None else shifted.exp()
     return shifted, unnorm, unnorm.sum(dim=-1, keepdim=True)
 
 
@@ -100,22 +103,27 @@ def positive_weight(logp_y: torch.Tensor, config: ShapingConfig) -> torch.Tensor
     return torch.exp((1.0 - scale) * logp_y)
 
 
-def shaped_weights(logits: torch.Tensor, labels: torch.Tensor, config: ShapingConfig) -> torch.Tensor:
+def shaped_weights(
+    logits: torch.Tensor, labels: torch.Tensor, config: ShapingConfig, log_probs: torch.Tensor | None = None
+) -> torch.Tensor:
     """The dense detached weights w (n, V) of METHOD.md section 3 for valid rows.
 
     Args:
-        logits (`torch.Tensor`): (n, V) logits of valid positions (no ignored labels).
+        logits (`torch.Tensor`): (n, V) logits of valid positions (no ignored labels); K_t is ranked on them.
         labels (`torch.Tensor`): (n,) ground-truth ids in [0, V).
         config (`ShapingConfig`): the shaping knobs.
+        log_probs (`torch.Tensor`, *optional*): log_softmax(logits) when the caller already has it (saves a buffer).
     """
     with torch.no_grad():
         logits = logits.to(compute_dtype(logits.dtype))
-        log_probs = F.log_softmax(logits, dim=-1)
+        log_probs = F.log_softmax(logits, dim=-1) if log_probs is None else log_probs.detach()
         rows = labels.unsqueeze(-1)
         if config.needs_topk:
-            reward = torch.full_like(logits, config.tail_reward)
-            reward.masked_fill_(topk_mask(logits, config.top_k), config.head_reward)
-            weights = log_probs.exp() * reward
+            # tail_reward * p everywhere, then head_reward * p on the k ids of K_t.
+            head_ids = topk_indices(logits, config.top_k)
+            weights = log_probs.exp()
+            head_weights = weights.gather(-1, head_ids).mul_(config.head_reward)
+            weights.mul_(config.tail_reward).scatter_(-1, head_ids, head_weights)
         else:
             weights = torch.zeros_like(logits)
         weights.scatter_(-1, rows, positive_weight(log_probs.gather(-1, rows), config))
@@ -128,8 +136,7 @@ def check_labels(labels: torch.Tensor, vocab_size: int, ignore_index: int) -> to
     bad = valid & ((labels < 0) | (labels >= vocab_size))
     if bool(bad.any()):
         raise ValueError(
-            f"labels must lie in [0, {vocab_size}) or equal ignore_index={ignore_index}; "
-            f"got {labels[bad][0].item()}"
+            f"labels must lie in [0, {vocab_size}) or equal ignore_index={ignore_index}; got {labels[bad][0].item()}"
         )
     return valid
 
@@ -193,7 +200,7 @@ def shaped_loss(
     # Only valid rows enter the maths, so ignored positions (padding, prompts) cost nothing and cannot make NaN.
     valid_logits = flat_logits[rows].to(compute_dtype(logits.dtype))
     log_probs = F.log_softmax(valid_logits, dim=-1)
-    weights = shaped_weights(valid_logits, flat_labels[rows], config)
+    weights = shaped_weights(valid_logits, flat_labels[rows], config, log_probs=log_probs)
     per_row = -(weights * log_probs).sum(dim=-1)
     if reduction == "none":
         out = per_row.new_zeros(flat_labels.shape).index_put((rows,), per_row)

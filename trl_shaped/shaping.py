@@ -20,7 +20,9 @@ ONE_MINUS_P_FLOOR = 1e-6
 def _check_real(name: str, value, allowed: str) -> float:
     # bool is an int subclass: `beta=True` is almost surely a mistake, so it is rejected rather than read as 1.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a finite real number ({allowed}), got {value!r} of type {type(value).__name__}")
+        raise ValueError(
+            f"{name} must be a finite real number ({allowed}), got {value!r} of type {type(value).__name__}"
+        )
     if not math.isfinite(value):
         raise ValueError(f"{name} must be a finite real number ({allowed}), got {value!r}")
     return float(value)

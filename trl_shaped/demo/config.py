@@ -37,6 +37,7 @@ POSITIVE_FIELDS = (
     "eval_num_samples",
     "eval_top_p",
     "shaping_top_k",
+    "num_threads",
 )
 
 
@@ -65,6 +66,7 @@ class DemoConfig:
         grpo_steps (`int`, *optional*), grpo_prompts_per_step (`int`), num_generations (`int`),
         grpo_learning_rate (`float`): stage 2.
         eval_num_samples (`int`, *optional*), eval_temperature (`float`), eval_top_p (`float`): evaluation.
+        num_threads (`int`): CPU threads of torch while the demo runs.
         shaping_top_k (`int`): k of the head set for `tail_penalty` / `head_reward` and of the top-k diagnostics.
     """
 
@@ -110,6 +112,13 @@ class DemoConfig:
     )
     eval_top_p: float = field(
         default=0.95, metadata={"help": "Evaluation nucleus sampling threshold (the paper's 0.95)."}
+    )
+    num_threads: int = field(
+        default=1,
+        metadata={
+            "help": "CPU threads torch uses during the demo. Its matrices are tiny: more threads gain little alone "
+            "and stall badly when other processes share the cores."
+        },
     )
     shaping_top_k: int = field(
         default=4,

@@ -213,6 +213,27 @@ def completion_profile(per_problem: list[dict], answers: list[str]) -> dict:
     }
 
 
+@torch.no_grad()
+def first_token_stats(model, tokenizer, prompts: list[str]) -> dict:
+    """The model's next-token distribution right after each prompt: the task's first branching point (answer
+    directly, or start working from one of the terms). Returns its mean entropy and the mean probability of the
+    direct strategy (``#``)."""
+    was_training, side = model.training, tokenizer.padding_side
+    model.eval()
+    tokenizer.padding_side = "left"
+    try:
+        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        position_ids = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        logits = model(**batch, position_ids=position_ids).logits[:, -1].float()
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    logp = torch.log_softmax(logits, dim=-1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    direct = logp[:, tokenizer.convert_tokens_to_ids("#")].exp()
+    return {"first_token_entropy": entropy.mean().item(), "first_token_p_direct": direct.mean().item()}
+
+
 def evaluate_model(model, tokenizer, data, config: DemoConfig, label: str, path: Path) -> dict:
     """Avg@n, Cons@n, Pass@k and held-out diagnostics of `model`; all samples go to `path` (JSON)."""
     eval_config = EvalConfig(
@@ -230,6 +251,7 @@ def evaluate_model(model, tokenizer, data, config: DemoConfig, label: str, path:
     result = evaluate(model, tokenizer, data["test"], eval_config)
     result["seconds"] = time.perf_counter() - start
     result.update(completion_profile(result["per_problem"], list(data["test"]["answer"])))
+    result.update(first_token_stats(model, tokenizer, list(data["test"]["prompt"])))
     path.write_text(json.dumps(result, indent=1))
     return {k: v for k, v in result.items() if k != "per_problem"}
 
@@ -284,10 +306,16 @@ def run_demo(config: DemoConfig | None = None) -> Path:
         f"{config.num_layers} layers x {config.hidden_size}, vocabulary {len(tokenizer)}"
     )
     runs = {}
-    with _quiet_libraries():
-        for i, preset in enumerate(presets, 1):
-            runs[preset] = run_preset(preset, config, data, tokenizer, out / "runs" / preset, f"({i}/{len(presets)})")
-    seconds = time.perf_counter() - total_start
-    write_report(out, config=config, runs=runs, task=task, data=data, seconds=seconds)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.num_threads)
+    try:
+        with _quiet_libraries():
+            for i, preset in enumerate(presets, 1):
+                run_dir = out / "runs" / preset
+                runs[preset] = run_preset(preset, config, data, tokenizer, run_dir, f"({i}/{len(presets)})")
+        seconds = time.perf_counter() - total_start
+        write_report(out, config=config, runs=runs, task=task, data=data, seconds=seconds)
+    finally:
+        torch.set_num_threads(threads)
     say(f"done in {seconds:.0f}s; report: {out / 'report.md'}")
     return out

@@ -48,6 +48,12 @@ def start_end(values: list[float]) -> tuple[float, float]:
     return sum(values[:q]) / q, sum(values[-q:]) / q
 
 
+def paper_k(pass_at_k: dict, n: int) -> int:
+    """The k the findings compare: the largest logged k <= n / 2, as the paper's Pass@64 of 128 samples."""
+    ks = sorted(int(k) for k in pass_at_k)
+    return max([k for k in ks if k <= max(1, n // 2)] or ks[:1])
+
+
 def _summarise(runs: dict) -> dict:
     """The per-preset numbers of the report, straight from the runs."""
     summary = {}
@@ -88,6 +94,12 @@ def findings(runs: dict, summary: dict) -> list[str]:
             "The paper's entropy ordering (precision lowest, diversity highest, CE between) "
             + ("appears at this scale." if holds else "does NOT appear at this scale.")
         )
+    branch = {p: runs[p]["eval_stage1"]["first_token_entropy"] for p in presets}
+    sentence = f"Stage-1 entropy at the first branching point (right after the prompt): {_fmt_order(branch)}"
+    if {"ce", "precision", "diversity"} <= set(presets):
+        holds = branch["precision"] < branch["ce"] < branch["diversity"]
+        sentence += "; the paper's ordering " + ("appears there." if holds else "does NOT appear there.")
+    out.append(sentence if sentence.endswith(".") else sentence + ".")
     if "tail_penalty" in presets and "ce" in presets:
         tail = {p: summary[p]["heldout_stage1"]["tail_mass"] for p in ("ce", "tail_penalty")}
         lower = tail["tail_penalty"] < tail["ce"]
@@ -102,13 +114,13 @@ def findings(runs: dict, summary: dict) -> list[str]:
     )
 
     n = runs[presets[0]]["eval_rl"]["num_samples"]
-    k = str(n)
-    after = {p: runs[p]["eval_rl"]["pass_at_k"][k] for p in presets}
+    k = paper_k(runs[presets[0]]["eval_rl"]["pass_at_k"], n)
+    after = {p: runs[p]["eval_rl"]["pass_at_k"][str(k)] for p in presets}
     avg_after = {p: runs[p]["eval_rl"]["avg_at_n"] for p in presets}
     best = max(after, key=after.get)
     best_avg = max(avg_after, key=avg_after.get)
     out.append(
-        f"After RL, Pass@{n}: "
+        f"After RL, Pass@{k}: "
         + ", ".join(f"{p} {100 * v:.1f}%" for p, v in after.items())
         + f"; Avg@{n}: "
         + ", ".join(f"{p} {100 * v:.1f}%" for p, v in avg_after.items())
@@ -127,7 +139,7 @@ def findings(runs: dict, summary: dict) -> list[str]:
             verdict = "does NOT appear at this scale"
         out.append(
             f"The paper's finding that precision-oriented priors ({', '.join(precision_like)}) give the best Pass@k "
-            f"after RL {verdict} (best Pass@{n}: {best}; best Avg@{n}: {best_avg})."
+            f"after RL {verdict} (best Pass@{k}: {best}; best Avg@{n}: {best_avg})."
         )
     stderr = max(runs[p]["eval_rl"]["avg_at_n_stderr"] for p in presets)
     spread = max(avg_after.values()) - min(avg_after.values())
@@ -298,14 +310,24 @@ def _markdown(
         "",
     ]
     lines += _table(
-        ["preset", "nll", "perplexity", "entropy", "top-k entropy", "tail mass", "target prob", "train time (s)"],
+        ["preset", "nll", "perplexity", "entropy", "top-k entropy", "tail mass", "target prob"]
+        + ["first-token entropy", "P(direct)", "train time (s)"],
         [
             [p]
             + [f"{summary[p]['heldout_stage1'][k]:.4f}" for k in HELDOUT_KEYS]
+            + [f"{runs[p]['eval_stage1'][k]:.4f}" for k in ("first_token_entropy", "first_token_p_direct")]
             + [f"{summary[p]['stage1_seconds']:.0f}"]
             for p in presets
         ],
     )
+    lines += [
+        "",
+        (
+            "The first six columns average over every completion token of the held-out reference solutions; the "
+            "first-token columns are the distribution right after the prompt, the task's main branching point (answer "
+            "directly with `#`, or start working from one of the terms)."
+        ),
+    ]
     lines += ["", "![stage 1](stage1.png)", "", "## Stage 2: GRPO from each prior", ""]
     lines += ["Start and end are the means of the first and the last quarter of the logged steps.", ""]
     rows = []
@@ -342,12 +364,14 @@ def _markdown(
                     f"{r['distinct_correct_per_problem']:.2f}",
                     f"{r['mean_completion_tokens']:.1f}",
                     f"{r['diagnostics']['entropy']:.4f}",
+                    f"{r['first_token_entropy']:.4f}",
                 ]
             )
     lines += _table(
         ["preset", "model", f"Avg@{n} (%)", f"Cons@{n} (%)"]
         + [f"Pass@{k} (%)" for k in ks]
-        + ["worked / direct (%)", "distinct correct solutions", "length (tokens)", "held-out entropy"],
+        + ["worked / direct (%)", "distinct correct solutions", "length (tokens)", "held-out entropy"]
+        + ["first-token entropy"],
         rows,
     )
     lines += [

@@ -1,12 +1,13 @@
 """The demo's reasoning task: sums of signed integers, solved step by step, with several valid solution paths.
 
 A problem is an expression such as ``7+5-3+8``. A worked solution adds the terms one at a time in some order
-that keeps every running total non-negative, e.g. ``7+5=12 12-3=9 9+8=17 #### 17`` or ``8-3=5 5+7=12 12+5=17
-#### 17``. Every order that starts with a positive term and never goes below zero is correct, and the training
-corpus samples among them (and among a few step separators), so the next token of a completion is genuinely
-uncertain at the branching points, as it is in general text; the answer after ``####`` is not. That is the
-situation where the shaping presets of stage 1 can change the distribution without changing what is right,
-and where the exploration space they leave matters to RL.
+that keeps every running total non-negative, e.g. ``7+5=12 12-3=9 9+8=17 #### 17`` or ``8-3=5; 5+7=12; 12+5=17
+#### 17``; a direct solution states only ``#### 17``. Every such solution is correct, and the training corpus
+samples among them with skewed (not uniform) weights, as word choices in general text are: the next token of a
+completion is genuinely uncertain at the branching points (which strategy, which term first, which separator),
+while the arithmetic and the answer after ``####`` are not. That is where the shaping presets of stage 1 can change
+the distribution without changing what is right, and where the exploration they leave matters to RL (the direct
+strategy is valid but unreliable for a small model, so RL has a real choice to learn).
 
 Datasets (all deterministic given the seed; train and test problems are disjoint expressions):
 
@@ -23,8 +24,10 @@ from dataclasses import dataclass
 
 from datasets import Dataset, DatasetDict
 
-# Step separators: stylistic branching that carries no information about the answer.
+# Step separators: stylistic branching that carries no information about the answer. Skewed, as word choices in
+# general text are, so that a preset that concentrates or spreads probability mass has something to move.
 SEPARATORS = (" ", ", ", "; ")
+SEPARATOR_WEIGHTS = (0.6, 0.3, 0.1)
 ANSWER_MARK = "####"
 
 
@@ -40,6 +43,8 @@ class ArithmeticTask:
         direct_prob (`float`): probability that a sampled solution states only the answer (``#### 9``), with no
             working. It is a valid but unreliable strategy for a small model, so the corpus offers RL a real choice
             between strategies as well as between orders.
+        order_skew (`float`): the valid orders of a problem (left to right first) are drawn with weights
+            ``1 / rank ** order_skew``: 0 is uniform, larger values favour the first orders.
     """
 
     min_terms: int = 3
@@ -47,6 +52,7 @@ class ArithmeticTask:
     max_operand: int = 9
     minus_prob: float = 0.4
     direct_prob: float = 0.25
+    order_skew: float = 1.0
 
     def __post_init__(self):
         if self.min_terms < 2:
@@ -59,6 +65,8 @@ class ArithmeticTask:
             raise ValueError(f"minus_prob must be in [0, 1), got {self.minus_prob}")
         if not 0.0 <= self.direct_prob < 1.0:
             raise ValueError(f"direct_prob must be in [0, 1), got {self.direct_prob}")
+        if not self.order_skew >= 0.0:
+            raise ValueError(f"order_skew must be >= 0, got {self.order_skew}")
 
     def sample_terms(self, rng: random.Random) -> tuple[int, ...]:
         """Signed terms of one problem (the first is positive), re-drawn until some order stays non-negative."""
@@ -73,10 +81,13 @@ class ArithmeticTask:
 
     def sample_solution(self, terms, rng: random.Random) -> str:
         """One solution of ``terms``: the direct answer with probability ``direct_prob``, else a worked solution
-        in a uniformly chosen valid order with a uniformly chosen separator."""
+        in a valid order drawn with weights ``1 / rank ** order_skew`` and a separator drawn by `SEPARATOR_WEIGHTS`."""
         if rng.random() < self.direct_prob:
             return format_solution(terms, None)
-        return format_solution(terms, rng.choice(solution_orders(terms)), rng.choice(SEPARATORS))
+        orders = solution_orders(terms)
+        weights = [1.0 / (rank + 1) ** self.order_skew for rank in range(len(orders))]
+        order = rng.choices(orders, weights=weights)[0]
+        return format_solution(terms, order, rng.choices(SEPARATORS, weights=SEPARATOR_WEIGHTS)[0])
 
 
 def format_problem(terms) -> str:
@@ -92,7 +103,8 @@ def format_prompt(terms) -> str:
 
 
 def solution_orders(terms) -> list[tuple[int, ...]]:
-    """All orders of the term indices whose first term is positive and whose running totals stay >= 0.
+    """All orders of the term indices whose first term is positive and whose running totals stay >= 0, in
+    lexicographic order of the indices (so left to right comes first when it is valid).
 
     Orders that only swap equal terms give the same text, so they are listed once.
     """
