@@ -197,7 +197,7 @@ def test_bad_arguments_raise():
 
 @pytest.mark.parametrize("name", list(PAPER_PRESETS))
 def test_extreme_logits_stay_finite_and_match(name):
-    h, w, b, labels = make_inputs(n=20, hidden=8, vocab=30, dtype=torch.float32, seed=5)
+    h, w, _b, labels = make_inputs(n=20, hidden=8, vocab=30, dtype=torch.float32, seed=5)
     config = dataclasses.replace(PAPER_PRESETS[name], top_k=4)
     w_big = (w.detach().sign() * 1e4 / 8).requires_grad_()  # logits of order +-1e4
     h_sign = h.detach().sign().requires_grad_()
@@ -208,3 +208,21 @@ def test_extreme_logits_stay_finite_and_match(name):
     torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-3)
     for g, g_ref in zip(grads, grads_ref):
         torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-3)
+
+
+def test_autocast_runs_the_matmul_in_the_autocast_dtype():
+    h, w, b, labels = make_inputs(n=30, hidden=16, vocab=100, dtype=torch.float32, seed=6)
+    config = dataclasses.replace(PAPER_PRESETS["tail_penalty"], top_k=5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, grads = fused(h, w, b, labels, config=config, chunk_size=7)
+    assert loss.dtype == torch.float32 and [g.dtype for g in grads] == [torch.float32] * 3
+    # The reference: bf16 logits (what autocast's lm_head gives), float32 loss; its gradients flow through the casts.
+    hf, wf, bf = (t.detach().clone().requires_grad_() for t in (h, w, b))
+    logits = torch.addmm(bf.bfloat16(), hf.bfloat16(), wf.bfloat16().t())
+    ref = shaped_loss(logits, labels, config=config)
+    grads_ref = torch.autograd.grad(ref, (hf, wf, bf))
+    # Same bf16 logits, float32 loss: rtol 1e-5. Gradients: the reference rounds the logit gradient and the weight
+    # gradient to bf16, the fused path keeps the weight's in float32: within 2% of the largest entry.
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=0)
+    for g, g_ref in zip(grads, grads_ref):
+        assert (g - g_ref.float()).abs().max() <= 2e-2 * g_ref.abs().max()

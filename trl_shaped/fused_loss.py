@@ -177,8 +177,17 @@ def _fused_forward(
             grad_bias += grad.sum(dim=0)
         del grad, grad_in, z
     if need_weight_grad:
-        grad_weight = torch.zeros_like(weight) if grad_weight is None else grad_weight.to(weight.dtype)
+        if grad_weight is None:
+            grad_weight = torch.zeros(weight.shape, dtype=loss_sum.dtype, device=weight.device)
     return loss_sum, n, stat_sums, grad_hidden, grad_weight, grad_bias
+
+
+def _matmul_dtype(weight: torch.Tensor) -> torch.dtype:
+    """The dtype of the logits matmul: autocast's when autocast is on for the weight's device, else the weight's."""
+    device_type = weight.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return weight.dtype
 
 
 class _FusedLinearShapedLoss(torch.autograd.Function):
@@ -198,15 +207,29 @@ class _FusedLinearShapedLoss(torch.autograd.Function):
         softcap,
         want_stats,
         grad_enabled,
+        mm_dtype,
     ):
         need = (
             grad_enabled and hidden.requires_grad,
             grad_enabled and weight.requires_grad,
             grad_enabled and bias is not None and bias.requires_grad,
         )
-        loss_sum, n, stat_sums, g_hidden, g_weight, g_bias = _fused_forward(
-            hidden, weight, bias, labels, config, ignore_index, chunk_size, logit_scale, softcap, want_stats, *need
-        )
+        # Under autocast the matmuls run in the autocast dtype, as the model's own lm_head would; the casts are made
+        # here explicitly and autocast is switched off, so that the float32 buffers and accumulators stay float32.
+        with torch.autocast(hidden.device.type, enabled=False):
+            loss_sum, n, stat_sums, g_hidden, g_weight, g_bias = _fused_forward(
+                hidden,
+                weight.to(mm_dtype),
+                None if bias is None else bias.to(mm_dtype),
+                labels,
+                config,
+                ignore_index,
+                chunk_size,
+                logit_scale,
+                softcap,
+                want_stats,
+                *need,
+            )
         loss = reduce_loss(loss_sum, torch.tensor(n, device=hidden.device), reduction, num_items_in_batch)
         # The loss is the sum of per-token terms times one constant; so are its gradients.
         if reduction == "mean":
@@ -215,7 +238,8 @@ class _FusedLinearShapedLoss(torch.autograd.Function):
             for g in (g_hidden, g_weight, g_bias):
                 if g is not None:
                     g.mul_(scale)
-        ctx.grads = (g_hidden, g_weight, g_bias)
+        # The weight's gradient was accumulated in float32; it is rounded to the weight's dtype once, here.
+        ctx.grads = (g_hidden, None if g_weight is None else g_weight.to(weight.dtype), g_bias)
         ctx.bias_dtype = bias.dtype if bias is not None else None
         stats = torch.cat([stat_sums, stat_sums.new_tensor([float(n)])])
         ctx.mark_non_differentiable(stats)
@@ -231,7 +255,7 @@ class _FusedLinearShapedLoss(torch.autograd.Function):
             g_bias = g_bias * grad_loss if g_bias is not None else None
         if g_bias is not None:
             g_bias = g_bias.to(ctx.bias_dtype)
-        return g_hidden, g_weight, g_bias, *([None] * 10)
+        return g_hidden, g_weight, g_bias, *([None] * 11)
 
 
 def fused_linear_shaped_loss(
@@ -313,6 +337,7 @@ def fused_linear_shaped_loss(
         None if softcap is None else float(softcap),
         return_stats,
         torch.is_grad_enabled(),
+        _matmul_dtype(weight),
     )
     if not return_stats:
         return loss

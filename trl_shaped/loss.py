@@ -60,9 +60,10 @@ def softmax_parts(
 def topk_indices(logits: torch.Tensor, k: int) -> torch.Tensor:
     """Token ids of K_t, the `k` largest logits of each row (n, min(k, V)), ties at the k-th place by lower id.
 
-    One `torch.topk` of k + 1 values tells whether the k-th place is tied (the k-th and (k+1)-th values are equal);
-    only such rows are re-ranked by a stable sort, which puts equal logits in id order. Untied rows need no rule:
-    their top k is unique. This avoids a second pass over the vocabulary (e.g. counting logits >= the k-th value).
+    One `torch.topk` of k + 1 values tells whether the k-th place is tied (the k-th and (k+1)-th values are equal).
+    Untied rows need no rule: their top k is unique. In tied rows (common with bf16 logits, whose 8-bit mantissa
+    makes equal values frequent) the ids above the tied value are kept and the remaining places go to the lowest
+    ids holding the tied value, found with one comparison and one `nonzero` over the row, not a full sort.
 
     Args:
         logits (`torch.Tensor`): (n, V) logits.
@@ -73,11 +74,27 @@ def topk_indices(logits: torch.Tensor, k: int) -> torch.Tensor:
         return torch.arange(vocab, device=logits.device).expand(n, vocab)
     values, ids = torch.topk(logits, k + 1, dim=-1, sorted=True)
     ids = ids[:, :k]
-    tied = (values[:, k - 1] == values[:, k]).nonzero().squeeze(-1)
-    if tied.numel():
-        order = torch.sort(logits[tied], dim=-1, descending=True, stable=True).indices[:, :k]
-        ids = ids.index_copy(0, tied, order)
+    tied = values[:, k - 1] == values[:, k]
+    if bool(tied.any()):
+        # The rule also holds for untied rows (their k-th value has one holder), so all rows go through it together:
+        # cheaper than copying the tied rows out of the chunk.
+        ids = _break_ties(logits, values[:, :k], ids, k)
     return ids
+
+
+def _break_ties(logits: torch.Tensor, values: torch.Tensor, ids: torch.Tensor, k: int) -> torch.Tensor:
+    """K_t of rows whose k-th place is tied, from their sorted top-k `values` and `ids` (any order among ties)."""
+    tied_value = values[:, k - 1 :]
+    # Sorted descending, the first `above` entries are the ids with a value strictly above the tie: they stay.
+    above = (values > tied_value).sum(dim=-1, keepdim=True)
+    # (row, id) of every logit equal to the tied value, in row-major order, so ids increase within a row.
+    holders = (logits == tied_value).nonzero()
+    counts = torch.bincount(holders[:, 0], minlength=logits.shape[0])
+    starts = (counts.cumsum(0) - counts).unsqueeze(-1)
+    place = torch.arange(k, device=logits.device)
+    # Place j >= above takes the (j - above)-th lowest id holding the tied value (there are always enough).
+    pick = (starts + (place - above).clamp_(min=0)).clamp_(max=holders.shape[0] - 1)
+    return torch.where(place < above, ids, holders[:, 1][pick])
 
 
 def topk_mask(logits: torch.Tensor, k: int) -> torch.Tensor:

@@ -22,20 +22,10 @@ from accelerate.utils import extract_model_from_parallel, is_peft_model
 from transformers.utils import ModelOutput
 from trl import SFTTrainer
 
+from .diagnostics import STAT_NAMES
 from .fused_loss import fused_linear_shaped_loss
 from .shaping import ShapingConfig
 
-# The per-token diagnostics of METHOD.md section 5, as returned (summed) by `fused_linear_shaped_loss`.
-STAT_KEYS = (
-    "entropy",
-    "topk_entropy",
-    "topk_mass",
-    "tail_mass",
-    "target_prob",
-    "target_in_topk",
-    "top1_accuracy",
-    "nll",
-)
 
 PAPER = {
     "title": "Diversity or Precision? A Deep Dive into Next Token Prediction",
@@ -58,7 +48,7 @@ class ShapedCausalLMOutput(ModelOutput):
     Args:
         loss (`torch.Tensor`): the shaped loss, normalised like TRL's fused NLL (sum over scored tokens divided by
             their count, or by `num_items_in_batch` when given). The MoE auxiliary loss is not included.
-        stats (`dict[str, torch.Tensor]`): detached float32 sums over the scored tokens of `STAT_KEYS`, plus
+        stats (`dict[str, torch.Tensor]`): detached float32 sums over the scored tokens of `STAT_NAMES`, plus
             `num_tokens`.
         aux_loss (`torch.Tensor`, *optional*): the MoE load-balancing loss, unweighted, when router logits were
             asked for.
@@ -332,7 +322,7 @@ class ShapedSFTTrainer(SFTTrainer):
     def _accumulate_stats(self, mode: str, stats: dict) -> None:
         # Sums, reduced over processes: `log` divides once by the token count (a mean of per-batch means would weight
         # a batch with few scored tokens like a full one).
-        keys = (*STAT_KEYS, "num_tokens")
+        keys = (*STAT_NAMES, "num_tokens")
         local = torch.stack(
             [torch.as_tensor(stats[k], dtype=torch.float64, device=self.accelerator.device) for k in keys]
         )

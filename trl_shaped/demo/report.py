@@ -265,6 +265,7 @@ def _markdown(
     first = runs[presets[0]]
     n = first["eval_rl"]["num_samples"]
     example = data["sft"][0]
+    terms = str(task.min_terms) if task.min_terms == task.max_terms else f"{task.min_terms}-{task.max_terms}"
     lines = [
         "# trl_shaped demo: does the stage-1 distribution matter to RL?",
         "",
@@ -277,7 +278,7 @@ def _markdown(
         "## What ran",
         "",
         (
-            f"- **Task**: signed sums of {task.min_terms}-{task.max_terms} terms (operands 1..{task.max_operand}), answered "
+            f"- **Task**: signed sums of {terms} terms (operands 1..{task.max_operand}), answered "
             f"with a worked solution in any valid order, or directly ({100 * task.direct_prob:.0f}% of the corpus), ending "
             f"with `#### <answer>`. {len(data['rl'])} training problems ({len(data['sft'])} stage-1 solutions), "
             f"{len(data['test'])} held-out problems. Example: `{example['prompt'].strip()}` -> `{example['completion']}`."

@@ -49,7 +49,7 @@ class ArithmeticTask:
 
     min_terms: int = 3
     max_terms: int = 3
-    max_operand: int = 9
+    max_operand: int = 19
     minus_prob: float = 0.4
     direct_prob: float = 0.25
     order_skew: float = 1.0
