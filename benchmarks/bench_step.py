@@ -13,7 +13,7 @@ minimum step time over all rounds is reported, with the median, and both as rati
 
 Usage:
     python benchmarks/bench_step.py --quick      # 2 rounds x 2 timed steps, batch 4 x 256 tokens
-    python benchmarks/bench_step.py              # 3 rounds x 3 timed steps, batch 8 x 512 tokens
+    python benchmarks/bench_step.py              # 2 rounds x 3 timed steps, batch 8 x 512 tokens
 """
 
 import argparse
@@ -127,7 +127,7 @@ def main():
     batch = args.batch or (4 if args.quick else 8)
     seq = args.seq or (256 if args.quick else 512)
     steps = args.steps or (2 if args.quick else 3)
-    rounds = args.rounds or (2 if args.quick else 3)
+    rounds = args.rounds or 2
     if args.worker:
         print(json.dumps(worker(args.worker, batch, seq, args.hidden, args.layers, steps, args.device)))
         return

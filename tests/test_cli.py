@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from trl_shaped import PAPER_PRESETS
-from trl_shaped.cli import SUBCOMMANDS, main
+from trl_shaped.cli import SUBCOMMANDS, dispatch, main
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
@@ -30,7 +30,7 @@ def tiny_run_dir(tmp_path_factory):
 def stage1_dir(tiny_run_dir):
     """`trl-shaped sft` with the tiny recipe; overrides change the preset and the length of the run."""
     output_dir = tiny_run_dir / "stage1"
-    trainer = main([
+    trainer = dispatch([
         "sft", "--config", str(RECIPES / "tiny_sft.yaml"),
         "--model_name_or_path", str(tiny_run_dir / "model"),
         "--dataset_data_files", f"train={tiny_run_dir / 'data' / 'sft.jsonl'}",
@@ -63,7 +63,7 @@ def test_sft_yaml_plus_overrides(stage1_dir, tiny_run_dir):
 
 def test_grpo_from_the_stage1_checkpoint(stage1_dir, tiny_run_dir, tmp_path):
     _, stage1 = stage1_dir
-    trainer = main([
+    trainer = dispatch([
         "grpo", "--config", str(RECIPES / "tiny_grpo.yaml"),
         "--model_name_or_path", str(stage1),
         "--dataset_data_files", f"train={tiny_run_dir / 'data' / 'rl.jsonl'}",
@@ -79,7 +79,7 @@ def test_grpo_from_the_stage1_checkpoint(stage1_dir, tiny_run_dir, tmp_path):
 
 def test_eval_yaml_plus_overrides(stage1_dir, tiny_run_dir, tmp_path):
     _, stage1 = stage1_dir
-    result = main([
+    result = dispatch([
         "eval", "--config", str(RECIPES / "tiny_eval.yaml"),
         "--model_name_or_path", str(stage1), "--dataset_name", str(tiny_run_dir / "data" / "test.jsonl"),
         "--num_samples", "2", "--pass_k", "1", "2", "--max_new_tokens", "4", "--no_progress",
@@ -94,7 +94,7 @@ def test_eval_yaml_plus_overrides(stage1_dir, tiny_run_dir, tmp_path):
 
 
 def test_demo_quick_with_overrides(tmp_path):
-    report_dir = main([
+    report_dir = dispatch([
         "demo", "--config", str(RECIPES / "demo_quick.yaml"), "--presets", "ce",
         "--num_train_problems", "20", "--num_test_problems", "4", "--sft_steps", "2", "--grpo_steps", "1",
         "--eval_num_samples", "2", "--output_dir", str(tmp_path / "report"),
@@ -121,7 +121,7 @@ def test_demo_quick_with_overrides(tmp_path):
 )
 def test_bad_values_fail_with_a_clear_message(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(argv)
+        dispatch(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
 
@@ -130,7 +130,7 @@ def test_unknown_yaml_key_fails(tmp_path, capsys):
     config = tmp_path / "bad.yaml"
     config.write_text("num_samples: 2\nnot_a_field: 3\n")
     with pytest.raises(SystemExit):
-        main(["eval", "--config", str(config)])
+        dispatch(["eval", "--config", str(config)])
     assert "not_a_field" in capsys.readouterr().err
 
 
@@ -144,3 +144,16 @@ def test_console_script_is_installed():
     script = Path(sys.executable).parent / "trl-shaped"  # pyproject's [project.scripts], made by pip install
     run = subprocess.run([str(script), "--help"], check=False, capture_output=True, text=True, env=dict(os.environ))
     assert run.returncode == 0 and "grpo" in run.stdout
+
+
+def test_console_script_exits_zero_after_a_run(tmp_path):
+    # The console script must turn a finished run into exit status 0, whatever the subcommand returns.
+    script = Path(sys.executable).with_name("trl-shaped")
+    done = subprocess.run(
+        [str(script), "demo", "--presets", "ce", "--quick", "true", "--num_train_problems", "20",
+         "--num_test_problems", "4", "--sft_steps", "2", "--grpo_steps", "1", "--eval_num_samples", "2",
+         "--output_dir", str(tmp_path / "report")],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "report" / "report.md").is_file()

@@ -1,6 +1,7 @@
-"""The built-in demo: the generated task, the configuration, the report's conclusions, and the quick demo end to end."""
+"""The built-in demo: the generated task, the configuration, the report's conclusions, the quick demo end to end."""
 
 import ast
+import dataclasses
 import json
 import math
 import operator
@@ -174,6 +175,7 @@ def _fake_runs(entropy: dict, pass_n: dict, rl_entropy: dict):
             "avg_at_n": pass_n[preset] / 2,
             "avg_at_n_stderr": 0.01,
             "pass_at_k": {"2": pass_n[preset], "4": 1.0},
+            "pass_at_k_stderr": {"2": 0.01, "4": 0.0},
         }
         runs[preset] = {
             "eval_stage1": {**evaluation, "avg_at_n": 0.1, "first_token_entropy": stage1_entropy},
@@ -214,6 +216,13 @@ def test_findings_follow_the_numbers_either_way():
     assert "the paper's ordering does NOT appear there." in text
     assert "give the best Pass@k after RL does NOT appear" in text
     assert "largest decrease or smallest increase: ce" in text
+    close = _fake_runs(
+        {"ce": 0.5, "precision": 0.4, "diversity": 0.6},
+        {"ce": 0.51, "precision": 0.5, "diversity": 0.3},
+        {"ce": [1.0, 0.9], "precision": [1.0, 0.95], "diversity": [1.0, 0.5]},
+    )
+    text = " ".join(findings(*close))
+    assert "after RL is not resolved at this scale: precision vs ce differ by -1.0 points" in text
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -261,6 +270,14 @@ def test_quick_demo_numbers_come_from_its_runs(quick_report):
     report = (out / "report.md").read_text()
     for preset, run in results["presets"].items():
         run_dir = out / "runs" / preset
+        # the settings quoted are those the trainers ran with, as saved with their checkpoints
+        stage1_args = torch.load(run_dir / "stage1" / "training_args.bin", weights_only=False)
+        assert stage1_args.shaping_preset == preset
+        assert run["stage1"]["settings"]["shaping"] == dataclasses.asdict(stage1_args.shaping)
+        rl_args = torch.load(run_dir / "rl" / "training_args.bin", weights_only=False)
+        assert rl_args.prior_model_name_or_path == run["stage1"]["checkpoint"]
+        assert run["rl"]["settings"]["learning_rate"] == rl_args.learning_rate
+
         # the curves are the trainers' own log histories, as saved with their checkpoints
         for stage in ("stage1", "rl"):
             saved = json.loads((run_dir / stage / "trainer_state.json").read_text())["log_history"]
@@ -283,18 +300,24 @@ def test_quick_demo_numbers_come_from_its_runs(quick_report):
         # the held-out statistics of stage 1 are those of the saved stage-1 checkpoint: recompute NLL and entropy
         model = AutoModelForCausalLM.from_pretrained(run_dir / "stage1").eval()
         tokenizer = AutoTokenizer.from_pretrained(run_dir / "stage1")
-        nll_sum, entropy_sum, count = 0.0, 0.0, 0
+        rows = []
+        for row in test:
+            prompt = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
+            completion = tokenizer(row["completion"], add_special_tokens=False)["input_ids"]
+            rows.append((prompt, completion + [tokenizer.eos_token_id]))
+        width = max(len(p) + len(c) for p, c in rows)
+        ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+        mask = torch.zeros_like(ids)
+        scored = torch.zeros(len(rows), width - 1, dtype=torch.bool)  # positions that predict a completion token
+        for i, (p, c) in enumerate(rows):
+            ids[i, : len(p) + len(c)] = torch.tensor(p + c)
+            mask[i, : len(p) + len(c)] = 1
+            scored[i, len(p) - 1 : len(p) + len(c) - 1] = True
         with torch.no_grad():
-            for row in test:
-                prompt = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
-                completion = tokenizer(row["completion"], add_special_tokens=False)["input_ids"]
-                ids = torch.tensor([prompt + completion + [tokenizer.eos_token_id]])
-                logp = torch.log_softmax(model(ids).logits[0, :-1].double(), dim=-1)
-                targets = ids[0, 1:]
-                scored = slice(len(prompt) - 1, None)
-                nll_sum += -logp[scored].gather(1, targets[scored, None]).sum().item()
-                entropy_sum += -(logp[scored].exp() * logp[scored]).sum().item()
-                count += targets[scored].numel()
+            logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1].double(), dim=-1)
+        nll = -logp.gather(-1, ids[:, 1:, None])[..., 0][scored]
+        entropy = -(logp.exp() * logp).sum(-1)[scored]
+        nll_sum, entropy_sum, count = nll.sum().item(), entropy.sum().item(), int(scored.sum())
         diagnostics = run["eval_stage1"]["diagnostics"]
         assert diagnostics["nll"] == pytest.approx(nll_sum / count, rel=1e-4)
         assert diagnostics["entropy"] == pytest.approx(entropy_sum / count, rel=1e-4)

@@ -262,3 +262,11 @@ def test_topk_indices_equal_stable_sort_with_many_ties(k):
     expected_mask = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, expected, True)
     assert torch.equal(topk_mask(logits, k), expected_mask)
     assert torch.equal(torch.sort(topk_indices(logits, k), -1).values, torch.sort(expected, -1).values)
+
+
+def test_topk_indices_with_bf16_rounded_logits():
+    # bf16 logits (8-bit mantissa) tie often at the k-th place; the result must still be the stable-sort top-k.
+    gen = torch.Generator().manual_seed(0)
+    logits = (torch.randn(40, 3000, generator=gen) * 2).bfloat16().float()
+    expected = torch.sort(logits, dim=-1, descending=True, stable=True).indices[:, :50]
+    assert torch.equal(topk_mask(logits, 50), torch.zeros_like(logits, dtype=torch.bool).scatter(-1, expected, True))

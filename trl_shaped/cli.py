@@ -56,8 +56,9 @@ def _launch_with_accelerate(name: str, args: list[str]) -> None:
     launch_command(launch_command_parser().parse_args(["--config_file", config_file, str(script), *script_args]))
 
 
-def main(argv: list[str] | None = None):
-    """Dispatch `argv` (default: `sys.argv[1:]`) to a subcommand; returns what the subcommand's `run` returns."""
+def dispatch(argv: list[str] | None = None):
+    """Dispatch `argv` (default: `sys.argv[1:]`) to a subcommand; returns what the subcommand's `run` returns
+    (the trainer, the evaluation results, the demo's report directory)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _top_parser()
     if not argv or argv[0] not in SUBCOMMANDS:
@@ -71,5 +72,11 @@ def main(argv: list[str] | None = None):
     return module.run(args, prog=f"trl-shaped {name}")
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: run the subcommand and return the process exit status (errors exit through SystemExit)."""
+    dispatch(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

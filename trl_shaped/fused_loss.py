@@ -5,12 +5,14 @@ builds the float32 logits, the loss and the logit gradient dl/dz = -(w - p * sum
 and immediately folds that gradient into the gradients of the hidden states, the weight and the bias. Only one
 chunk of logits is alive at a time; the backward pass merely scales the stored gradients by the incoming one.
 
-Chunk size: unless given, a chunk holds `CHUNK_LOGITS_BYTES` of float32 logits (rows = bytes // (4 * V)). The
-peak working set is a small multiple of that (logits, probabilities, the K_t mask and the head probabilities),
-independent of the number of tokens, and large enough for the matmuls to run at full speed.
+Chunk size: unless given, a chunk holds at most `CHUNK_LOGITS_BYTES` (256 MiB) of float32 logits (rows = bytes //
+(4 * V), 432 rows at V = 151,936), and the valid tokens are split into equal chunks under that bound. The working
+set is two such float32 buffers (the logits, then the exponentials that become the gradient in place; plus one in
+the matmul dtype under bf16/fp16), allocated once and reused by every chunk, and (rows, k) top-k data: independent
+of the number of tokens. Below ~256 rows per chunk the CPU matmuls lose speed (measured on the benchmark machine).
 
-Precision: the logits are produced by the matmul in the input dtype (what the model's own `lm_head` does),
-then everything is float32. The gradients are returned in the dtypes of hidden, weight and bias. The weight's
+Precision: the logits are produced by the matmul in the input dtype, or autocast's dtype when autocast is on (what
+the model's own `lm_head` does), then everything is float32. The gradients are returned in the dtypes of hidden, weight and bias. The weight's
 gradient is a sum over chunks: for a bf16/fp16 weight it is accumulated in a float32 buffer and rounded once at
 the end (TRL's chunked log-prob kernel found that rounding every chunk's product to bf16 biases training), at the
 cost of a float32 (V, H) buffer while the loss runs.

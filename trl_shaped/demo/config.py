@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 PROFILES = {
     "full": {
         "num_train_problems": 1500,
-        "num_test_problems": 100,
+        "num_test_problems": 200,
         "hidden_size": 64,
-        "sft_steps": 1500,
-        "grpo_steps": 100,
+        "sft_steps": 2000,
+        "grpo_steps": 150,
         "eval_num_samples": 16,
     },
     "quick": {

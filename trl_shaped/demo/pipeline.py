@@ -14,8 +14,10 @@ Layout of `config.output_dir`:
 """
 
 import contextlib
+import dataclasses
 import json
 import math
+import os
 import time
 import warnings
 from pathlib import Path
@@ -26,16 +28,34 @@ import transformers
 from transformers import PrinterCallback, TrainerCallback
 
 from .. import ShapedGRPOConfig, ShapedGRPOTrainer, ShapedSFTConfig, ShapedSFTTrainer
-from ..evaluation import EvalConfig, evaluate
+from ..evaluation import EvalConfig, evaluate, pass_at_k
 from ..rewards import exact_answer_reward
 from ..tiny import build_char_tokenizer, build_tiny_model
 from .config import DemoConfig
 from .report import write_report
 from .task import ArithmeticTask, build_datasets, solution_strategy, task_alphabet
 
-# Longest completion of the task ("9+9=18; 18+9=27 #### 27") plus room for the eos token and a few mistakes.
+# Longest completion of the default task ("19+19=38; 38+19=57 #### 57", 26 characters) plus the eos token and
+# room for a few mistakes.
 MAX_COMPLETION_TOKENS = 32
 MAX_SEQUENCE_TOKENS = 64
+# Trainer arguments recorded in results.json and quoted by the report (read back from the configs actually used).
+STAGE1_SETTINGS = ("max_steps", "per_device_train_batch_size", "learning_rate", "lr_scheduler_type", "shaping_preset")
+RL_SETTINGS = (
+    "max_steps",
+    "per_device_train_batch_size",
+    "num_generations",
+    "temperature",
+    "beta",
+    "epsilon",
+    "epsilon_high",
+    "loss_type",
+    "dynamic_sampling",
+    "max_resample_rounds",
+    "learning_rate",
+    "lr_scheduler_type",
+    "prior_model_name_or_path",
+)
 
 
 def say(message: str) -> None:
@@ -91,6 +111,11 @@ def _compact(trainer, label: str, keys: dict[str, str], every: int) -> None:
     trainer.add_callback(CompactProgress(label, keys, every))
 
 
+def _settings(args, names) -> dict:
+    # enums (e.g. the scheduler type) as their plain values
+    return {name: getattr(getattr(args, name), "value", getattr(args, name)) for name in names}
+
+
 def train_stage1(preset: str, config: DemoConfig, data, tokenizer, run_dir: Path) -> dict:
     """Stage 1: shaped SFT of a fresh tiny model with `preset`; saves the checkpoint to `run_dir/stage1`."""
     model = build_tiny_model(
@@ -130,9 +155,12 @@ def train_stage1(preset: str, config: DemoConfig, data, tokenizer, run_dir: Path
     seconds = time.perf_counter() - start
     trainer.save_model(str(out))
     trainer.save_state()
+    settings = _settings(args, STAGE1_SETTINGS)
+    settings["shaping"] = dataclasses.asdict(args.shaping)  # the resolved preset
     return {
         "checkpoint": str(out),
         "seconds": seconds,
+        "settings": settings,
         "log_history": trainer.state.log_history,
         "model": trainer.model,
     }
@@ -185,16 +213,23 @@ def train_rl(preset: str, config: DemoConfig, data, tokenizer, stage1_dir: str, 
     return {
         "checkpoint": str(out),
         "seconds": seconds,
+        "settings": _settings(args, RL_SETTINGS),
         "log_history": trainer.state.log_history,
         "model": trainer.model,
     }
 
 
-def completion_profile(per_problem: list[dict], answers: list[str]) -> dict:
+def _stderr(values: list[float]) -> float:
+    """Standard error of the mean of `values` (per-problem scores: the noise of a metric over the test set)."""
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1) / len(values))
+
+
+def completion_profile(per_problem: list[dict], answers: list[str], pass_k: list[int]) -> dict:
     """What the sampled completions look like: the share of each strategy, how many distinct correct solutions a
-    problem gets (the exploration the prior offers RL), and the standard error of Avg@n over problems."""
+    problem gets (the exploration the prior offers RL), and the standard errors of Avg@n and Pass@k over problems."""
     strategies = {"worked": 0, "direct": 0, "other": 0}
-    distinct_correct, accuracy = [], []
+    distinct_correct = []
     for record, gold in zip(per_problem, answers):
         correct = set()
         for text, extracted in zip(record["completions"], record["extracted"]):
@@ -202,12 +237,13 @@ def completion_profile(per_problem: list[dict], answers: list[str]) -> dict:
             if extracted is not None and extracted.strip() == gold:
                 correct.add(text.strip())
         distinct_correct.append(len(correct))
-        accuracy.append(record["num_correct"] / len(record["completions"]))
+    n = len(per_problem[0]["completions"])
     total = sum(strategies.values())
-    mean = sum(accuracy) / len(accuracy)
-    variance = sum((a - mean) ** 2 for a in accuracy) / max(1, len(accuracy) - 1)
     return {
-        "avg_at_n_stderr": math.sqrt(variance / len(accuracy)),
+        "avg_at_n_stderr": _stderr([r["num_correct"] / n for r in per_problem]),
+        "pass_at_k_stderr": {
+            str(k): _stderr([pass_at_k(n, r["num_correct"], k) for r in per_problem]) for k in pass_k
+        },
         **{f"frac_{name}": count / total for name, count in strategies.items()},
         "distinct_correct_per_problem": sum(distinct_correct) / len(distinct_correct),
     }
@@ -250,7 +286,8 @@ def evaluate_model(model, tokenizer, data, config: DemoConfig, label: str, path:
     start = time.perf_counter()
     result = evaluate(model, tokenizer, data["test"], eval_config)
     result["seconds"] = time.perf_counter() - start
-    result.update(completion_profile(result["per_problem"], list(data["test"]["answer"])))
+    answers = list(data["test"]["answer"])
+    result.update(completion_profile(result["per_problem"], answers, eval_config.pass_k))
     result.update(first_token_stats(model, tokenizer, list(data["test"]["prompt"])))
     path.write_text(json.dumps(result, indent=1))
     return {k: v for k, v in result.items() if k != "per_problem"}
@@ -293,7 +330,7 @@ def run_demo(config: DemoConfig | None = None) -> Path:
     presets = config.preset_names()
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    total_start = time.perf_counter()
+    total_start, load_before = time.perf_counter(), os.getloadavg()
     torch.manual_seed(config.seed)
     task = ArithmeticTask()
     data = build_datasets(
@@ -314,7 +351,7 @@ def run_demo(config: DemoConfig | None = None) -> Path:
                 run_dir = out / "runs" / preset
                 runs[preset] = run_preset(preset, config, data, tokenizer, run_dir, f"({i}/{len(presets)})")
         seconds = time.perf_counter() - total_start
-        write_report(out, config=config, runs=runs, task=task, data=data, seconds=seconds)
+        write_report(out, config=config, runs=runs, task=task, data=data, seconds=seconds, load_before=load_before)
     finally:
         torch.set_num_threads(threads)
     say(f"done in {seconds:.0f}s; report: {out / 'report.md'}")

@@ -129,12 +129,17 @@ def findings(runs: dict, summary: dict) -> list[str]:
     precision_like = [p for p in presets if p in PRECISION_ORIENTED]
     if precision_like and len(presets) > len(precision_like):
         others = [p for p in presets if p not in PRECISION_ORIENTED]
-        top_prec = max(after[p] for p in precision_like)
-        top_other = max(after[p] for p in others)
-        if top_prec > top_other:
+        top_prec = max(precision_like, key=after.get)
+        top_other = max(others, key=after.get)
+        gap = after[top_prec] - after[top_other]
+        noise = 2 * max(runs[p]["eval_rl"]["pass_at_k_stderr"][str(k)] for p in (top_prec, top_other))
+        if abs(gap) < noise:
+            verdict = (
+                f"is not resolved at this scale: {top_prec} vs {top_other} differ by {100 * gap:+.1f} points, "
+                f"within twice the standard error ({100 * noise:.1f})"
+            )
+        elif gap > 0:
             verdict = "appears at this scale"
-        elif top_prec == top_other:
-            verdict = "is a tie at this scale"
         else:
             verdict = "does NOT appear at this scale"
         out.append(
@@ -149,6 +154,10 @@ def findings(runs: dict, summary: dict) -> list[str]:
         + (", so the ranking after RL is not resolved." if spread < 2 * stderr else ".")
     )
 
+    out.append(
+        "These are single runs of one seed: how much the stage-1 and RL outcomes move between seeds is not "
+        "measured here (rerun with `--seed` to see it)."
+    )
     gains = {p: runs[p]["eval_rl"]["avg_at_n"] - runs[p]["eval_stage1"]["avg_at_n"] for p in presets}
     out.append(
         "RL changed Avg@" + f"{n} by " + ", ".join(f"{p} {100 * g:+.1f} points" for p, g in gains.items()) + "."
@@ -190,7 +199,7 @@ def findings(runs: dict, summary: dict) -> list[str]:
 
 def _plot_stage1(runs: dict, path: Path) -> None:
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    fig, axes = plt.subplots(1, 4, figsize=(18, 3.8))
     for preset, run in runs.items():
         steps, values = series(run["stage1"]["log_history"], "nll")
         axes[0].plot(steps, values, label=preset)
@@ -212,6 +221,13 @@ def _plot_stage1(runs: dict, path: Path) -> None:
     axes[2].set_xticklabels(keys)
     axes[2].set_title("stage-1 model on held-out text")
     axes[2].legend()
+    presets = list(runs)
+    values = [runs[p]["eval_stage1"]["first_token_entropy"] for p in presets]
+    bars = axes[3].bar(presets, values, color=[f"C{i}" for i in range(len(presets))])
+    axes[3].bar_label(bars, fmt="%.4f")  # the differences are small: print them
+    axes[3].margins(y=0.12)
+    axes[3].set_title("entropy at the first branching point")
+    axes[3].set_ylabel("nats")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -254,6 +270,19 @@ def _plot_pass_at_k(runs: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _shaping(shaping: dict) -> str:
+    """The non-default knobs of a resolved ShapingConfig, e.g. "(beta=-0.25)"; "(plain cross-entropy)" if none."""
+    knobs = [f"{k}={shaping[k]:g}" for k in ("beta", "head_reward", "tail_reward") if shaping[k]]
+    if shaping["head_reward"] or shaping["tail_reward"]:
+        knobs.append(f"top_k={shaping['top_k']}")
+    return f"({', '.join(knobs)})" if knobs else "(plain cross-entropy)"
+
+
+def _load(environment: dict) -> str:
+    before, after = environment["load_average_before"], environment["load_average_after"]
+    return (f"{before[0]:.2f} before, " if before else "") + f"{after[0]:.2f} after"
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
@@ -265,13 +294,16 @@ def _markdown(
     first = runs[presets[0]]
     n = first["eval_rl"]["num_samples"]
     example = data["sft"][0]
+    s1, rl = first["stage1"]["settings"], first["rl"]["settings"]
     terms = str(task.min_terms) if task.min_terms == task.max_terms else f"{task.min_terms}-{task.max_terms}"
     lines = [
         "# trl_shaped demo: does the stage-1 distribution matter to RL?",
         "",
         (
-            f"Measured by `trl-shaped demo{' --quick' if config.quick else ''}` in {seconds:.0f} s "
-            f"({environment['torch_threads']} torch threads, {environment['device']}, {environment['platform']}). "
+            f"Measured by a run of `trl-shaped demo` ({'quick' if config.quick else 'full'} profile) in "
+            f"{seconds:.0f} s "
+            f"({environment['torch_threads']} torch threads, {environment['device']}, {environment['platform']}; "
+            f"1-minute load average {_load(environment)}). "
             "Every number below is read from the runs this command made; `results.json` holds them all."
         ),
         "",
@@ -279,28 +311,34 @@ def _markdown(
         "",
         (
             f"- **Task**: signed sums of {terms} terms (operands 1..{task.max_operand}), answered "
-            f"with a worked solution in any valid order, or directly ({100 * task.direct_prob:.0f}% of the corpus), ending "
-            f"with `#### <answer>`. {len(data['rl'])} training problems ({len(data['sft'])} stage-1 solutions), "
-            f"{len(data['test'])} held-out problems. Example: `{example['prompt'].strip()}` -> `{example['completion']}`."
+            f"with a worked solution in any valid order, or directly ({100 * task.direct_prob:.0f}% of the corpus), "
+            f"ending with `#### <answer>`. {len(data['rl'])} training problems ({len(data['sft'])} stage-1 "
+            f"solutions), {len(data['test'])} held-out problems. Example: `{example['prompt'].strip()}` -> "
+            f"`{example['completion']}`."
         ),
         (
-            f"- **Model**: Qwen3 architecture, {config.num_layers} layers, hidden {config.hidden_size}, character tokenizer "
-            "over the task's alphabet; every preset starts from the same initial weights."
+            f"- **Model**: Qwen3 architecture, {config.num_layers} layers, hidden {config.hidden_size}, character "
+            "tokenizer over the task's alphabet; every preset starts from the same initial weights."
         ),
         (
-            f"- **Stage 1**: `ShapedSFTTrainer`, {config.sft_steps} steps x {config.sft_batch_size} sequences, lr "
-            f"{config.sft_learning_rate} (cosine), presets {', '.join(presets)} (top-k for the rank-aware presets and "
-            f"diagnostics: {config.shaping_top_k})."
+            f"- **Stage 1**: `ShapedSFTTrainer`, {s1['max_steps']} steps x {s1['per_device_train_batch_size']} "
+            f"sequences, lr {s1['learning_rate']} ({s1['lr_scheduler_type']}); shaping per preset: "
+            + "; ".join(f"{p} {_shaping(runs[p]['stage1']['settings']['shaping'])}" for p in presets)
+            + "."
         ),
         (
-            f"- **Stage 2**: `ShapedGRPOTrainer` from each stage-1 checkpoint (also its prior), {config.grpo_steps} steps x "
-            f"{config.grpo_prompts_per_step} prompts x {config.num_generations} samples at temperature 1.0, no KL, "
-            f"clip-higher 0.28, dynamic sampling, lr {config.grpo_learning_rate}, reward `exact_answer_reward`."
+            "- **Stage 2**: `ShapedGRPOTrainer` from each stage-1 checkpoint (also its prior), "
+            f"{rl['max_steps']} steps x {rl['per_device_train_batch_size'] // rl['num_generations']} prompts x "
+            f"{rl['num_generations']} samples "
+            f"at temperature {rl['temperature']}, KL coefficient {rl['beta']}, clip range [{1 - rl['epsilon']:g}, "
+            f"{1 + rl['epsilon_high']:g}], loss `{rl['loss_type']}`, dynamic sampling "
+            f"{'on' if rl['dynamic_sampling'] else 'off'} (up to {rl['max_resample_rounds']} extra rounds), lr "
+            f"{rl['learning_rate']} ({rl['lr_scheduler_type']}), reward `exact_answer_reward`."
         ),
         (
             f"- **Evaluation**: {n} samples per held-out problem at temperature {config.eval_temperature}, top-p "
-            f"{config.eval_top_p}: Avg@{n}, Cons@{n}, Pass@k (unbiased estimator); distribution statistics on the held-out "
-            "reference solutions (completion tokens only)."
+            f"{config.eval_top_p}: Avg@{n}, Cons@{n}, Pass@k (unbiased estimator); distribution statistics on the "
+            "held-out reference solutions (completion tokens only)."
         ),
         "",
         "## Findings (as measured)",
@@ -378,9 +416,9 @@ def _markdown(
     lines += [
         "",
         (
-            "Avg@n is given with its standard error over problems. *worked / direct*: share of sampled completions that "
-            "show steps or state only the answer; *distinct correct solutions*: distinct correct completions per problem "
-            f"among the {n} samples (the exploration the model offers RL)."
+            "Avg@n is given with its standard error over problems. *worked / direct*: share of sampled completions "
+            "that show steps or state only the answer; *distinct correct solutions*: distinct correct completions per "
+            f"problem among the {n} samples (the exploration the model offers RL)."
         ),
         "",
         "![Pass@k](pass_at_k.png)",
@@ -407,7 +445,7 @@ def _jsonable(value):
     return value
 
 
-def write_report(out: Path, *, config, runs: dict, task, data, seconds: float) -> dict:
+def write_report(out: Path, *, config, runs: dict, task, data, seconds: float, load_before=None) -> dict:
     """Write results.json, report.md and the plots into `out`.
 
     Args:
@@ -417,6 +455,7 @@ def write_report(out: Path, *, config, runs: dict, task, data, seconds: float) -
             results of `trl_shaped.evaluation.evaluate` with the demo's completion profile}.
         task (`ArithmeticTask`), data (`DatasetDict`): the generated task.
         seconds (`float`): wall time of the demo up to the report.
+        load_before (`tuple`, *optional*): `os.getloadavg()` when the demo started (other processes slow it down).
 
     Returns:
         dict mapping "markdown", "json" and each plot name to its path.
@@ -427,6 +466,8 @@ def write_report(out: Path, *, config, runs: dict, task, data, seconds: float) -
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "platform": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
         "torch": torch.__version__,
+        "load_average_before": list(load_before) if load_before else None,
+        "load_average_after": list(os.getloadavg()),
     }
     summary = _summarise(runs)
     found = findings(runs, summary)
