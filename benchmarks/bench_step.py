@@ -171,7 +171,8 @@ def main():
         f"Machine: {machine_description(args.device)}.",
         "",
         (
-            f"Qwen3, vocabulary {VOCAB:,}, hidden {args.hidden}, {args.layers} layers, float32; batch {batch} x {seq} "
+            f"Qwen3, vocabulary {VOCAB:,}, hidden {args.hidden}, {args.layers} layers, float32 weights under bf16 "
+            f"autocast (SFTConfig default); batch {batch} x {seq} "
             f"tokens of random ids; AdamW. {rounds} interleaved rounds x {steps} timed steps per variant (after one "
             f"warm-up step). Memory: {memory_name} above what is held before `train()`, min over rounds."
         ),

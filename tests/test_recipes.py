@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from trl_shaped import PAPER_PRESETS, ShapedGRPOConfig
-from trl_shaped.cli import main
+from trl_shaped.cli import dispatch
 from trl_shaped.rewards import exact_answer_reward
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,7 +85,7 @@ def test_lora_recipe_trains_adapters_only(tmp_path):
 
     tiny = _load("make_tiny").make_tiny(tmp_path / "tiny", num_train=20, num_test=2)
     base_before = AutoModelForCausalLM.from_pretrained(tiny / "model").state_dict()
-    trainer = main([
+    trainer = dispatch([
         "sft", "--config", str(RECIPES / "sft_lora_gsm8k.yaml"), *NO_GPU,
         "--model_name_or_path", str(tiny / "model"), "--dtype", "float32",
         "--dataset_data_files", f"train={tiny / 'data' / 'sft.jsonl'}", "--eval_strategy", "no",

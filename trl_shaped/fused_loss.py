@@ -178,9 +178,8 @@ def _fused_forward(
         if need_bias_grad:
             grad_bias += grad.sum(dim=0)
         del grad, grad_in, z
-    if need_weight_grad:
-        if grad_weight is None:
-            grad_weight = torch.zeros(weight.shape, dtype=loss_sum.dtype, device=weight.device)
+    if need_weight_grad and grad_weight is None:
+        grad_weight = torch.zeros(weight.shape, dtype=loss_sum.dtype, device=weight.device)
     return loss_sum, n, stat_sums, grad_hidden, grad_weight, grad_bias
 
 
