@@ -56,6 +56,9 @@ def main():
     if trainer.accelerator.is_main_process:
         with open(out, "w") as f:
             json.dump({"log_history": trainer.state.log_history, "lm_head_sharded": sharded}, f)
+    # Destroy the process group before the interpreter exits: left to shutdown, gloo's threads can abort a rank
+    # ("terminate called without an active exception") after a successful run.
+    trainer.end()
 
 
 if __name__ == "__main__":
