@@ -40,14 +40,14 @@ def test_presets_order_entropy_and_tail_mass_at_equal_nll(tmp_path):
         model = build_tiny_model(VOCAB + FIRST_ID, tokenizer=tok, hidden_size=32, num_layers=1, seed=0)
         args = config(
             tmp_path,
-            max_steps=120,
+            max_steps=300,
             per_device_train_batch_size=16,
             learning_rate=1e-2,
             lr_scheduler_type="constant",
             shaping_preset=preset,
             shaping_top_k=TOP_K,
             per_device_eval_batch_size=64,
-            logging_steps=120,
+            logging_steps=300,
         )
         trainer = ShapedSFTTrainer(
             model=model, args=args, train_dataset=train, eval_dataset=held_out, processing_class=tok
