@@ -11,7 +11,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from trl_shaped.scripts import parse_or_exit
+from trl_shaped.scripts import parse_or_exit, train_and_save
 from trl_shaped.scripts.data import ShapedScriptArguments
 from trl_shaped.scripts.sft import load_script_datasets, model_init_kwargs, split_or_fail
 
@@ -103,13 +103,7 @@ def main(script_args, training_args, model_args, dataset_args=None):
         quantization_config=get_quantization_config(model_args),
         **extra,
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
-    trainer.accelerator.print(f"Model saved to {training_args.output_dir}")
-    if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=script_args.dataset_name)
-    trainer.end()
-    return trainer
+    return train_and_save(trainer, script_args, training_args)
 
 
 def make_parser(prog: str | None = None):

@@ -6,7 +6,7 @@ accelerate launch --config_file accelerate_configs/zero2.yaml recipes/sft.py --c
 ```
 """
 
-from trl_shaped.scripts import parse_or_exit
+from trl_shaped.scripts import parse_or_exit, train_and_save
 from trl_shaped.scripts.data import ShapedScriptArguments, load_datasets
 
 
@@ -65,13 +65,7 @@ def main(script_args, training_args, model_args, dataset_args=None):
         peft_config=get_peft_config(model_args),
         quantization_config=get_quantization_config(model_args),
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
-    trainer.accelerator.print(f"Model saved to {training_args.output_dir}")
-    if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=script_args.dataset_name)
-    trainer.end()  # closes trackers and the process group (transformers >= 5.18)
-    return trainer
+    return train_and_save(trainer, script_args, training_args)
 
 
 def make_parser(prog: str | None = None):
