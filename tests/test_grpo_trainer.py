@@ -268,3 +268,26 @@ def test_stage1_lora_adapter_checkpoint_as_policy(tmp_path):
     logs = [h for h in trainer.state.log_history if "kl_to_prior" in h]
     assert logs[0]["kl_to_prior"] == pytest.approx(0.0, abs=1e-6) and logs[-1]["kl_to_prior"] > 0
     assert same_weights(trainer.prior_model, merged.state_dict())
+
+
+def test_resume_keeps_the_stage1_prior_and_continues_like_the_uninterrupted_run(stage1, tmp_path):
+    def run(output_dir, resume=None):
+        args = grpo_config(output_dir, max_steps=4, beta=0.1, save_strategy="steps", save_steps=2)
+        trainer = ShapedGRPOTrainer(
+            stage1, [varied_reward], args, train_dataset=arithmetic_prompts(), processing_class=build_char_tokenizer()
+        )
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer
+
+    full = run(tmp_path / "full")
+    resumed = run(tmp_path / "resumed", resume=str(tmp_path / "full" / "checkpoint-2"))
+    logged = {name: [[h[key] for h in t.state.log_history if "loss" in h] for t in (full, resumed)]
+              for name, key in (("loss", "loss"), ("kl", "kl_to_prior"), ("reward", "reward"))}  # fmt: skip
+    # The resumed trainer restores steps 1-2 of the log from checkpoint-2 and computes steps 3-4 itself: with the RNG
+    # state restored, the same completions and weights give the same rewards, KL and losses up to float32 rounding.
+    for name, (uninterrupted, continued) in logged.items():
+        assert len(continued) == len(uninterrupted) == 4, name
+        assert continued[2:] == pytest.approx(uninterrupted[2:], rel=1e-4, abs=1e-6), name
+    # The prior is still the stage-1 checkpoint, not the policy's checkpoint-2 weights it resumed from
+    assert same_weights(resumed.prior_model, checkpoint_weights(stage1))
+    assert not same_weights(resumed.prior_model, checkpoint_weights(tmp_path / "full" / "checkpoint-2"))
