@@ -58,7 +58,7 @@ def main():
             json.dump({"log_history": trainer.state.log_history, "lm_head_sharded": sharded}, f)
     # Destroy the process group before the interpreter exits: left to shutdown, gloo's threads can abort a rank
     # ("terminate called without an active exception") after a successful run.
-    trainer.end()
+    trainer.accelerator.end_training()
 
 
 if __name__ == "__main__":

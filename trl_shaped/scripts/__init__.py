@@ -15,11 +15,13 @@ def parse_or_exit(parser, argv=None) -> tuple:
 
 def train_and_save(trainer, script_args, training_args):
     """The end of `trl-shaped sft|grpo`: train (resuming when asked), save, push when asked, then close the trackers
-    and the process group (`Trainer.end`), so that no rank is left to tear down gloo/NCCL at interpreter exit."""
+    and the process group, so that no rank is left to tear down gloo/NCCL at interpreter exit."""
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     trainer.accelerator.print(f"Model saved to {training_args.output_dir}")
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
-    trainer.end()
+    # What `Trainer.end()` does; called on the accelerator because that method only exists in transformers >= 5.18
+    # and pyproject.toml allows any transformers 5.
+    trainer.accelerator.end_training()
     return trainer
