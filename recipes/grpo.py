@@ -5,7 +5,9 @@
 Command-line flags override the YAML's values.
 """
 
+from trl_shaped.scripts import end_launched_process
 from trl_shaped.scripts.grpo import run
 
 if __name__ == "__main__":
     run()
+    end_launched_process()

@@ -15,6 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _grpo_common import arithmetic_prompts, arithmetic_solutions, grpo_config, varied_reward
 
 from trl_shaped import ShapedGRPOTrainer
+from trl_shaped.scripts import end_launched_process
 from trl_shaped.tiny import build_char_tokenizer
 
 
@@ -56,9 +57,8 @@ def main():
     if trainer.accelerator.is_main_process:
         with open(out, "w") as f:
             json.dump({"log_history": trainer.state.log_history, "lm_head_sharded": sharded}, f)
-    # Destroy the process group before the interpreter exits: left to shutdown, gloo's threads can abort a rank
-    # ("terminate called without an active exception") after a successful run.
     trainer.accelerator.end_training()
+    end_launched_process()  # gloo's threads outlive the process group; interpreter finalization can abort on them
 
 
 if __name__ == "__main__":

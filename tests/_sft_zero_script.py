@@ -14,6 +14,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _sft_common import save_result, zero_parity_run
 
+from trl_shaped.scripts import end_launched_process
+
 
 def main():
     out = sys.argv[1]
@@ -22,9 +24,9 @@ def main():
         result = zero_parity_run(os.path.dirname(out), world_size=world_size, tie_word_embeddings=tied)
         if int(os.environ.get("RANK", "0")) == 0:
             save_result(result, f"{out}-{'tied' if tied else 'untied'}")
-    # Destroy the process group before the interpreter exits (gloo's threads can abort a rank at shutdown otherwise).
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+    end_launched_process()  # gloo's threads outlive the process group; interpreter finalization can abort on them
 
 
 if __name__ == "__main__":

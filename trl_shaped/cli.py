@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from trl_shaped import __version__
+from trl_shaped.scripts import end_launched_process
 
 SUBCOMMANDS = {
     "sft": "stage 1: train with the shaped next-token loss (ShapedSFTTrainer)",
@@ -73,9 +74,10 @@ def dispatch(argv: list[str] | None = None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: run the subcommand and return the process exit status (errors exit through SystemExit)."""
+    """Console entry point: run the subcommand and return the process exit status (errors exit through SystemExit).
+    A process started by `accelerate launch` exits here instead (`end_launched_process`)."""
     dispatch(argv)
-    return 0
+    return end_launched_process(0)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,13 @@
 """The `main` functions behind `trl-shaped sft|grpo|eval|demo` and `recipes/*.py` (TRL's script layout).
 
 Each module has `make_parser(prog)`, `main(...)` and `run(argv)`; `parse_or_exit` turns a bad value into the
-parser's usage message and exit status 2 instead of a traceback.
+parser's usage message and exit status 2 instead of a traceback. A process that `accelerate launch` started ends
+through `end_launched_process`.
 """
+
+import logging
+import os
+import sys
 
 
 def parse_or_exit(parser, argv=None) -> tuple:
@@ -25,3 +30,20 @@ def train_and_save(trainer, script_args, training_args):
     # and pyproject.toml allows any transformers 5.
     trainer.accelerator.end_training()
     return trainer
+
+
+def end_launched_process(status: int = 0) -> int:
+    """End a process that `accelerate launch` (torchrun) started, after its run has finished and saved everything.
+
+    `destroy_process_group` (see `train_and_save`) unregisters the process groups, but DDP and DeepSpeed keep
+    references to them, so their gloo worker threads live on into interpreter finalization, where tearing them down
+    aborts a rank now and then (SIGABRT, "terminate called without an active exception") after a successful run.
+    Such a process therefore flushes its output and leaves through `os._exit`, skipping finalization. Outside a
+    launcher (`WORLD_SIZE` unset or 1) this only returns `status`.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return status
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

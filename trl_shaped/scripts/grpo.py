@@ -11,7 +11,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from trl_shaped.scripts import parse_or_exit, train_and_save
+from trl_shaped.scripts import end_launched_process, parse_or_exit, train_and_save
 from trl_shaped.scripts.data import ShapedScriptArguments
 from trl_shaped.scripts.sft import load_script_datasets, model_init_kwargs, split_or_fail
 
@@ -122,3 +122,4 @@ def run(argv=None, prog: str | None = None):
 
 if __name__ == "__main__":
     run()
+    end_launched_process()

@@ -6,7 +6,7 @@ accelerate launch --config_file accelerate_configs/zero2.yaml recipes/sft.py --c
 ```
 """
 
-from trl_shaped.scripts import parse_or_exit, train_and_save
+from trl_shaped.scripts import end_launched_process, parse_or_exit, train_and_save
 from trl_shaped.scripts.data import ShapedScriptArguments, load_datasets
 
 
@@ -84,3 +84,4 @@ def run(argv=None, prog: str | None = None):
 
 if __name__ == "__main__":
     run()
+    end_launched_process()
