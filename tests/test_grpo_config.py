@@ -1,6 +1,10 @@
+import dataclasses
+
 import pytest
+from trl import TrlParser
 
 from trl_shaped import PAPER_PRESETS, ShapedGRPOConfig, ShapedSFTConfig, ShapingConfig
+from trl_shaped.shaping_args import ShapingArguments
 
 CPU = dict(output_dir="unused", use_cpu=True, bf16=False, report_to=[])
 
@@ -53,6 +57,36 @@ def test_bad_values_fail_at_construction(field, value):
         ShapedGRPOConfig(**CPU, **{field: value})
 
 
-def test_sync_ref_model_is_refused():
-    with pytest.raises(ValueError, match="sync_ref_model"):
-        ShapedGRPOConfig(**CPU, sync_ref_model=True)
+def test_sync_ref_model_is_accepted_with_trl_semantics():
+    # TRL's reference syncing (#13.2): the config keeps the TR-DPO knobs as GRPOConfig does
+    config = ShapedGRPOConfig(**CPU, sync_ref_model=True, beta=0.1, ref_model_sync_steps=4, ref_model_mixup_alpha=0.5)
+    assert config.sync_ref_model is True and (config.ref_model_sync_steps, config.ref_model_mixup_alpha) == (4, 0.5)
+    assert "stage-1 prior" in ShapedGRPOConfig.__dataclass_fields__["sync_ref_model"].metadata["help"]
+
+
+def test_shaping_fields_come_from_the_one_mixin():
+    # Both configs hold the very same Field objects' metadata (help and choices), not copies of a sibling's
+    sft = {f.name: f for f in dataclasses.fields(ShapedSFTConfig) if f.name.startswith("shaping_")}
+    grpo = {f.name: f for f in dataclasses.fields(ShapedGRPOConfig) if f.name in sft}
+    mixin = {f.name: f for f in dataclasses.fields(ShapingArguments)}
+    assert set(sft) == set(grpo) == set(mixin)
+    for name, f in mixin.items():
+        assert sft[name].metadata == grpo[name].metadata == f.metadata, name
+    assert issubclass(ShapedGRPOConfig, ShapingArguments) and issubclass(ShapedSFTConfig, ShapingArguments)
+
+
+def test_trl_parser_reads_and_documents_the_shaping_flags(capsys):
+    parser = TrlParser((ShapedGRPOConfig,))
+    (args,) = parser.parse_args_and_config(
+        ["--output_dir", "unused", "--bf16", "false", "--use_cpu", "true", "--shaping_preset", "precision",
+         "--shaping_top_k", "9", "--shaping_aux_coef", "0.5"]
+    )
+    assert args.shaping == ShapingConfig(beta=-0.25, top_k=9) and args.shaping_aux_coef == 0.5
+    with pytest.raises(SystemExit):
+        parser.parse_args_and_config(["--output_dir", "unused", "--shaping_positive_form", "cubic"])
+    assert "invalid choice" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser.parse_args_and_config(["--help"])
+    help_text = capsys.readouterr().out
+    for name in ("--shaping_preset", "--shaping_beta", "--shaping_top_k", "--shaping_positive_form", "tail_penalty"):
+        assert name in help_text, name

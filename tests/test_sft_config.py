@@ -81,3 +81,25 @@ def test_trl_parser_reads_the_shaping_flags():
         ]
     )
     assert args.shaping == ShapingConfig(tail_reward=-0.1, top_k=7)
+
+
+def test_errors_name_the_config_field_given():
+    with pytest.raises(ValueError, match="shaping_top_k=0") as error:
+        ShapedSFTConfig(shaping_preset="tail_penalty", shaping_top_k=0, **CPU)
+    assert "ShapedSFTConfig" in str(error.value) and "shaping_preset='tail_penalty'" in str(error.value)
+    with pytest.raises(ValueError, match="shaping_preset='precise'"):
+        ShapedSFTConfig(shaping_preset="precise", **CPU)
+
+
+def test_help_lists_the_shaping_flags_with_their_choices(capsys):
+    parser = TrlParser((ShapedSFTConfig,))
+    with pytest.raises(SystemExit):
+        parser.parse_args_and_config(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for name in ("--shaping_preset", "--shaping_beta", "--shaping_top_k", "--shaping_head_reward",
+                 "--shaping_tail_reward", "--shaping_positive_form"):
+        assert name in help_text, name
+    assert all(name in help_text for name in PAPER_PRESETS) and "{power,linear}" in help_text
+    with pytest.raises(SystemExit):  # argparse refuses a preset outside the choices before any config is built
+        parser.parse_args_and_config(["--output_dir", CPU["output_dir"], "--shaping_preset", "precise"])
+    assert "invalid choice" in capsys.readouterr().err

@@ -7,16 +7,11 @@ from typing import ClassVar
 
 from trl import GRPOConfig
 
-from .sft_config import ShapedSFTConfig
-
-
-def _shaping_field(name: str):
-    # The shaping fields mean exactly what they mean in ShapedSFTConfig: reuse its help text instead of copying it.
-    return field(default=None, metadata=dict(ShapedSFTConfig.__dataclass_fields__[name].metadata))
+from .shaping_args import ShapingArguments
 
 
 @dataclass
-class ShapedGRPOConfig(GRPOConfig):
+class ShapedGRPOConfig(ShapingArguments, GRPOConfig):
     r"""
     Configuration class for the [`ShapedGRPOTrainer`]: every [`~trl.GRPOConfig`] parameter (`beta` stays TRL's KL
     coefficient), plus:
@@ -55,8 +50,16 @@ class ShapedGRPOConfig(GRPOConfig):
         aux_max_length (`int`, *optional*, defaults to `512`):
             Auxiliary sequences are truncated to this many tokens, an integer >= 1.
         shaping_preset, shaping_beta, shaping_top_k, shaping_head_reward, shaping_tail_reward, shaping_positive_form:
-            The shaped loss of the auxiliary term, with the semantics of [`ShapedSFTConfig`] (explicit fields, then
-            the preset, then the defaults); resolved in [`ShapedGRPOConfig.shaping`].
+            The shaped loss of the auxiliary term, documented in [`ShapingArguments`] (explicit fields, then the
+            preset, then the defaults); resolved in [`ShapedGRPOConfig.shaping`].
+
+        > Reference syncing
+
+        sync_ref_model (`bool`, *optional*, defaults to `False`):
+            As in [`~trl.GRPOConfig`]: the KL reference (used when `beta > 0`) is synced with the policy every
+            `ref_model_sync_steps` steps with mixing coefficient `ref_model_mixup_alpha`. The drift diagnostics keep
+            comparing with the fixed stage-1 prior, so with `sync_ref_model=True` the trainer holds both the synced
+            reference and the prior.
 
     The paper's RL recipe (no KL term, clip-higher, dynamic sampling, 16 samples per prompt at temperature 1.0,
     constant learning rate 1e-6) is `PAPER_RECIPE`; build it with [`ShapedGRPOConfig.paper_recipe`].
@@ -109,12 +112,14 @@ class ShapedGRPOConfig(GRPOConfig):
         metadata={"help": "Auxiliary sequences per micro-batch (>= 1); defaults to per_device_train_batch_size."},
     )
     aux_max_length: int = field(default=512, metadata={"help": "Truncation length of auxiliary sequences (>= 1)."})
-    shaping_preset: str | None = _shaping_field("shaping_preset")
-    shaping_beta: float | None = _shaping_field("shaping_beta")
-    shaping_top_k: int | None = _shaping_field("shaping_top_k")
-    shaping_head_reward: float | None = _shaping_field("shaping_head_reward")
-    shaping_tail_reward: float | None = _shaping_field("shaping_tail_reward")
-    shaping_positive_form: str | None = _shaping_field("shaping_positive_form")
+    sync_ref_model: bool = field(
+        default=False,
+        metadata={
+            "help": "As in GRPOConfig: sync the KL reference (used when beta > 0) with the policy every "
+            "ref_model_sync_steps steps, mixing with ref_model_mixup_alpha. The drift diagnostics keep comparing "
+            "with the fixed stage-1 prior, which then stays in memory beside the synced reference."
+        },
+    )
 
     def __post_init__(self):
         _check_int("diagnostics_steps", self.diagnostics_steps, 0)
@@ -128,16 +133,7 @@ class ShapedGRPOConfig(GRPOConfig):
             raise ValueError(f"shaping_aux_coef must be a finite float >= 0, got {coef!r}")
         if not isinstance(self.dynamic_sampling, bool):
             raise ValueError(f"dynamic_sampling must be True or False, got {self.dynamic_sampling!r}")
-        if self.sync_ref_model:
-            raise ValueError(
-                "sync_ref_model must be False: the prior is the fixed stage-1 checkpoint that the drift diagnostics "
-                "and the KL term measure against"
-            )
-        super().__post_init__()
-        self.shaping  # noqa: B018 -- resolving validates: bad shaping values fail here, at construction
-
-    # Resolution (explicit fields, then preset, then defaults) is ShapedSFTConfig's: it reads only shaping_* fields.
-    shaping = property(ShapedSFTConfig.shaping.fget, doc=ShapedSFTConfig.shaping.__doc__)
+        super().__post_init__()  # ShapingArguments validates the shaping fields, then GRPOConfig its own
 
     @classmethod
     def paper_recipe(cls, **overrides) -> "ShapedGRPOConfig":

@@ -1,238 +1,120 @@
-"""`ShapedSFTTrainer`: TRL's `SFTTrainer` trained with the rank-aware shaped loss (METHOD.md), never building logits.
+"""`ShapedSFTTrainer`: TRL's `SFTTrainer` trained with the rank-aware shaped loss (docs/method.md), never building
+logits.
 
-The data flow mirrors TRL's fused LM head (`trl.trainer.utils.add_fused_lm_head`): `add_shaped_lm_head` patches the
-model's forward so that `model(**batch, shaped_lm_head=ShapingConfig(...))` runs the backbone and then the chunked
-`fused_linear_shaped_loss` on the final hidden states and the LM-head weight. The loss runs *as the LM head's own
-forward*: under DeepSpeed ZeRO-3 a module's parameters are gathered by its own forward hook and gathered again for its
-backward, so the sharded head weight is whole while the loss reads it and its gradient lands on the sharded parameter
-exactly as it does for the model's native head. `shaped_causal_lm_loss` exposes the same path to other trainers (the
-GRPO auxiliary loss).
+The loss runs through the model's patched LM head (`lm_head.add_shaped_lm_head`), as TRL's `fused_lm_head=True` does.
+This file adds what a trainer needs around it: the up-front dataset checks (a clear error instead of one from deep
+inside TRL or torch), the token-weighted diagnostics in the train and eval logs, and the model card.
 """
 
-import functools
+import dataclasses
 import inspect
 import math
-import types
-from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 import torch
-import transformers
-from accelerate.utils import extract_model_from_parallel, is_peft_model
-from transformers.utils import ModelOutput
+from datasets import Dataset
+from transformers.utils import logging
 from trl import SFTTrainer
+from trl.data_utils import is_conversational, is_conversational_from_value
 
 from .diagnostics import STAT_NAMES
-from .fused_loss import fused_linear_shaped_loss
+from .lm_head import ShapedCausalLMOutput, add_shaped_lm_head, logit_transform, shaped_causal_lm_loss
+from .paper import PAPER
 from .shaping import ShapingConfig
 
+logger = logging.get_logger(__name__)
 
-PAPER = {
-    "title": "Diversity or Precision? A Deep Dive into Next Token Prediction",
-    "id": "2512.22955",
-    "citation": """\
-@article{wu2025diversity,
-    title   = {{Diversity or Precision? A Deep Dive into Next Token Prediction}},
-    author  = {Haoyuan Wu and Hai Wang and Jiajia Wu and Jinxiang Ou and Keyao Wang and Weile Chen and Zihao Zheng
-               and Bei Yu},
-    year    = 2025,
-    journal = {arXiv preprint arXiv:2512.22955}
-}""",
-}
+# The names that lived here before `lm_head.py` and `paper.py`; `_logit_transform` until grpo_trainer.py moves to
+# `lm_head.logit_transform`.
+_logit_transform = logit_transform
+__all__ = ["PAPER", "ShapedCausalLMOutput", "ShapedSFTTrainer", "add_shaped_lm_head", "shaped_causal_lm_loss"]
 
 
-@dataclass
-class ShapedCausalLMOutput(ModelOutput):
-    """Output of a forward with `shaped_lm_head=...`.
-
-    Args:
-        loss (`torch.Tensor`): the shaped loss, normalised like TRL's fused NLL (sum over scored tokens divided by
-            their count, or by `num_items_in_batch` when given). The MoE auxiliary loss is not included.
-        stats (`dict[str, torch.Tensor]`): detached float32 sums over the scored tokens of `STAT_NAMES`, plus
-            `num_tokens`.
-        aux_loss (`torch.Tensor`, *optional*): the MoE load-balancing loss, unweighted, when router logits were
-            asked for.
-    """
-
-    loss: torch.Tensor | None = None
-    stats: dict | None = None
-    aux_loss: torch.Tensor | None = None
+def _dataset_argument(name: str) -> str:
+    # SFTTrainer names its datasets "train", "eval" or the key of an eval dict; users passed them as these arguments.
+    return {"train": "train_dataset", "eval": "eval_dataset"}.get(name, f"eval_dataset[{name!r}]")
 
 
-def _logit_transform(text_config) -> tuple[float, float | None]:
-    # The same config fields TRL's `add_fused_lm_head` reads (it reads them inline, so there is no function to reuse):
-    # a multiplier on the logits under one of several names, or a divisor (`logits_scaling`), then a final softcap.
-    scale = getattr(text_config, "logit_scale", None)
-    for name in ("output_multiplier", "lm_head_multiplier"):
-        if scale is None:
-            scale = getattr(text_config, name, None)
-    if scale is None and getattr(text_config, "logits_scaling", None) is not None:
-        divisor = text_config.logits_scaling
-        scale = divisor if text_config.model_type == "hyperclovax" else 1 / divisor
-    return (1.0 if scale is None else scale), getattr(text_config, "final_logit_softcapping", None)
-
-
-def _weight_owner(lm_head: torch.nn.Module) -> torch.nn.Module:
-    # A PEFT `modules_to_save` wrapper holds no parameter itself; ZeRO-3 gathers a module's own parameters only, so
-    # the loss must run in the module that owns the weight.
-    if "weight" in lm_head._parameters:
-        return lm_head
-    for module in lm_head.modules():
-        if module._parameters.get("weight") is lm_head.weight:
-            return module
-    raise ValueError(f"cannot find the module that owns the LM-head weight in {type(lm_head).__name__}")
-
-
-def _shaped_head_forward(self, hidden_states, *, labels, **loss_kwargs):
-    return fused_linear_shaped_loss(
-        hidden_states, self.weight, labels, bias=getattr(self, "bias", None), return_stats=True, **loss_kwargs
-    )
-
-
-def _run_as_head_forward(head: torch.nn.Module, hidden_states, labels, **loss_kwargs):
-    # Calling the module (not a function on `head.weight`) fires its hooks: ZeRO-3's gather before the loss, the
-    # re-gather before its backward and the gradient reduction after it. The instance `forward` is restored after,
-    # so generation and the plain forward never see the loss.
-    previous = head.__dict__.get("forward")
-    head.forward = types.MethodType(_shaped_head_forward, head)
+def _first_example(dataset, argument: str) -> dict:
+    # SFTTrainer reads the first example to pick the layout; on an empty dataset that is a bare StopIteration.
+    empty = ValueError(f"{argument} is empty (0 rows): pass a dataset with at least one example")
+    if isinstance(dataset, Dataset) and len(dataset) == 0:
+        raise empty
     try:
-        return head(hidden_states, labels=labels, **loss_kwargs)
-    finally:
-        if previous is None:
-            del head.forward
-        else:
-            head.forward = previous
+        return next(iter(dataset))
+    except StopIteration:
+        raise empty from None
 
 
-def add_shaped_lm_head(model: transformers.PreTrainedModel) -> None:
-    """Patch `model` so that `model(..., labels=labels, shaped_lm_head=config)` returns a [`ShapedCausalLMOutput`].
-
-    With `shaped_lm_head=None` (the default) the forward is the previous one, so generation and TRL's own
-    `fused_lm_head=True` path are unchanged. Patch the base model (under PEFT: `peft_model.get_base_model()`); the
-    backbone and the LM head are looked up on every call, since PEFT and DeepSpeed replace them after patching.
-    Calling it twice is a no-op.
-
-    Args:
-        model ([`~transformers.PreTrainedModel`]): a causal language model with `get_output_embeddings()` and a
-            backbone under `base_model_prefix`.
-
-    The patched forward takes, besides the model's inputs: `labels` (`(B, T)`, shifted inside like the model's own
-    loss) or `shift_labels` (already aligned), `num_items_in_batch` (the normaliser, as in TRL) and `shaped_lm_head`
-    (a [`ShapingConfig`]).
-    """
-    if getattr(model, "_trl_shaped_lm_head", False):
-        return
-    original_forward = model.forward
-    text_config = model.config.get_text_config()
-    logit_scale, final_logit_softcapping = _logit_transform(text_config)
-
-    @functools.wraps(type(model).forward)
-    def _forward(self, *args, shaped_lm_head=None, labels=None, shift_labels=None, num_items_in_batch=None, **kwargs):
-        if shaped_lm_head is None:
-            extra = {"labels": labels, "shift_labels": shift_labels, "num_items_in_batch": num_items_in_batch}
-            return original_forward(*args, **kwargs, **{k: v for k, v in extra.items() if v is not None})
-        if not isinstance(shaped_lm_head, ShapingConfig):
-            raise TypeError(f"shaped_lm_head must be a ShapingConfig or None, got {type(shaped_lm_head).__name__}")
-        if labels is None and shift_labels is None:
-            raise ValueError("the shaped loss needs `labels` (or pre-shifted `shift_labels`), -100 where not scored")
-        kwargs["use_cache"] = False
-        if getattr(text_config, "output_router_logits", False):
-            kwargs.setdefault("output_router_logits", True)
-        backbone_outputs = self.base_model(*args, **kwargs)
-        if shift_labels is None:
-            hidden_states, labels = backbone_outputs.last_hidden_state[:, :-1], labels[:, 1:]
-        else:
-            hidden_states, labels = backbone_outputs.last_hidden_state, shift_labels
-        head = _weight_owner(self.get_output_embeddings())
-        # With the model split across devices (`device_map`), the backbone can end on another device than the head
-        hidden_states, labels = hidden_states.to(head.weight.device), labels.to(head.weight.device)
-        loss, stats = _run_as_head_forward(
-            head,
-            hidden_states,
-            labels,
-            config=shaped_lm_head,
-            num_items_in_batch=num_items_in_batch,
-            logit_scale=logit_scale,
-            final_logit_softcapping=final_logit_softcapping,
+def _check_string_column(dataset, argument: str, column: str, first: dict) -> None:
+    # SFTTrainer appends EOS with `str.endswith`: None or a number fails there with an AttributeError. Arrow knows the
+    # column's type and its null count without reading the rows (and honours `select` / `shuffle` indices).
+    if isinstance(dataset, Dataset):
+        values = dataset.with_format("arrow")[column]
+        kind, count = str(values.type), len(values)
+        if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+            kind, count = "None", values.null_count
+    else:  # streaming: only the first row is known without consuming the stream
+        kind, count = type(first[column]).__name__, int(not isinstance(first[column], str))
+    if count:
+        where = f"{count} of {len(dataset)} rows" if isinstance(dataset, Dataset) else "its first row"
+        raise ValueError(
+            f"{argument} column {column!r} must hold a string in every row, but {where} hold {kind} values. Drop or "
+            f"fill those rows (e.g. `dataset.filter(lambda row: isinstance(row[{column!r}], str))`) or cast the "
+            "column to strings."
         )
 
-        aux_loss = None
-        if kwargs.get("output_router_logits"):
-            # As TRL's fused head: every MoE family in transformers shares Mixtral's load-balancing loss
-            from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 
-            # Most MoE configs call the expert count `num_experts`; Mixtral-style ones `num_local_experts`
-            num_experts = getattr(text_config, "num_experts", None) or text_config.num_local_experts
-            aux_loss = load_balancing_loss_func(
-                backbone_outputs.router_logits,
-                num_experts,
-                text_config.num_experts_per_tok,
-                kwargs.get("attention_mask"),
-            )
-        return ShapedCausalLMOutput(loss=loss, stats=stats, aux_loss=aux_loss)
+def check_sft_dataset(dataset, argument: str, args, formatting_func=None) -> None:
+    """Fail with a clear `ValueError` on a dataset that `SFTTrainer` cannot prepare, before any model work.
 
-    model.forward = types.MethodType(_forward, model)
-    model._trl_shaped_lm_head = True
-
-
-def _base_model(model: torch.nn.Module) -> torch.nn.Module:
-    model = extract_model_from_parallel(model)  # DDP, DeepSpeed engine, FSDP, torch.compile
-    return model.get_base_model() if is_peft_model(model) else model
-
-
-def shaped_causal_lm_loss(
-    model: torch.nn.Module,
-    inputs: dict,
-    shaping: ShapingConfig,
-    num_items_in_batch: torch.Tensor | int | None = None,
-    return_stats: bool = False,
-):
-    """The shaped loss of a causal LM on a batch with `labels`, from its final hidden states and LM head (no logits).
-
-    Runs the model's backbone and the chunked `fused_linear_shaped_loss` inside the model's forward, so it works on
-    the model as the trainer holds it: plain, PEFT-wrapped, wrapped by DDP or by a DeepSpeed engine (ZeRO-3's sharded
-    LM head is gathered for the loss and its gradient reaches the sharded parameter). Patches the model with
-    [`add_shaped_lm_head`] on first use.
+    The layouts accepted are exactly those `SFTTrainer._prepare_dataset` (TRL 1.16) trains on, decided like it does
+    from the columns and the first example: tokenized `input_ids`; anything with a `formatting_func`; ShareGPT-style
+    `conversations` of `{"from", "value"}` turns (TRL converts them to `messages`); `prompt` and `completion`;
+    conversational `messages` of `{"role", "content"}` turns; or a text column named by `args.dataset_text_field`.
+    Text columns must hold strings in every row.
 
     Args:
-        model (`torch.nn.Module`): the causal LM, or any wrapper of it whose forward passes keyword arguments through.
-        inputs (`dict`): model keyword inputs (`input_ids`, `attention_mask` or `position_ids`, ...) with `labels`
-            (`(B, T)`, -100 where not scored, shifted inside) or `shift_labels` (already aligned).
-        shaping ([`ShapingConfig`]): the loss settings (`ShapingConfig()` is plain cross-entropy).
-        num_items_in_batch (`int` or `torch.Tensor`, *optional*): divide the summed loss by this instead of the number
-            of scored tokens (gradient accumulation / several processes, as in `Trainer`).
-        return_stats (`bool`): also return the diagnostics: a dict of detached float32 sums over the scored tokens
-            (`entropy`, `topk_entropy`, `topk_mass`, `tail_mass`, `target_prob`, `target_in_topk`, `top1_accuracy`,
-            `nll`) plus `num_tokens`; divide by `num_tokens` after summing over micro-batches and processes.
-
-    Returns:
-        `torch.Tensor` (the loss), or `(loss, stats)` with `return_stats=True`. The MoE auxiliary loss is not added.
+        dataset (`datasets.Dataset` or `datasets.IterableDataset`, *optional*): the dataset (`None` passes).
+        argument (`str`): how the user passed it, for the message (`"train_dataset"`, `"eval_dataset"`).
+        args ([`~trl.SFTConfig`], *optional*): the config (`dataset_text_field`, `dataset_kwargs`).
+        formatting_func (`Callable`, *optional*): SFTTrainer's `formatting_func`.
     """
-    add_shaped_lm_head(_base_model(model))
-    outputs = model(**inputs, shaped_lm_head=shaping, num_items_in_batch=num_items_in_batch)
-    return (outputs.loss, outputs.stats) if return_stats else outputs.loss
-
-
-def _check_dataset_columns(dataset, name: str, args, formatting_func) -> None:
-    # SFTTrainer reaches a bare KeyError deep in tokenisation on such a dataset; say what it needs instead.
-    columns = getattr(dataset, "column_names", None)
-    if columns is None or formatting_func is not None:
+    if dataset is None:
         return
-    if args is not None and (getattr(args, "dataset_kwargs", None) or {}).get("skip_prepare_dataset"):
+    first = _first_example(dataset, argument)
+    if formatting_func is not None or (getattr(args, "dataset_kwargs", None) or {}).get("skip_prepare_dataset"):
         return
-    text_field = getattr(args, "dataset_text_field", "text") if args is not None else "text"
-    if {"input_ids", "messages", text_field} & set(columns) or {"prompt", "completion"} <= set(columns):
+    columns = set(first)
+    text_field = getattr(args, "dataset_text_field", "text")
+    if "input_ids" in columns or is_conversational_from_value(first):
+        return
+    if "prompt" in columns:  # SFTTrainer takes a row with a prompt as prompt-completion
+        if "completion" not in columns:
+            raise ValueError(
+                f"{argument} has a 'prompt' column but no 'completion' column; SFTTrainer needs both for "
+                "prompt-completion data. Add a 'completion' column, or rename 'prompt' to train on it as plain text."
+            )
+        if not is_conversational(first):
+            for column in ("prompt", "completion"):
+                _check_string_column(dataset, argument, column, first)
+        return
+    if is_conversational(first):  # SFTTrainer reads `messages` then
+        return
+    if text_field in columns:
+        _check_string_column(dataset, argument, text_field, first)
         return
     raise ValueError(
-        f"The {name} dataset has columns {sorted(columns)}, none of which SFT can train on. It needs a text column "
-        f"named by `dataset_text_field` (currently {text_field!r}), a conversational 'messages' column, 'prompt' and "
-        "'completion' columns, or tokenized 'input_ids'. Rename a column, set `dataset_text_field` in the config, or "
-        "pass a `formatting_func`."
+        f"{argument} has columns {sorted(columns)}, none of which SFT can train on. It needs a text column named by "
+        f"`dataset_text_field` (currently {text_field!r}), a conversational 'messages' column of role/content turns, "
+        "a ShareGPT-style 'conversations' column of from/value turns, 'prompt' and 'completion' columns, or tokenized "
+        "'input_ids'. Rename a column, set `dataset_text_field` in the config, or pass a `formatting_func`."
     )
 
 
 class ShapedSFTTrainer(SFTTrainer):
-    """[`~trl.SFTTrainer`] that minimises the rank-aware shaped loss of arXiv 2512.22955 (see METHOD.md).
+    """[`~trl.SFTTrainer`] that minimises the rank-aware shaped loss of arXiv 2512.22955 (see docs/method.md).
 
     A drop-in replacement: everything `SFTTrainer` accepts works the same (plain-text, prompt-completion and
     conversational datasets, completion-only and assistant-only loss, packing and padding-free, eval, `peft_config`,
@@ -261,8 +143,9 @@ class ShapedSFTTrainer(SFTTrainer):
         formatting_func = bound.get("formatting_func")
         eval_dataset = bound.get("eval_dataset")
         eval_datasets = eval_dataset if isinstance(eval_dataset, dict) else {"eval": eval_dataset}
+        # Checked again in `_prepare_dataset`; here it fails before the model is loaded
         for name, dataset in {"train": bound.get("train_dataset"), **eval_datasets}.items():
-            _check_dataset_columns(dataset, name, sft_args, formatting_func)
+            check_sft_dataset(dataset, _dataset_argument(name), sft_args, formatting_func)
         super().__init__(*args, **kwargs)
         self.shaping = getattr(self.args, "shaping", ShapingConfig())
         replaced = [
@@ -282,8 +165,34 @@ class ShapedSFTTrainer(SFTTrainer):
                 f"{', '.join(replaced)} replaces the training loss, so it cannot be combined with the shaped loss "
                 f"({self.shaping}). Remove it, or use a cross-entropy shaping (shaping_preset='ce')."
             )
-        add_shaped_lm_head(_base_model(self.model))
+        add_shaped_lm_head(self.model)
         self._shaped_sums = {"train": {}, "eval": {}}
+        self._warned_no_scored_tokens = False
+
+    def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
+        # SFTTrainer's own preparation (also run by `evaluate` on a dataset passed to it), framed by checks that turn
+        # its failures deep inside TRL or torch into errors naming the dataset and what to change.
+        argument = _dataset_argument(dataset_name)
+        check_sft_dataset(dataset, argument, args, formatting_func)
+        prepared = super()._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)
+        # Without packing the only rows SFTTrainer removes are those that truncation to `max_length` leaves with no
+        # label to train on; with packing the row count changes by design.
+        if packing or not isinstance(dataset, Dataset) or not isinstance(prepared, Dataset):
+            return prepared
+        dropped = len(dataset) - len(prepared)
+        if dropped == 0:
+            return prepared
+        columns = "'prompt'" if "prompt" in dataset.column_names else "the text"
+        what = (
+            f"{dropped} of {len(dataset)} rows of {argument} were dropped: after truncation to "
+            f"max_length={args.max_length} (truncation_mode={args.truncation_mode!r}) they had no token left to train "
+            f"on (every label -100), e.g. because {columns} column alone fills max_length"
+        )
+        fix = "Increase `max_length` (or set it to None), or shorten those rows"
+        if len(prepared) == 0:
+            raise ValueError(f"{what}, so nothing is left to train on. {fix}.")
+        logger.warning(f"{what}. {fix} to keep them.")
+        return prepared
 
     def _deepspeed_sequence_parallel(self) -> bool:
         config = self.accelerator.parallelism_config
@@ -342,14 +251,22 @@ class ShapedSFTTrainer(SFTTrainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
         sums, self._shaped_sums[mode] = self._shaped_sums[mode], {}
-        if sums:
-            n = max(sums.pop("num_tokens"), 1.0)
+        n = sums.pop("num_tokens", None)
+        if n:
             means = {key: value / n for key, value in sums.items()}
             means["mean_token_accuracy"] = means.pop("top1_accuracy")
             means["perplexity"] = math.exp(min(means["nll"], 700.0))  # exp overflows float64 past ~709
             # SFTTrainer.log averages `_metrics`, prefixes eval keys and clears them: one value per key gives the mean
             for key, value in means.items():
                 self._metrics[mode][key] = [value]
+        elif n is not None and not self._warned_no_scored_tokens:
+            # Means over no token: 0 would read as a perfect model (nll 0, perplexity 1), so the keys are left out
+            self._warned_no_scored_tokens = True
+            logger.warning(
+                f"A {mode} logging window had no scored token (every label -100 after the shift, e.g. empty texts or "
+                "max_length=1), so nll, perplexity, entropy and the other diagnostics are not logged for it. This "
+                "warning is shown once."
+            )
         super().log(logs, start_time)
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
@@ -361,10 +278,7 @@ class ShapedSFTTrainer(SFTTrainer):
 
         path = Path(self.args.output_dir) / "README.md"
         card = ModelCard.load(path)
-        settings = {
-            name: getattr(self.shaping, name)
-            for name in ("beta", "top_k", "head_reward", "tail_reward", "positive_form")
-        }
+        settings = dataclasses.asdict(self.shaping)  # the resolved settings, whatever fields ShapingConfig has
         preset = getattr(self.args, "shaping_preset", None)
         card.data["trl_shaped"] = {"shaping_preset": preset, **settings}
         rows = "\n".join(f"| `{name}` | `{value}` |" for name, value in settings.items())
