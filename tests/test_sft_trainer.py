@@ -13,6 +13,7 @@ from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM, TrainerCallback
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
 from trl_shaped import ShapingConfig, shaped_loss
+from trl_shaped.sft_config import ShapedSFTConfig
 from trl_shaped.sft_trainer import ShapedSFTTrainer, shaped_causal_lm_loss
 from trl_shaped.tiny import build_tiny_model
 
@@ -90,6 +91,48 @@ def test_ce_preset_reproduces_stock_sft_trainer(tmp_path, kind):
         torch.testing.assert_close(b, a, rtol=PARITY_RTOL, atol=1e-6, msg=name)
     if kind == "moe":  # the auxiliary loss is part of both losses, so parity covers it; check it was there at all
         assert all(e["aux_loss"] > 0 for e in shaped.state.log_history if "loss" in e)
+
+
+def sharegpt_dataset() -> Dataset:
+    # ShareGPT layout: `conversations` of {"from", "value"} turns, which SFTTrainer converts to `messages`
+    return Dataset.from_dict(
+        {
+            "conversations": [
+                [{"from": "human", "value": t.split("=")[0]}, {"from": "gpt", "value": t.split("=")[1]}] for t in TEXTS
+            ]
+        }
+    )
+
+
+def test_sharegpt_conversations_match_stock_sft_trainer(tmp_path):
+    # Issue #13.1: stock SFTTrainer trains on this layout, so ours must, with the same losses at the CE preset
+    common = dict(
+        output_dir=str(tmp_path),
+        max_steps=3,
+        per_device_train_batch_size=4,
+        learning_rate=0.3,
+        optim="sgd",
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        seed=0,
+        bf16=False,
+        disable_tqdm=True,
+    )
+    stock = SFTTrainer(
+        model=tiny_model(), args=SFTConfig(loss_type="nll", **common), train_dataset=sharegpt_dataset(), processing_class=TOK
+    )
+    stock.train()
+    shaped = ShapedSFTTrainer(
+        model=tiny_model(),
+        args=ShapedSFTConfig(shaping_preset="ce", **common),
+        train_dataset=sharegpt_dataset(),
+        processing_class=TOK,
+    )
+    shaped.train()
+    assert len(step_losses(shaped)) == 3
+    assert step_losses(shaped) == pytest.approx(step_losses(stock), rel=PARITY_RTOL)
+    assert shaped.train_dataset["input_ids"] == stock.train_dataset["input_ids"]
 
 
 class _GradCapture(TrainerCallback):

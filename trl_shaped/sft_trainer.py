@@ -259,14 +259,19 @@ class ShapedSFTTrainer(SFTTrainer):
             # SFTTrainer.log averages `_metrics`, prefixes eval keys and clears them: one value per key gives the mean
             for key, value in means.items():
                 self._metrics[mode][key] = [value]
-        elif n is not None and not self._warned_no_scored_tokens:
-            # Means over no token: 0 would read as a perfect model (nll 0, perplexity 1), so the keys are left out
-            self._warned_no_scored_tokens = True
-            logger.warning(
-                f"A {mode} logging window had no scored token (every label -100 after the shift, e.g. empty texts or "
-                "max_length=1), so nll, perplexity, entropy and the other diagnostics are not logged for it. This "
-                "warning is shown once."
-            )
+        elif n is not None:
+            # Means over no token: 0 would read as a perfect model (loss 0, nll 0, perplexity 1). The diagnostics are
+            # left out and the loss, a sum over no token, becomes NaN (`evaluate` returns this same dict).
+            for key in logs:
+                if key == "loss" or (mode == "eval" and key.endswith("_loss") and not key.endswith("aux_loss")):
+                    logs[key] = float("nan")
+            if not self._warned_no_scored_tokens:
+                self._warned_no_scored_tokens = True
+                logger.warning(
+                    f"A {mode} logging window had no scored token (every label -100 after the shift, e.g. empty texts "
+                    "or max_length=1): its loss is logged as NaN and nll, perplexity, entropy and the other "
+                    "diagnostics are not logged. This warning is shown once."
+                )
         super().log(logs, start_time)
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
