@@ -78,8 +78,20 @@ def test_shaping_fields_come_from_the_one_mixin():
 def test_trl_parser_reads_and_documents_the_shaping_flags(capsys):
     parser = TrlParser((ShapedGRPOConfig,))
     (args,) = parser.parse_args_and_config(
-        ["--output_dir", "unused", "--bf16", "false", "--use_cpu", "true", "--shaping_preset", "precision",
-         "--shaping_top_k", "9", "--shaping_aux_coef", "0.5"]
+        [
+            "--output_dir",
+            "unused",
+            "--bf16",
+            "false",
+            "--use_cpu",
+            "true",
+            "--shaping_preset",
+            "precision",
+            "--shaping_top_k",
+            "9",
+            "--shaping_aux_coef",
+            "0.5",
+        ]
     )
     assert args.shaping == ShapingConfig(beta=-0.25, top_k=9) and args.shaping_aux_coef == 0.5
     with pytest.raises(SystemExit):

@@ -78,7 +78,7 @@ def test_patched_head_equals_reference_on_the_models_logits(kind):
         scale, softcap = logit_transform(model.config)
         raw = logits.detach() / scale if softcap is None else softcap * torch.atanh(logits.detach() / softcap)
         assert abs(shaped_loss(raw[:, :-1], labels[:, 1:], config=shaping).item() - reference.item()) > 1e-2
-    for g, e in zip(grads, expected):
+    for g, e in zip(grads, expected, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
     # The stats are sums over the scored tokens; nll is the cross-entropy of the transformed logits
     scored = labels[:, 1:] != -100
@@ -135,3 +135,14 @@ def test_patch_is_idempotent_unwraps_peft_and_keeps_the_plain_forward():
     torch.testing.assert_close(loss.detach(), reference, rtol=1e-5, atol=1e-6)
     with pytest.raises(TypeError, match="shaped_lm_head"):
         model(input_ids=ids, labels=ids, shaped_lm_head={"beta": 0.5})
+
+
+def test_old_import_paths_still_resolve():
+    # The names lived in sft_trainer.py before; the README's users and grpo_trainer.py may still import them there
+    from trl_shaped import lm_head, paper, sft_trainer
+
+    assert sft_trainer.add_shaped_lm_head is lm_head.add_shaped_lm_head
+    assert sft_trainer.shaped_causal_lm_loss is lm_head.shaped_causal_lm_loss
+    assert sft_trainer.ShapedCausalLMOutput is lm_head.ShapedCausalLMOutput
+    assert sft_trainer._logit_transform is lm_head.logit_transform
+    assert sft_trainer.PAPER is paper.PAPER and paper.PAPER["id"] == "2512.22955"

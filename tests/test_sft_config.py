@@ -96,8 +96,14 @@ def test_help_lists_the_shaping_flags_with_their_choices(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args_and_config(["--help"])
     help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
-    for name in ("--shaping_preset", "--shaping_beta", "--shaping_top_k", "--shaping_head_reward",
-                 "--shaping_tail_reward", "--shaping_positive_form"):
+    for name in (
+        "--shaping_preset",
+        "--shaping_beta",
+        "--shaping_top_k",
+        "--shaping_head_reward",
+        "--shaping_tail_reward",
+        "--shaping_positive_form",
+    ):
         assert name in help_text, name
     assert all(name in help_text for name in PAPER_PRESETS) and "{power,linear}" in help_text
     with pytest.raises(SystemExit):  # argparse refuses a preset outside the choices before any config is built

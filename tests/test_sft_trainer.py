@@ -14,7 +14,8 @@ from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
 from trl_shaped import ShapingConfig, shaped_loss
 from trl_shaped.sft_config import ShapedSFTConfig
-from trl_shaped.sft_trainer import ShapedSFTTrainer, shaped_causal_lm_loss
+from trl_shaped.lm_head import shaped_causal_lm_loss
+from trl_shaped.sft_trainer import ShapedSFTTrainer
 from trl_shaped.tiny import build_tiny_model
 
 TOK = tokenizer()
@@ -87,7 +88,7 @@ def test_ce_preset_reproduces_stock_sft_trainer(tmp_path, kind):
     for key in ("entropy", "mean_token_accuracy", "num_tokens"):  # TRL's own metrics keep their meaning
         logged = [e[key] for e in shaped.state.log_history if "loss" in e]
         assert logged == pytest.approx([e[key] for e in stock.state.log_history if "loss" in e], rel=PARITY_RTOL), key
-    for (name, a), b in zip(stock.model.named_parameters(), shaped.model.parameters()):
+    for (name, a), b in zip(stock.model.named_parameters(), shaped.model.parameters(), strict=True):
         torch.testing.assert_close(b, a, rtol=PARITY_RTOL, atol=1e-6, msg=name)
     if kind == "moe":  # the auxiliary loss is part of both losses, so parity covers it; check it was there at all
         assert all(e["aux_loss"] > 0 for e in shaped.state.log_history if "loss" in e)
@@ -120,7 +121,10 @@ def test_sharegpt_conversations_match_stock_sft_trainer(tmp_path):
         disable_tqdm=True,
     )
     stock = SFTTrainer(
-        model=tiny_model(), args=SFTConfig(loss_type="nll", **common), train_dataset=sharegpt_dataset(), processing_class=TOK
+        model=tiny_model(),
+        args=SFTConfig(loss_type="nll", **common),
+        train_dataset=sharegpt_dataset(),
+        processing_class=TOK,
     )
     stock.train()
     shaped = ShapedSFTTrainer(
@@ -275,7 +279,7 @@ def test_shaped_causal_lm_loss_matches_reference_on_full_logits():
     reference = shaped_loss(model(input_ids=ids).logits[:, :-1], labels[:, 1:], config=shaping, num_items_in_batch=40)
     expected = torch.autograd.grad(reference, list(model.parameters()))
     torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-7)
-    for g, e in zip(grads, expected):
+    for g, e in zip(grads, expected, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-7)
     assert stats["num_tokens"].item() == (labels[:, 1:] != -100).sum().item()
     nll = F.cross_entropy(model(input_ids=ids).logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), reduction="sum")

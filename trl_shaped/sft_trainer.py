@@ -237,7 +237,7 @@ class ShapedSFTTrainer(SFTTrainer):
         )
         total = self.accelerator.reduce(local, reduction="sum").tolist()
         sums = self._shaped_sums[mode]
-        for key, value in zip(keys, total):
+        for key, value in zip(keys, total, strict=True):
             sums[key] = sums.get(key, 0.0) + value
 
     def _count_train_tokens(self, inputs: dict) -> None:

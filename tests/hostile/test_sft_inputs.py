@@ -55,7 +55,7 @@ def trainer(tmp_path, train_dataset, config=None, **kwargs):
     )
 
 
-def text(n=len(TEXTS)):
+def text(n=None):
     return Dataset.from_dict({"text": TEXTS[:n]})
 
 
