@@ -84,8 +84,11 @@ def check_sft_dataset(dataset, argument: str, args, formatting_func=None) -> Non
     if dataset is None:
         return
     first = _first_example(dataset, argument)
-    if formatting_func is not None or (getattr(args, "dataset_kwargs", None) or {}).get("skip_prepare_dataset"):
+    skip_prepare = (getattr(args, "dataset_kwargs", None) or {}).get("skip_prepare_dataset")
+    if formatting_func is not None or skip_prepare or not isinstance(first, dict):
         return
+    if isinstance(dataset, Dataset) and dataset.format["type"] == "custom":
+        return  # `with_transform`: SFTTrainer refuses it with its own message
     columns = set(first)
     text_field = getattr(args, "dataset_text_field", "text")
     if "input_ids" in columns or is_conversational_from_value(first):
