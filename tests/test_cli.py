@@ -109,7 +109,7 @@ def test_demo_quick_with_overrides(tmp_path):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["sft", "--use_cpu", "true", "--shaping_preset", "nope"], "shaping_preset='nope' is not a known preset"),
+        (["sft", "--use_cpu", "true", "--shaping_preset", "nope"], "shaping-preset: invalid choice: 'nope'"),
         (["eval", "--num_samples", "4", "--pass_k", "8"], "pass_k values must be in [1, num_samples=4]"),
         (["eval", "--temperature", "hot"], "invalid float value: 'hot'"),
         (["demo", "--presets", "ce,bogus"], "presets must be 'all' or a comma-separated list"),
