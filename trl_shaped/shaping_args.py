@@ -107,8 +107,8 @@ class ShapingArguments:
         explicit = {name.removeprefix("shaping_"): value for name, value in given.items()}
         if preset is not None and preset not in PAPER_PRESETS:
             raise ValueError(
-                f"shaping_preset={preset!r} is not a known preset; set it to one of {sorted(PAPER_PRESETS)} or leave it "
-                "unset and give the shaping_* fields"
+                f"shaping_preset={preset!r} is not a known preset; set it to one of {sorted(PAPER_PRESETS)} or leave "
+                "it unset and give the shaping_* fields"
             )
         try:
             base = ShapingConfig() if preset is None else ShapingConfig.from_preset(preset)
