@@ -28,7 +28,14 @@ logger = logging.get_logger(__name__)
 # The names that lived here before `lm_head.py` and `paper.py`; `_logit_transform` until grpo_trainer.py moves to
 # `lm_head.logit_transform`.
 _logit_transform = logit_transform
-__all__ = ["PAPER", "ShapedCausalLMOutput", "ShapedSFTTrainer", "add_shaped_lm_head", "shaped_causal_lm_loss"]
+__all__ = [
+    "PAPER",
+    "ShapedCausalLMOutput",
+    "ShapedSFTTrainer",
+    "add_shaped_lm_head",
+    "check_sft_dataset",
+    "shaped_causal_lm_loss",
+]
 
 
 def _dataset_argument(name: str) -> str:
