@@ -22,6 +22,7 @@ from accelerate.utils import extract_model_from_parallel, is_peft_model
 from transformers.utils import ModelOutput
 from trl import SFTTrainer
 
+from .checkpoints import SafeCheckpointsMixin
 from .diagnostics import STAT_NAMES
 from .fused_loss import fused_linear_shaped_loss
 from .shaping import ShapingConfig
@@ -231,7 +232,7 @@ def _check_dataset_columns(dataset, name: str, args, formatting_func) -> None:
     )
 
 
-class ShapedSFTTrainer(SFTTrainer):
+class ShapedSFTTrainer(SafeCheckpointsMixin, SFTTrainer):
     """[`~trl.SFTTrainer`] that minimises the rank-aware shaped loss of arXiv 2512.22955 (see METHOD.md).
 
     A drop-in replacement: everything `SFTTrainer` accepts works the same (plain-text, prompt-completion and
