@@ -81,7 +81,8 @@ def test_trainer_state_is_the_last_file_a_checkpoint_save_writes(tmp_path, monke
         assert "model.safetensors" in seen[name] and "optimizer.pt" in seen[name] and "rng_state.pth" in seen[name]
         assert written == seen[name] | {"trainer_state.json"}  # nothing was written after trainer_state.json
     manifest = json.loads((tmp_path / MANIFEST_NAME).read_text())
-    assert {n: e["complete"] for n, e in manifest["checkpoints"].items()} == {"checkpoint-2": True, "checkpoint-4": True}
+    complete = {name: entry["complete"] for name, entry in manifest["checkpoints"].items()}
+    assert complete == {"checkpoint-2": True, "checkpoint-4": True}
 
 
 def _kill_before_trainer_state(trainer, monkeypatch):
@@ -269,3 +270,54 @@ def test_grpo_keeps_the_users_files_and_resumes_past_a_partial_checkpoint(tmp_pa
     assert {k: after.get(k) for k in before} == before
     assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-100", "checkpoint-3"]
     assert "trl_shaped" in (tmp_path / "run" / MODEL_CARD_NAME).read_text()
+
+
+def test_the_cli_resumes_a_run_killed_by_sigkill_while_saving(tmp_path):
+    import importlib.util
+    import signal
+    import subprocess
+    import sys
+
+    from transformers import AutoModelForCausalLM
+
+    from trl_shaped.cli import dispatch
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("make_tiny", root / "recipes" / "make_tiny.py")
+    make_tiny = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_tiny)
+    tiny = make_tiny.make_tiny(tmp_path / "tiny", num_train=40, num_test=4, hidden_size=32)
+
+    def argv(output_dir):
+        return ["sft", "--config", str(root / "recipes" / "tiny_sft.yaml"), "--model_name_or_path", str(tiny / "model"),
+                "--dataset_data_files", f"train={tiny / 'data' / 'sft.jsonl'}",
+                "--eval_strategy", "no", "--max_steps", "6", "--per_device_train_batch_size", "4",
+                "--save_strategy", "steps", "--save_steps", "2", "--output_dir", str(output_dir)]  # fmt: skip
+
+    # SIGKILL in the middle of the step-4 save: weights and optimizer written, RNG state and trainer_state.json not
+    killer = (
+        "import os, signal, sys\n"
+        "from transformers import Trainer\n"
+        "save = Trainer._save_rng_state\n"
+        "def killed(self, output_dir):\n"
+        "    if self.state.global_step == 4:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    save(self, output_dir)\n"
+        "Trainer._save_rng_state = killed\n"
+        "from trl_shaped.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", killer, *argv(tmp_path / "cut")], capture_output=True, text=True,
+                          env=env)  # fmt: skip
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    assert (tmp_path / "cut" / "checkpoint-4" / "model.safetensors").is_file()
+    assert not (tmp_path / "cut" / "checkpoint-4" / "trainer_state.json").exists()
+
+    resumed = dispatch([*argv(tmp_path / "cut"), "--resume_from_checkpoint", "true"])
+    assert resumed.state.global_step == 6 and checkpoint_problem(tmp_path / "cut" / "checkpoint-4") is None
+    dispatch(argv(tmp_path / "full"))
+    assert_same_weights(
+        AutoModelForCausalLM.from_pretrained(tmp_path / "cut").state_dict(),
+        AutoModelForCausalLM.from_pretrained(tmp_path / "full").state_dict(),
+    )

@@ -44,6 +44,8 @@ def config_file_problem(argv: list[str]) -> str | None:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         return f"argument --config: {path!r} is not valid YAML{where}: {problem}"
+    if config is None:
+        return f"argument --config: {path!r} is empty; it should hold `name: value` lines"
     if not isinstance(config, dict):
         kind = type(config).__name__
         return f"argument --config: {path!r} must hold a mapping of argument names to values, not a {kind}"
