@@ -63,6 +63,10 @@ class RunManifest:
                 # Written atomically, so only a hand edit breaks it; without it nothing counts as ours (nothing is
                 # deleted, README.md is kept), which is the safe side.
                 logger.warning(f"Ignoring the unreadable run manifest {self.path} ({error}).")
+        # A folder deleted by hand is forgotten, so that a later folder of the same name is not taken for ours
+        self.data["checkpoints"] = {
+            name: entry for name, entry in self.data["checkpoints"].items() if (self.path.parent / name).is_dir()
+        }
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -219,7 +223,8 @@ class SafeCheckpointsMixin:
             output = super().train(resume_from_checkpoint=resume, trial=trial, **kwargs)
             if self.args.should_save and self._save_total_limit == 1 and self.state.best_model_checkpoint:
                 # Trainer's end-of-training rule for save_total_limit=1: keep the best checkpoint only
-                self._rotate(Path(self.args.output_dir), keep=0, protected={self.state.best_model_checkpoint})
+                run_dir = Path(self._get_output_dir(trial=trial))
+                self._rotate(run_dir, keep=0, protected={self.state.best_model_checkpoint})
         finally:
             self.args.save_total_limit = self._save_total_limit
         return output
@@ -236,6 +241,8 @@ class SafeCheckpointsMixin:
                 f"{folder} exists and no trl_shaped run wrote it: saving step {self.state.global_step} would write "
                 "into it. Move it away (or choose another output_dir) and resume with resume_from_checkpoint=True."
             )
+        if self._run_id is None:  # a save outside `train` (a direct `_save_checkpoint` call)
+            self._run_id = uuid.uuid4().hex[:12]
         if self.args.should_save:
             manifest = RunManifest(run_dir)
             manifest.add_run(self._run_id, *self._run_origin)
