@@ -321,3 +321,19 @@ def test_the_cli_resumes_a_run_killed_by_sigkill_while_saving(tmp_path):
         AutoModelForCausalLM.from_pretrained(tmp_path / "cut").state_dict(),
         AutoModelForCausalLM.from_pretrained(tmp_path / "full").state_dict(),
     )
+
+
+def test_the_manifest_forgets_a_finished_checkpoint_deleted_by_hand(tmp_path):
+    from trl_shaped.checkpoints import RunManifest
+
+    manifest = RunManifest(tmp_path)
+    manifest.add_run("a", None, None)
+    for name, complete in (("checkpoint-1", True), ("checkpoint-2", True), ("checkpoint-3", False)):
+        manifest.data["checkpoints"][name] = {"run": "a", "complete": complete, "seq": 1}
+    manifest.save()
+    (tmp_path / "checkpoint-2").mkdir()
+    reread = RunManifest(tmp_path)
+    # checkpoint-1 was deleted by hand: a user's later checkpoint-1 is not ours; checkpoint-3 is a save under way
+    assert reread.checkpoint("checkpoint-1") is None
+    assert reread.checkpoint("checkpoint-2")["complete"] and reread.checkpoint("checkpoint-3") is not None
+    assert reread.lineage("a") == {"a"}

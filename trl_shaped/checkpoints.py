@@ -63,9 +63,12 @@ class RunManifest:
                 # Written atomically, so only a hand edit breaks it; without it nothing counts as ours (nothing is
                 # deleted, README.md is kept), which is the safe side.
                 logger.warning(f"Ignoring the unreadable run manifest {self.path} ({error}).")
-        # A folder deleted by hand is forgotten, so that a later folder of the same name is not taken for ours
+        # A finished checkpoint deleted by hand is forgotten, so that a later folder of that name is not taken for
+        # ours (an unfinished entry may be a save whose folder does not exist yet)
         self.data["checkpoints"] = {
-            name: entry for name, entry in self.data["checkpoints"].items() if (self.path.parent / name).is_dir()
+            name: entry
+            for name, entry in self.data["checkpoints"].items()
+            if not entry.get("complete") or (self.path.parent / name).is_dir()
         }
 
     def save(self) -> None:
