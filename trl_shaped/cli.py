@@ -6,11 +6,11 @@
     trl-shaped demo --quick
 
 Every subcommand is parsed with TRL's `TrlParser`: `--config file.yaml` sets values and command-line flags
-override them, as with `trl`. A missing, unreadable or malformed config file is a usage error (exit status 2), checked
-here for every subcommand before it starts. `sft` and `grpo` take `--resume_from_checkpoint true` for the newest
-complete checkpoint of output_dir (`trl_shaped.checkpoints`). The subcommands run in this process (so `accelerate launch -m trl_shaped sft ...`
-works too); `sft` and `grpo` also take `--accelerate_config FILE` to start themselves under `accelerate launch`.
-The work itself lives in `trl_shaped/scripts/<subcommand>.py`.
+override them, as with `trl`. A missing, unreadable or malformed config file is a usage error (exit status 2),
+checked here for every subcommand before it starts. The subcommands run in this process (so `accelerate launch -m
+trl_shaped sft ...` works too); `sft` and `grpo` also take `--accelerate_config FILE` to start themselves under
+`accelerate launch`, and `--resume_from_checkpoint true` to resume from the newest complete checkpoint of output_dir
+(`trl_shaped.checkpoints`). The work itself lives in `trl_shaped/scripts/<subcommand>.py`.
 """
 
 import argparse
