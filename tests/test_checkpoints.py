@@ -337,3 +337,21 @@ def test_the_manifest_forgets_a_finished_checkpoint_deleted_by_hand(tmp_path):
     assert reread.checkpoint("checkpoint-1") is None
     assert reread.checkpoint("checkpoint-2")["complete"] and reread.checkpoint("checkpoint-3") is not None
     assert reread.lineage("a") == {"a"}
+
+
+def test_the_end_of_training_clean_up_keeps_the_users_folder(tmp_path):
+    # Trainer's rule for save_total_limit=1 with a best checkpoint: at the end, delete every other checkpoint
+    before = _user_files(tmp_path)
+    trainer = ShapedSFTTrainer(
+        model=build_tiny_model(len(TOK), tokenizer=TOK, hidden_size=32, num_layers=1, seed=0),
+        args=config(tmp_path, max_steps=4, per_device_train_batch_size=2, save_strategy="steps", save_steps=1,
+                    eval_strategy="steps", eval_steps=1, save_total_limit=1, load_best_model_at_end=True,
+                    metric_for_best_model="loss", greater_is_better=True),  # the worst eval loss: an early step
+        train_dataset=text_dataset(), eval_dataset=text_dataset(4), processing_class=TOK,
+    )  # fmt: skip
+    trainer.train()
+    best = Path(trainer.state.best_model_checkpoint).name
+    assert best != "checkpoint-4"
+    after = tree(tmp_path)
+    assert {k: after.get(k) for k in before} == before
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == sorted(["checkpoint-100", best])
