@@ -1,5 +1,6 @@
 """`trl-shaped` end to end on a tiny local model: each subcommand from a YAML config plus command-line overrides."""
 
+import importlib
 import importlib.util
 import json
 import os
@@ -48,7 +49,10 @@ def test_help_lists_the_subcommands():
     run = subprocess.run([sys.executable, "-m", "trl_shaped", "--help"], capture_output=True, text=True, check=True)
     for name in SUBCOMMANDS:
         assert name in run.stdout
-    assert set(SUBCOMMANDS) == {"sft", "grpo", "eval", "demo"}
+        # the dispatcher's contract with a subcommand module (a new one only adds an entry and its module)
+        module = importlib.import_module(f"trl_shaped.scripts.{name}")
+        assert callable(module.run) and callable(module.make_parser), name
+    assert {"sft", "grpo", "eval", "demo"} <= set(SUBCOMMANDS)
 
 
 def test_sft_yaml_plus_overrides(stage1_dir, tiny_run_dir):

@@ -6,9 +6,11 @@
     trl-shaped demo --quick
 
 Every subcommand is parsed with TRL's `TrlParser`: `--config file.yaml` sets values and command-line flags
-override them, as with `trl`. The subcommands run in this process (so `accelerate launch -m trl_shaped sft ...`
-works too); `sft` and `grpo` also take `--accelerate_config FILE` to start themselves under `accelerate launch`.
-The work itself lives in `trl_shaped/scripts/<subcommand>.py`.
+override them, as with `trl`. A missing, unreadable or malformed config file is a usage error (exit status 2),
+checked here for every subcommand before it starts. The subcommands run in this process (so `accelerate launch -m
+trl_shaped sft ...` works too); `sft` and `grpo` also take `--accelerate_config FILE` to start themselves under
+`accelerate launch`, and `--resume_from_checkpoint true` to resume from the newest complete checkpoint of output_dir
+(`trl_shaped.checkpoints`). The work itself lives in `trl_shaped/scripts/<subcommand>.py`.
 """
 
 import argparse
@@ -17,7 +19,7 @@ import sys
 from pathlib import Path
 
 from trl_shaped import __version__
-from trl_shaped.scripts import end_launched_process
+from trl_shaped.scripts import config_file_problem, end_launched_process, split_config_flag
 
 SUBCOMMANDS = {
     "sft": "stage 1: train with the shaped next-token loss (ShapedSFTTrainer)",
@@ -42,16 +44,24 @@ def _top_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _launch_with_accelerate(name: str, args: list[str]) -> None:
+def _usage_error(module, name: str, message: str):
+    """Exit as argparse does on a bad argument (usage, `trl-shaped <name>: error: <message>`, status 2), with the
+    subcommand's own parser when it has one, so that its usage line is shown."""
+    make_parser = getattr(module, "make_parser", None)
+    parser = make_parser(f"trl-shaped {name}") if make_parser else argparse.ArgumentParser(prog=f"trl-shaped {name}")
+    parser.error(message)
+
+
+def _launch_with_accelerate(module, name: str, args: list[str]) -> None:
     """Re-run `trl_shaped/scripts/<name>.py` under `accelerate launch --config_file <file>`."""
     from accelerate.commands.launch import launch_command, launch_command_parser
 
     index = args.index("--accelerate_config")
-    if index + 1 >= len(args):
-        raise SystemExit(f"trl-shaped {name}: error: --accelerate_config needs a file")
+    if index + 1 >= len(args) or args[index + 1].startswith("--"):
+        _usage_error(module, name, "argument --accelerate_config: expected one argument (an accelerate config file)")
     config_file = args[index + 1]
     if not Path(config_file).is_file():
-        raise SystemExit(f"trl-shaped {name}: error: --accelerate_config {config_file!r} is not a file")
+        _usage_error(module, name, f"argument --accelerate_config: {config_file!r} is not a file")
     script_args = args[:index] + args[index + 2 :]
     script = Path(__file__).parent / "scripts" / f"{name}.py"
     launch_command(launch_command_parser().parse_args(["--config_file", config_file, str(script), *script_args]))
@@ -67,9 +77,15 @@ def dispatch(argv: list[str] | None = None):
         parser.print_help()
         return None
     name, args = argv[0], argv[1:]
-    if name in LAUNCHABLE and "--accelerate_config" in args:
-        return _launch_with_accelerate(name, args)
     module = importlib.import_module(f"trl_shaped.scripts.{name}")
+    # Every subcommand takes `--config FILE`: a missing, unreadable or malformed file is a usage error here, before
+    # the subcommand (or `accelerate launch`, which would fail once per process) starts
+    args = split_config_flag(args)
+    problem = config_file_problem(args)
+    if problem is not None:
+        _usage_error(module, name, problem)
+    if name in LAUNCHABLE and "--accelerate_config" in args:
+        return _launch_with_accelerate(module, name, args)
     return module.run(args, prog=f"trl-shaped {name}")
 
 

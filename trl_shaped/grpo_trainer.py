@@ -29,6 +29,7 @@ from trl.trainer.utils import (
     use_adapter,
 )
 
+from .checkpoints import SafeCheckpointsMixin
 from .diagnostics import distribution_stats
 from .fused_loss import _chunk_logits, default_chunk_size
 from .loss import compute_dtype
@@ -63,7 +64,7 @@ def _load_causal_lm(path: str, merge_adapter: bool, **kwargs):
     return create_model_from_path(path, **kwargs)
 
 
-class ShapedGRPOTrainer(GRPOTrainer):
+class ShapedGRPOTrainer(SafeCheckpointsMixin, GRPOTrainer):
     """[`~trl.GRPOTrainer`] for stage 2 of arXiv 2512.22955: RL from a stage-1 (shaped) prior, watched against it.
 
     Everything `GRPOTrainer` accepts works the same. Additions, set by [`ShapedGRPOConfig`]:

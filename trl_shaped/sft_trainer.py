@@ -18,6 +18,7 @@ from transformers.utils import logging
 from trl import SFTTrainer
 from trl.data_utils import is_conversational, is_conversational_from_value
 
+from .checkpoints import SafeCheckpointsMixin
 from .diagnostics import STAT_NAMES
 from .lm_head import ShapedCausalLMOutput, add_shaped_lm_head, logit_transform, shaped_causal_lm_loss
 from .paper import PAPER
@@ -123,7 +124,7 @@ def check_sft_dataset(dataset, argument: str, args, formatting_func=None) -> Non
     )
 
 
-class ShapedSFTTrainer(SFTTrainer):
+class ShapedSFTTrainer(SafeCheckpointsMixin, SFTTrainer):
     """[`~trl.SFTTrainer`] that minimises the rank-aware shaped loss of arXiv 2512.22955 (see docs/method.md).
 
     A drop-in replacement: everything `SFTTrainer` accepts works the same (plain-text, prompt-completion and

@@ -1,8 +1,8 @@
 """The `main` functions behind `trl-shaped sft|grpo|eval|demo` and `recipes/*.py` (TRL's script layout).
 
-Each module has `make_parser(prog)`, `main(...)` and `run(argv)`; `parse_or_exit` turns a bad value into the
-parser's usage message and exit status 2 instead of a traceback. A process that `accelerate launch` started ends
-through `end_launched_process`.
+Each module has `make_parser(prog)`, `main(...)` and `run(argv)`; `parse_or_exit` turns a bad `--config` file or
+a bad value into the parser's usage message and exit status 2 instead of a traceback. A process that `accelerate
+launch` started ends through `end_launched_process`.
 """
 
 import logging
@@ -10,8 +10,58 @@ import os
 import sys
 
 
+def split_config_flag(argv: list[str]) -> list[str]:
+    """`argv` with `--config=FILE` (which TrlParser does not read) written as `--config FILE`."""
+    return [part for arg in argv for part in (arg.split("=", 1) if arg.startswith("--config=") else [arg])]
+
+
+def config_file_problem(argv: list[str]) -> str | None:
+    """What is wrong with the `--config FILE` of `argv`, as one argparse-style line, or None when nothing is.
+
+    TrlParser opens and parses the file itself and lets IndexError / FileNotFoundError / yaml errors through; this
+    check runs first so that each becomes a usage error naming `--config` and the file.
+    """
+    import yaml
+
+    flags = [i for i, arg in enumerate(argv) if arg == "--config"]
+    if not flags:
+        return None
+    if len(flags) > 1:
+        return "argument --config: given more than once"
+    index = flags[0]
+    if index + 1 >= len(argv) or argv[index + 1].startswith("--"):
+        return "argument --config: expected one argument (a YAML file)"
+    path = argv[index + 1]
+    try:
+        with open(path, encoding="utf-8") as file:
+            config = yaml.safe_load(file)
+    except OSError as error:
+        return f"argument --config: can't open {path!r}: {error.strerror or error}"
+    except UnicodeDecodeError:
+        return f"argument --config: {path!r} is not a text (UTF-8) file"
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        return f"argument --config: {path!r} is not valid YAML{where}: {problem}"
+    if config is None:
+        return f"argument --config: {path!r} is empty; it should hold `name: value` lines"
+    if not isinstance(config, dict):
+        kind = type(config).__name__
+        return f"argument --config: {path!r} must hold a mapping of argument names to values, not a {kind}"
+    bad_keys = [key for key in config if not isinstance(key, str)]
+    if bad_keys:
+        return f"argument --config: {path!r} has keys that are not argument names: {bad_keys}"
+    return None
+
+
 def parse_or_exit(parser, argv=None) -> tuple:
-    """`parser.parse_args_and_config(argv)`, with a config's ValueError (a bad value) reported as a usage error."""
+    """`parser.parse_args_and_config(argv)`, with a bad `--config` file or a config's ValueError (a bad value)
+    reported as a usage error (message on stderr, exit status 2) before anything is loaded."""
+    argv = split_config_flag(list(sys.argv[1:] if argv is None else argv))
+    problem = config_file_problem(argv)
+    if problem is not None:
+        parser.error(problem)
     try:
         return parser.parse_args_and_config(argv)
     except ValueError as error:  # raised by the config dataclasses' validation, before any compute
@@ -20,7 +70,11 @@ def parse_or_exit(parser, argv=None) -> tuple:
 
 def train_and_save(trainer, script_args, training_args):
     """The end of `trl-shaped sft|grpo`: train (resuming when asked), save, push when asked, then close the trackers
-    and the process group, so that no rank is left to tear down gloo/NCCL at interpreter exit."""
+    and the process group, so that no rank is left to tear down gloo/NCCL at interpreter exit.
+
+    `resume_from_checkpoint` was resolved by `trainer_inputs` (scripts/loading.py) and the trainers resolve it again
+    the same way (`trl_shaped.checkpoints.resolve_resume`).
+    """
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     trainer.accelerator.print(f"Model saved to {training_args.output_dir}")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from trl_shaped.scripts import end_launched_process, parse_or_exit, train_and_save
 from trl_shaped.scripts.data import ShapedScriptArguments
-from trl_shaped.scripts.sft import load_script_datasets, model_init_kwargs, split_or_fail
+from trl_shaped.scripts.loading import split_or_fail, trainer_inputs
 
 
 @dataclass
@@ -75,34 +75,15 @@ def resolve_reward_funcs(names: list[str]) -> list:
 
 def main(script_args, training_args, model_args, dataset_args=None):
     """Run GRPO from `model_args.model_name_or_path` (the stage-1 checkpoint, also the reference) and save it."""
-    from trl import get_peft_config, get_quantization_config
-
     from trl_shaped import ShapedGRPOTrainer
 
-    if not model_args.model_name_or_path:
-        raise ValueError("model_name_or_path is required: a hub name or a local directory (the stage-1 checkpoint)")
     reward_funcs = resolve_reward_funcs(script_args.reward_funcs)
-    training_args.model_init_kwargs = model_init_kwargs(training_args, model_args)
-    dataset = load_script_datasets(script_args, dataset_args)
-    train_dataset = split_or_fail(dataset, script_args.dataset_train_split, "dataset_train_split")
-    eval_dataset = None
-    if training_args.eval_strategy != "no":
-        eval_dataset = split_or_fail(dataset, script_args.dataset_test_split, "dataset_test_split")
-
-    if script_args.aux_dataset_split is not None:
-        extra = {"aux_dataset": split_or_fail(dataset, script_args.aux_dataset_split, "aux_dataset_split")}
-    else:
-        extra = {}
-    trainer = ShapedGRPOTrainer(
-        model=model_args.model_name_or_path,
-        reward_funcs=reward_funcs,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        peft_config=get_peft_config(model_args),
-        quantization_config=get_quantization_config(model_args),
-        **extra,
+    dataset, trainer_kwargs = trainer_inputs(
+        script_args, training_args, model_args, dataset_args, model_help=" (the stage-1 checkpoint)"
     )
+    if script_args.aux_dataset_split is not None:
+        trainer_kwargs["aux_dataset"] = split_or_fail(dataset, script_args.aux_dataset_split, "aux_dataset_split")
+    trainer = ShapedGRPOTrainer(reward_funcs=reward_funcs, **trainer_kwargs)
     return train_and_save(trainer, script_args, training_args)
 
 
