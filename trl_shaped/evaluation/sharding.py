@@ -31,20 +31,25 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def partial_state():
+    """accelerate's `PartialState` of a launched process (joins the process group on first use): on CPU (no GPU, or
+    the launcher's `use_cpu`) over gloo, as the trainers' `use_cpu` does."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
+
+
 def current_shard(shard: bool | None = None) -> Shard:
     """This process's `Shard`.
 
     Args:
         shard (`bool`, *optional*): False: act as the only process (for a caller that evaluates on one rank of a
-            larger job); None or True: split across the processes when there are several (accelerate's
-            `PartialState` joins them, on gloo when the launcher says `use_cpu`).
+            larger job); None or True: split across the processes when there are several (`partial_state`).
     """
     if shard is False or not launched():
         return Shard()
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
-
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    state = partial_state()
     return Shard(state.process_index, state.num_processes)
 
 

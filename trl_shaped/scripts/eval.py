@@ -12,7 +12,7 @@ the results are gathered and the main process alone writes the files (the same f
 import torch
 
 from trl_shaped.evaluation import EvalConfig, evaluate, markdown_summary, write_results
-from trl_shaped.evaluation.sharding import current_shard, launched
+from trl_shaped.evaluation.sharding import current_shard, launched, partial_state
 from trl_shaped.scripts import parse_or_exit
 from trl_shaped.scripts.data import load_split
 
@@ -41,11 +41,8 @@ def load_model(config: EvalConfig):
     model = AutoModelForCausalLM.from_pretrained(
         config.model_name_or_path, dtype=dtype, trust_remote_code=config.trust_remote_code
     )
-    if launched():  # the device accelerate gives this rank (cpu under use_cpu)
-        from accelerate import PartialState
-        from accelerate.utils import parse_flag_from_env
-
-        device = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device
+    if launched():  # the device accelerate gives this rank
+        device = partial_state().device
     else:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return model.to(device).eval(), tokenizer
