@@ -69,7 +69,9 @@ def test_pass_k_non_integral_is_refused_not_truncated():
 
 
 def test_dtype_is_checked_at_construction_with_the_choices():
-    with pytest.raises(ValueError, match=r"^dtype must be one of \['auto', 'bfloat16', 'float16', 'float32'\], got 'float8'"):
+    with pytest.raises(
+        ValueError, match=r"^dtype must be one of \['auto', 'bfloat16', 'float16', 'float32'\], got 'float8'"
+    ):
         EvalConfig(dtype="float8")
 
 

@@ -67,7 +67,8 @@ class EvalConfig:
         metadata={"help": f"Sample with vLLM's offline engine instead of transformers' generate ({INSTALL_HINT})."},
     )
     vllm_gpu_memory_utilization: float = field(
-        default=0.5, metadata={"help": "Share of GPU memory vLLM may take, in (0, 1] (the diagnostics' model shares it)."}
+        default=0.5,
+        metadata={"help": "Share of GPU memory vLLM may take, in (0, 1] (the diagnostics' model shares it)."},
     )
     vllm_max_model_len: int | None = field(
         default=None, metadata={"help": "vLLM's prompt + completion budget in tokens (default: the model's)."}
@@ -79,9 +80,7 @@ class EvalConfig:
         default=1024, metadata={"help": "Truncate diagnostic sequences to this many tokens."}
     )
     seed: int = field(default=0, metadata={"help": "Random seed of the sampling; problem i is seeded from (seed, i)."})
-    dtype: str = field(
-        default="float32", metadata={"help": "Model dtype when loading.", "choices": list(DTYPES)}
-    )
+    dtype: str = field(default="float32", metadata={"help": "Model dtype when loading.", "choices": list(DTYPES)})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the hub."})
     output_dir: str = field(default="eval_results", metadata={"help": "Where the JSON, markdown and plots go."})
     run_name: str = field(default="eval", metadata={"help": "Label of this run in file names and plots."})

@@ -1,5 +1,6 @@
 """`evaluate`: sample, score and diagnose a model on a list of problems, across processes when launched."""
 
+import logging
 from dataclasses import asdict
 
 from .config import EvalConfig
@@ -8,6 +9,8 @@ from .metrics import score_completions
 from .sampling import prompts_per_call, sample_completions
 from .sharding import block_range, current_shard, gather_in_order
 from .vllm_sampling import build_vllm_engine, sample_completions_vllm
+
+logger = logging.getLogger(__name__)
 
 
 def evaluate(model, tokenizer, problems, config: EvalConfig, *, llm=None, shard: bool | None = None) -> dict:
@@ -47,11 +50,10 @@ def evaluate(model, tokenizer, problems, config: EvalConfig, *, llm=None, shard:
     block = prompts_per_call(config.num_samples, config.temperature, config.batch_size)
     mine = block_range(len(rows), block, where)
     if where.num_processes > 1:
-        print(
-            f"evaluate: process {where.process_index} of {where.num_processes} samples problems "
-            f"[{mine.start}, {mine.stop}) of {len(rows)}",
-            flush=True,
-        )
+        logger.info(
+            "evaluate: process %d of %d samples problems [%d, %d) of %d",
+            where.process_index, where.num_processes, mine.start, mine.stop, len(rows),
+        )  # fmt: skip
     sampling = dict(
         num_samples=config.num_samples,
         temperature=config.temperature,

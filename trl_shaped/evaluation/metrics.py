@@ -1,10 +1,10 @@
 """The paper's metrics of sampled completions (docs/method.md, evaluation protocol): pure Python, no model.
 
-    is_correct(completion, answer) -> bool      THE answer judge: evaluation, the demo and the study all use it
-    pass_at_k(n, c, k) -> float                 unbiased Pass@k = 1 - C(n - c, k) / C(n, k)
-    majority_vote(answers) -> str | None        most frequent answer, ties to the first occurrence
-    cons_at_n(answers, correct) -> float        1.0 when the majority answer is correct
-    score_completions(completions, answers, pass_k=...) -> dict   Avg@n, Cons@n, Pass@k and per-problem records
+is_correct(completion, answer) -> bool      THE answer judge: evaluation, the demo and the study all use it
+pass_at_k(n, c, k) -> float                 unbiased Pass@k = 1 - C(n - c, k) / C(n, k)
+majority_vote(answers) -> str | None        most frequent answer, ties to the first occurrence
+cons_at_n(answers, correct) -> float        1.0 when the majority answer is correct
+score_completions(completions, answers, pass_k=...) -> dict   Avg@n, Cons@n, Pass@k and per-problem records
 """
 
 import math

@@ -9,6 +9,8 @@ Under `accelerate launch` every process loads the model on its own device and ev
 the results are gathered and the main process alone writes the files (the same files a single process writes).
 """
 
+import logging
+
 import torch
 
 from trl_shaped.evaluation import EvalConfig, evaluate, markdown_summary, write_results
@@ -55,6 +57,12 @@ def evaluate_main(config: EvalConfig) -> dict:
     Returns:
         the result of `evaluate` (on every process), with "files" (the paths written, as strings) added.
     """
+    if launched():  # say which share of the problems each process takes
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        evaluation_logger = logging.getLogger("trl_shaped.evaluation")
+        evaluation_logger.addHandler(handler)
+        evaluation_logger.setLevel(logging.INFO)
     problems = load_problems(config)
     model, tokenizer = load_model(config)
     results = evaluate(model, tokenizer, problems, config)
