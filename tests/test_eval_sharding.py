@@ -76,6 +76,9 @@ def test_sharded_sampling_equals_one_process(tiny, temperature, batch_size):
         assert [n for part in parts for n in part[1]] == whole_lengths
     if temperature > 0:
         assert len({c for row in whole for c in row}) > 3  # really sampled
+    # a process left without a block (more processes than blocks) samples nothing and still joins the gather
+    assert block_range(len(prompts), block, Shard(9, 10)) == range(len(prompts), len(prompts))
+    assert sample_completions(model, tokenizer, [], first_index=len(prompts), **kwargs) == ([], [])
 
 
 def test_a_problems_samples_depend_on_its_seed_and_index_only(tiny):
@@ -132,6 +135,7 @@ def test_sharded_diagnostics_add_up_exactly(tiny):
             )
         assert parts == whole
     assert combine_text_sums(whole) == text_diagnostics(model, tokenizer, texts, **kwargs)
+    assert text_sums(model, tokenizer, [], prompts=[], top_k=5, batch_size=3) == []
 
 
 def _write_problems(path: Path) -> None:
