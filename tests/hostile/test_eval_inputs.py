@@ -147,6 +147,20 @@ def test_text_diagnostics_prompts_of_another_length(tiny):
         text_diagnostics(model, tokenizer, ["a", "b"], prompts=["x"])
 
 
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ({"prompt": None, "answer": "1"}, r"^column 'prompt' must hold a string or a list of chat messages .*\[1\]"),
+        ({"prompt": "1=?", "answer": "1", "completion": 7}, r"^column 'completion' must hold a string .*\[1\] .*int"),
+    ],
+)
+def test_evaluate_bad_column_values_are_named_before_sampling(tiny, row, message):
+    model, tokenizer = tiny
+    problems = [{"prompt": "2=?", "answer": "2", "completion": "#### 2"}, row]
+    with pytest.raises(ValueError, match=message):
+        evaluate(model, tokenizer, problems, EvalConfig(num_samples=1, progress=False))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # No scored token: NaN and one warning, never a perfect model (issue #11 item 4)
 # ---------------------------------------------------------------------------------------------------------------

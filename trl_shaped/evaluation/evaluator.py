@@ -44,7 +44,11 @@ def evaluate(model, tokenizer, problems, config: EvalConfig, *, llm=None, shard:
     for column in (config.prompt_column, config.answer_column):
         if column not in rows[0]:
             raise ValueError(f"problems have no column {column!r}; columns: {sorted(rows[0])}")
-    prompts = [r[config.prompt_column] for r in rows]
+    prompts = [r.get(config.prompt_column) for r in rows]
+    _check_column(prompts, config.prompt_column, (str, list), "a string or a list of chat messages")
+    with_reference = config.diagnostics and config.completion_column in rows[0]
+    if with_reference:
+        _check_column([r.get(config.completion_column) for r in rows], config.completion_column, str, "a string")
     where = current_shard(shard)
 
     block = prompts_per_call(config.num_samples, config.temperature, config.batch_size)
@@ -92,7 +96,7 @@ def evaluate(model, tokenizer, problems, config: EvalConfig, *, llm=None, shard:
     results["mean_completion_tokens"] = sum(all_lengths) / len(all_lengths)
 
     results["diagnostics"] = None
-    if config.diagnostics and config.completion_column in rows[0]:
+    if with_reference:
         mine = block_range(len(rows), config.diagnostics_batch_size, where)
         local_sums = text_sums(
             model,
@@ -107,3 +111,12 @@ def evaluate(model, tokenizer, problems, config: EvalConfig, *, llm=None, shard:
         results["diagnostics"] = combine_text_sums(sums, warn=where.is_main)
     settings = {k: v for k, v in asdict(config).items() if k not in ("output_dir", "progress")}
     return {"run_name": config.run_name, "settings": settings, **results}
+
+
+def _check_column(values: list, column: str, types, allowed: str) -> None:
+    bad = [i for i, v in enumerate(values) if not isinstance(v, types)]
+    if bad:
+        raise ValueError(
+            f"column {column!r} must hold {allowed} in every row; rows {bad[:5]} hold "
+            f"{sorted({type(values[i]).__name__ for i in bad})}"
+        )
