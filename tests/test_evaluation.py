@@ -4,6 +4,7 @@ import json
 import math
 from fractions import Fraction
 
+import numpy as np
 import pytest
 import torch
 
@@ -293,3 +294,68 @@ def test_evaluate_and_files(tiny, tmp_path):
         plot_entropy_per_preset({"x": {"diagnostics": None}}, tmp_path / "bad.png")
     with pytest.raises(ValueError, match="no column 'question'"):
         evaluate(model, tokenizer, problems, EvalConfig(prompt_column="question", num_samples=1, progress=False))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The answer judge, strict JSON, plots with bands and error bars (shared with the demo and the study)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_is_correct_is_the_rl_reward_judgement():
+    from trl_shaped.evaluation import is_correct
+    from trl_shaped.rewards import exact_answer_reward
+
+    cases = [
+        ("so 12 #### 12", "12", True),
+        ("#### 12.0", "12", True),
+        ("#### $1,200", "1200", True),
+        ("\\boxed{7}", "7", True),
+        ("#### 13", "12", False),
+        ("no answer", "12", False),
+        ([{"role": "assistant", "content": "#### 5"}], "5", True),
+    ]
+    for completion, answer, expected in cases:
+        assert is_correct(completion, answer) is expected, (completion, answer)
+        assert is_correct(completion, answer) == (exact_answer_reward([completion], [answer])[0] == 1.0)
+    assert is_correct("#### 3", 3)  # a gold answer read from a numeric column
+
+
+def test_strict_json_of_non_finite_values():
+    from trl_shaped.evaluation import to_jsonable
+
+    value = {"a": float("nan"), "b": [1.5, float("inf")], 3: torch.tensor(2.5), "c": np.float32(0.25)}
+    assert to_jsonable(value) == {"a": None, "b": [1.5, None], "3": 2.5, "c": 0.25}
+    json.dumps(to_jsonable(value), allow_nan=False)  # would raise on a NaN left behind
+
+
+def _pixels(path):
+    import matplotlib.image
+
+    return matplotlib.image.imread(path)
+
+
+def test_pass_at_k_bands_and_bars_with_error_bars_are_drawn(tmp_path):
+    from trl_shaped.evaluation import plot_metric_bars
+
+    mean = {"pass_at_k": {"1": 0.3, "2": 0.45, "4": 0.6}}
+    band = mean | {"pass_at_k_lower": {"1": 0.2, "2": 0.35, "4": 0.5}, "pass_at_k_upper": {1: 0.4, 2: 0.55, 4: 0.7}}
+    plain = plot_pass_at_k({"ce": mean}, tmp_path / "plain.png")
+    banded = plot_pass_at_k({"ce": band}, tmp_path / "band.png")
+    assert banded.read_bytes()[:8] == PNG_MAGIC
+    # the band is on the picture: same size, other pixels (the mean line and the axes are the same)
+    assert _pixels(plain).shape == _pixels(banded).shape and (_pixels(plain) != _pixels(banded)).any()
+    with pytest.raises(ValueError, match="pass_at_k_lower/upper must have the k of pass_at_k"):
+        plot_pass_at_k({"ce": band | {"pass_at_k_lower": {"1": 0.2}}}, tmp_path / "bad.png")
+
+    runs = {"ce": {"entropy": 1.0, "topk_entropy": 0.5}, "precision": {"entropy": 0.8, "topk_entropy": 0.4}}
+    with_bars = {
+        label: run | {f"{m}_lower": v - 0.1 for m, v in run.items()} | {f"{m}_upper": v + 0.1 for m, v in run.items()}
+        for label, run in runs.items()
+    }
+    no_err = plot_metric_bars(runs, tmp_path / "bars.png", ["entropy", "topk_entropy"])
+    err = plot_metric_bars(with_bars, tmp_path / "err.png", ["entropy", "topk_entropy"])
+    assert (_pixels(no_err) != _pixels(err)).any()
+    assert plot_entropy_per_preset(with_bars, tmp_path / "entropy.png").read_bytes()[:8] == PNG_MAGIC
+    with pytest.raises(ValueError, match=r"runs without the metrics to plot: \{'precision': \['tail_mass'\]\}"):
+        plot_metric_bars(runs | {"precision": {"entropy": 1.0}} | {"ce": {"tail_mass": 0.1}}, tmp_path / "x.png",
+                         ["tail_mass"])  # fmt: skip

@@ -1,0 +1,122 @@
+"""`evaluate`: sample, score and diagnose a model on a list of problems, across processes when launched."""
+
+import logging
+from dataclasses import asdict
+
+from .config import EvalConfig
+from .heldout import combine_text_sums, text_sums
+from .metrics import score_completions
+from .sampling import prompts_per_call, sample_completions
+from .sharding import block_range, current_shard, gather_in_order
+from .vllm_sampling import build_vllm_engine, sample_completions_vllm
+
+logger = logging.getLogger(__name__)
+
+
+def evaluate(model, tokenizer, problems, config: EvalConfig, *, llm=None, shard: bool | None = None) -> dict:
+    """Sample, score and (optionally) diagnose `model` on `problems`.
+
+    Under `accelerate launch` every process samples and diagnoses its share of the problems (whole batches, see
+    `sharding`), the shares are gathered, and every process returns the full result, equal to a one-process run:
+    problem i is sampled from seeds derived from (config.seed, i) only. Scoring is cheap and done everywhere.
+
+    Args:
+        model, tokenizer: the causal LM (on this process's device) and its tokenizer.
+        problems: rows (a list of dicts or a `datasets.Dataset`) with `config.prompt_column` and
+            `config.answer_column`; `config.completion_column`, when present, is the held-out text of the
+            diagnostics (scored after its prompt).
+        config (`EvalConfig`): sampling and scoring settings.
+        llm (*optional*): a `vllm.LLM` to sample with when `config.use_vllm`; built from `config.model_name_or_path`
+            (else `model.name_or_path`) when not given.
+        shard (`bool`, *optional*): False evaluates everything in this process even when it is one of several;
+            None (default) splits the work when launched.
+
+    Returns:
+        dict: "run_name", "settings" (the sampling settings), "avg_at_n", "cons_at_n", "pass_at_k",
+        "mean_completion_tokens", "diagnostics" (None when off or without reference text; NaN values with a warning
+        when no token could be scored), "num_problems", "num_samples" and "per_problem" (with the completions).
+    """
+    rows = [dict(r) for r in problems]
+    if config.max_problems is not None:
+        rows = rows[: config.max_problems]
+    if not rows:
+        raise ValueError("problems must not be empty")
+    for column in (config.prompt_column, config.answer_column):
+        if column not in rows[0]:
+            raise ValueError(f"problems have no column {column!r}; columns: {sorted(rows[0])}")
+    prompts = [r.get(config.prompt_column) for r in rows]
+    _check_column(prompts, config.prompt_column, (str, list), "a string or a list of chat messages")
+    with_reference = config.diagnostics and config.completion_column in rows[0]
+    if with_reference:
+        _check_column([r.get(config.completion_column) for r in rows], config.completion_column, str, "a string")
+    where = current_shard(shard)
+
+    block = prompts_per_call(config.num_samples, config.temperature, config.batch_size)
+    mine = block_range(len(rows), block, where)
+    if where.num_processes > 1:
+        logger.info(
+            "evaluate: process %d of %d samples problems [%d, %d) of %d",
+            where.process_index, where.num_processes, mine.start, mine.stop, len(rows),
+        )  # fmt: skip
+    sampling = dict(
+        num_samples=config.num_samples,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        max_new_tokens=config.max_new_tokens,
+        seed=config.seed,
+        first_index=mine.start,
+        progress=config.progress and where.is_main,
+        return_lengths=True,
+    )
+    if config.use_vllm:
+        if llm is None:
+            path = config.model_name_or_path or getattr(model, "name_or_path", None)
+            if not path:
+                raise ValueError("use_vllm=True needs model_name_or_path (a hub name or a saved directory) for vLLM")
+            llm = build_vllm_engine(
+                path,
+                dtype=config.dtype,
+                seed=config.seed,
+                gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+                max_model_len=config.vllm_max_model_len,
+                trust_remote_code=config.trust_remote_code,
+            )
+        local = sample_completions_vllm(llm, tokenizer, prompts[mine.start : mine.stop], **sampling)
+    else:
+        local = sample_completions(
+            model, tokenizer, prompts[mine.start : mine.stop], batch_size=config.batch_size, **sampling
+        )
+    sampled = gather_in_order(list(zip(*local, strict=True)), where, len(rows))
+    completions, lengths = [c for c, _ in sampled], [n for _, n in sampled]
+
+    results = score_completions(completions, [str(r[config.answer_column]) for r in rows], pass_k=config.pass_k)
+    for record, samples in zip(results["per_problem"], completions, strict=True):
+        record["completions"] = samples
+    all_lengths = [length for row in lengths for length in row]
+    results["mean_completion_tokens"] = sum(all_lengths) / len(all_lengths)
+
+    results["diagnostics"] = None
+    if with_reference:
+        mine = block_range(len(rows), config.diagnostics_batch_size, where)
+        local_sums = text_sums(
+            model,
+            tokenizer,
+            [r[config.completion_column] for r in rows[mine.start : mine.stop]],
+            prompts=prompts[mine.start : mine.stop],
+            top_k=config.diagnostics_top_k,
+            batch_size=config.diagnostics_batch_size,
+            max_length=config.diagnostics_max_length,
+        )
+        sums = gather_in_order(local_sums, where, len(rows))
+        results["diagnostics"] = combine_text_sums(sums, warn=where.is_main)
+    settings = {k: v for k, v in asdict(config).items() if k not in ("output_dir", "progress")}
+    return {"run_name": config.run_name, "settings": settings, **results}
+
+
+def _check_column(values: list, column: str, types, allowed: str) -> None:
+    bad = [i for i, v in enumerate(values) if not isinstance(v, types)]
+    if bad:
+        raise ValueError(
+            f"column {column!r} must hold {allowed} in every row; rows {bad[:5]} hold "
+            f"{sorted({type(values[i]).__name__ for i in bad})}"
+        )
