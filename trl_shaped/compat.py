@@ -23,9 +23,9 @@ from trl.trainer.utils import (
 )
 
 __all__ = [
-    "DataCollatorForLanguageModeling",
     "EXPECTED_SIGNATURES",
     "REF_ADAPTER",
+    "DataCollatorForLanguageModeling",
     "RepeatSampler",
     "add_fused_lm_head",
     "add_reference_adapter",
