@@ -72,3 +72,22 @@ def test_add_reference_adapter_is_a_frozen_copy_on_shared_base():
         assert default.requires_grad and torch.equal(params[n], default)
         assert params[n].data_ptr() != default.data_ptr()  # a copy, not an alias
     assert model.active_adapter == "default"
+
+
+def test_private_attributes_of_a_constructed_grpo_trainer(tmp_path):
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    from trl_shaped.tiny import build_char_tokenizer, build_tiny_model
+
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_model(len(tokenizer), hidden_size=16, num_layers=1, tokenizer=tokenizer, seed=0)
+    args = GRPOConfig(str(tmp_path), per_device_train_batch_size=4, num_generations=4, use_cpu=True, report_to=[])
+    trainer = GRPOTrainer(
+        model, [lambda completions, **kwargs: [0.0] * len(completions)], args,
+        train_dataset=Dataset.from_dict({"prompt": ["1+1="] * 4}), processing_class=tokenizer,
+    )  # fmt: skip
+    missing = [name for name in compat.EXPECTED_ATTRIBUTES if not hasattr(trainer, name)]
+    assert not missing, f"GRPOTrainer no longer has {missing}; update trl_shaped/compat.py and its users"
+    assert trainer._tokenizer is tokenizer and trainer._train_batch_size == 4
+    assert isinstance(trainer._metrics["train"], dict)

@@ -16,7 +16,7 @@ from _grpo_common import (
 )
 from peft import AutoPeftModelForCausalLM, LoraConfig
 from safetensors.torch import load_file
-from trl import GRPOConfig, GRPOTrainer
+from trl import GRPOTrainer
 
 from trl_shaped import ShapedGRPOTrainer, shaped_loss
 from trl_shaped.compat import REF_ADAPTER, use_adapter
@@ -301,7 +301,7 @@ def test_no_prior_is_built_when_nothing_needs_it(stage1, tmp_path, policy_kind, 
     loads = []
     monkeypatch.setattr(module, "_load_causal_lm", lambda *a, **k: loads.append(a))
     policy = stage1 if policy_kind == "path" else tiny_policy()[0]
-    peft = dict(peft_config=LoraConfig(**LORA)) if policy_kind == "lora" else {}
+    peft = {"peft_config": LoraConfig(**LORA)} if policy_kind == "lora" else {}
     args = grpo_config(tmp_path, max_steps=1, beta=0.0, diagnostics_steps=0)
     trainer = ShapedGRPOTrainer(
         policy, [varied_reward], args, train_dataset=arithmetic_prompts(), processing_class=build_char_tokenizer(),
@@ -322,7 +322,7 @@ def test_no_prior_is_built_when_nothing_needs_it(stage1, tmp_path, policy_kind, 
 
 
 def test_sync_ref_model_syncs_the_kl_reference_as_trl_while_diagnostics_keep_the_prior(stage1, tmp_path, caplog):
-    sync = dict(max_steps=3, beta=0.1, ref_model_sync_steps=1, ref_model_mixup_alpha=0.5)
+    sync = {"max_steps": 3, "beta": 0.1, "ref_model_sync_steps": 1, "ref_model_mixup_alpha": 0.5}
     args = grpo_config(tmp_path / "ours", **sync)
     args.sync_ref_model = True  # the shared config mixin stops refusing it; set after __post_init__ here
     with caplog.at_level(logging.INFO, logger="trl_shaped.grpo_trainer"):

@@ -67,8 +67,10 @@ EXPECTED_SIGNATURES = {
     ),
 }  # fmt: skip
 
-# Private attributes of a constructed GRPOTrainer that the package reads (checked on a live trainer in the tests).
-EXPECTED_ATTRIBUTES = ("_metrics", "_tokenizer", "_buffered_inputs")
+# Private attributes of a constructed GRPOTrainer that the package reads or sets (checked on a live trainer in the
+# tests): the metric store it logs from, its tokenizer, Trainer's per-device batch size, and the model-card class
+# attributes it overrides.
+EXPECTED_ATTRIBUTES = ("_metrics", "_tokenizer", "_train_batch_size", "_tag_names", "_name", "_paper")
 
 # Keep the imports referenced (they are this module's exports); GRPOTrainer / Trainer are named by the table above.
 _ = (GRPOTrainer, Trainer)
@@ -91,16 +93,21 @@ def trl_builds_no_reference(args):
 
 
 def add_reference_adapter(model) -> None:
-    """Add a frozen copy of a PeftModel's "default" adapter under `REF_ADAPTER`, on the same base weights.
+    """Add a frozen copy of a PeftModel's active adapter under `REF_ADAPTER`, on the same base weights.
 
     This is what GRPOTrainer does for a PEFT policy with a pretrained adapter when `beta != 0`: the copy costs the
     adapter's size only, and TRL's reference scoring picks it up by name.
     """
-    config = model.peft_config["default"]
-    model.add_adapter(REF_ADAPTER, config)
+    active = model.active_adapter
+    if REF_ADAPTER in model.peft_config or not isinstance(active, str):
+        raise ValueError(
+            f"model: a PeftModel with one active adapter not named {REF_ADAPTER!r} is needed to hold the stage-1 "
+            f"prior as a frozen copy of it; got adapters {list(model.peft_config)}, active {active!r}"
+        )
+    model.add_adapter(REF_ADAPTER, model.peft_config[active])
     for name, param in model.named_parameters():
         if f".{REF_ADAPTER}." in name:
             param.requires_grad_(False)
-        elif ".default." in name:
-            ref = model.get_parameter(name.replace(".default.", f".{REF_ADAPTER}."))
+        elif f".{active}." in name:
+            ref = model.get_parameter(name.replace(f".{active}.", f".{REF_ADAPTER}."))
             ref.data.copy_(param.data)

@@ -272,11 +272,13 @@ class ShapedGRPOTrainer(GRPOTrainer):
             raise ValueError("dynamic_sampling needs a map-style train_dataset (it draws further prompts from it)")
 
         policy_path = model if isinstance(model, str) else None
+        new_adapter = kwargs.get("peft_config") is not None
+        _check_sync_ref_model(
+            args, peft_policy=new_adapter or _is_adapter_dir(model) or (policy_path is None and is_peft_model(model))
+        )
         if _is_adapter_dir(model):
             model = _load_causal_lm(model, merge_adapter=False, **(args.model_init_kwargs or {}))
-        new_adapter = kwargs.get("peft_config") is not None
         peft_instance = not isinstance(model, str) and is_peft_model(model)
-        _check_sync_ref_model(args, peft_policy=new_adapter or peft_instance)
 
         # How the prior is held: see the class docstring. Decided, and copied where needed, before TRL (PEFT
         # wrapping, DeepSpeed) touches the policy's starting weights.

@@ -1,5 +1,6 @@
 """Hostile inputs to ShapedGRPOTrainer: each fails early with the error type and a message naming the argument."""
 
+import importlib
 import sys
 from pathlib import Path
 
@@ -8,12 +9,13 @@ from datasets import Dataset
 from peft import LoraConfig
 from trl import GRPOTrainer
 
+from trl_shaped import ShapedGRPOTrainer
+from trl_shaped.tiny import build_char_tokenizer, build_tiny_model
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the shared GRPO test helpers live in tests/
-
-from _grpo_common import arithmetic_prompts, arithmetic_solutions, grpo_config, tiny_policy, varied_reward  # noqa: E402
-
-from trl_shaped import ShapedGRPOTrainer  # noqa: E402
-from trl_shaped.tiny import build_char_tokenizer, build_tiny_model  # noqa: E402
+common = importlib.import_module("_grpo_common")
+arithmetic_prompts, arithmetic_solutions = common.arithmetic_prompts, common.arithmetic_solutions
+grpo_config, tiny_policy, varied_reward = common.grpo_config, common.tiny_policy, common.varied_reward
 
 
 @pytest.fixture
@@ -153,7 +155,7 @@ def test_sync_ref_model_with_peft(tmp_path, no_trl_init):
 def test_args_of_another_type(tmp_path, no_trl_init):
     from trl import GRPOConfig
 
-    model, tokenizer = tiny_policy()
+    model, _ = tiny_policy()
     with pytest.raises(ValueError, match="args must be a ShapedGRPOConfig, got GRPOConfig"):
         ShapedGRPOTrainer(model, [varied_reward], GRPOConfig(str(tmp_path), use_cpu=True, bf16=False, report_to=[]))
 
