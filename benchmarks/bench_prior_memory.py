@@ -174,6 +174,13 @@ def main() -> None:
             ),
             "",
             *rows,
+            "",
+            (
+                "The rows of the issue (#13.3) are the `lora` rows and the `full` rows with `diagnostics_steps=0`. The "
+                "last row is what the drift diagnostics cost when TRL loads no reference (`beta=0`): a full frozen "
+                "prior; `diagnostics_steps=0` removes it, and for a LoRA policy the prior is one frozen adapter "
+                "(second row)."
+            ),
         ]
     )
     print(body)
