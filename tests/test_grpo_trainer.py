@@ -299,7 +299,7 @@ def test_no_prior_is_built_when_nothing_needs_it(stage1, tmp_path, policy_kind, 
     import trl_shaped.grpo_trainer as module
 
     loads = []
-    monkeypatch.setattr(module, "_load_causal_lm", lambda *a, **k: loads.append(a))
+    monkeypatch.setattr(module, "load_causal_lm", lambda *a, **k: loads.append(a))
     policy = stage1 if policy_kind == "path" else tiny_policy()[0]
     peft = {"peft_config": LoraConfig(**LORA)} if policy_kind == "lora" else {}
     args = grpo_config(tmp_path, max_steps=1, beta=0.0, diagnostics_steps=0)

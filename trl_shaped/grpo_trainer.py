@@ -13,7 +13,6 @@ On top of GRPO it adds, through TRL's hooks:
 TRL's private helpers are imported through `compat.py` only.
 """
 
-import contextlib
 import copy
 import logging
 import os
@@ -37,26 +36,23 @@ from .compat import (
     RepeatSampler,
     add_fused_lm_head,
     add_reference_adapter,
-    create_model_from_path,
     disable_dropout_in_model,
     maybe_gather_lm_head_ctx,
     prepare_deepspeed,
     prepare_fsdp,
     trl_builds_no_reference,
-    use_adapter,
 )
 from .diagnostics import row_terms, stats_from_terms
 from .fused_loss import _chunk_logits, default_chunk_size
 from .grpo_config import ShapedGRPOConfig
 from .loss import compute_dtype, softmax_parts, topk_indices
+from .prior import check_vocabularies, frozen_adapter, is_adapter_dir, load_causal_lm, vocab_rows
 from .sft_trainer import PAPER, _logit_transform, shaped_causal_lm_loss
 
 logger = logging.getLogger(__name__)
 
 # Drift diagnostics logged every `diagnostics_steps` steps (policy and prior on the same sampled tokens).
 DRIFT_STATS = ("entropy", "topk_entropy", "topk_mass", "nll")
-# How the prior is held (`ShapedGRPOTrainer.prior_kind`).
-PRIOR_KINDS = ("none", "model", "adapters_disabled", "ref_adapter")
 
 
 def _project(hidden, weight, bias, logit_scale, softcap) -> torch.Tensor:
@@ -66,47 +62,6 @@ def _project(hidden, weight, bias, logit_scale, softcap) -> torch.Tensor:
     return _chunk_logits(hidden.to(weight.dtype), weight, bias, logit_scale, softcap, out, mm_out)
 
 
-def _is_adapter_dir(path) -> bool:
-    return isinstance(path, str) and os.path.isfile(os.path.join(path, "adapter_config.json"))
-
-
-def _load_causal_lm(path: str, merge_adapter: bool, **kwargs):
-    """A causal LM from a full checkpoint, or from a LoRA adapter directory (trainable, or merged when asked)."""
-    if _is_adapter_dir(path):
-        from peft import AutoPeftModelForCausalLM
-
-        model = AutoPeftModelForCausalLM.from_pretrained(path, is_trainable=not merge_adapter, **kwargs)
-        return model.merge_and_unload() if merge_adapter else model
-    return create_model_from_path(path, **kwargs)
-
-
-def vocab_rows(model) -> int:
-    """Rows of a model's input embedding (the real count under ZeRO-3, where the local shard is empty)."""
-    weight = model.get_input_embeddings().weight
-    return int(getattr(weight, "ds_shape", weight.shape)[0])
-
-
-def check_vocabularies(policy_rows: int, tokenizer_size: int, prior_rows: int | None) -> None:
-    """Raise a ValueError naming what differs when the prior, the policy and the tokenizer do not share a vocabulary.
-
-    Args:
-        policy_rows (`int`): rows of the policy's embedding.
-        tokenizer_size (`int`): `len(tokenizer)`; it may be smaller than the embedding (padded vocabularies).
-        prior_rows (`int`, *optional*): rows of the prior's embedding; `None` when the prior shares the policy's.
-    """
-    if tokenizer_size > policy_rows:
-        raise ValueError(
-            f"processing_class has {tokenizer_size} tokens, more than the policy's embedding ({policy_rows} rows): "
-            "sampled ids would index past it. Resize the model's embeddings (model.resize_token_embeddings) or use "
-            "the tokenizer it was trained with."
-        )
-    if prior_rows is not None and prior_rows != policy_rows:
-        which = "larger" if prior_rows > policy_rows else "smaller"
-        raise ValueError(
-            f"The prior (prior_model_name_or_path) has a {which} vocabulary than the policy: {prior_rows} embedding "
-            f"rows vs {policy_rows}. KL and drift diagnostics compare the two distributions token by token; use a "
-            "prior from the same stage-1 run (same tokenizer and embedding size) as the policy."
-        )
 
 
 # ---------------------------------------------------------------------------------------------------- auxiliary data
@@ -274,10 +229,10 @@ class ShapedGRPOTrainer(GRPOTrainer):
         policy_path = model if isinstance(model, str) else None
         new_adapter = kwargs.get("peft_config") is not None
         _check_sync_ref_model(
-            args, peft_policy=new_adapter or _is_adapter_dir(model) or (policy_path is None and is_peft_model(model))
+            args, peft_policy=new_adapter or is_adapter_dir(model) or (policy_path is None and is_peft_model(model))
         )
-        if _is_adapter_dir(model):
-            model = _load_causal_lm(model, merge_adapter=False, **(args.model_init_kwargs or {}))
+        if is_adapter_dir(model):
+            model = load_causal_lm(model, merge_adapter=False, **(args.model_init_kwargs or {}))
         peft_instance = not isinstance(model, str) and is_peft_model(model)
 
         # How the prior is held: see the class docstring. Decided, and copied where needed, before TRL (PEFT
@@ -307,7 +262,7 @@ class ShapedGRPOTrainer(GRPOTrainer):
         self.beta = args.beta
 
         if prior is None and prior_path is not None and self.prior_kind == "model":
-            prior = _load_causal_lm(prior_path, merge_adapter=True, **self._prior_init_kwargs())
+            prior = load_causal_lm(prior_path, merge_adapter=True, **self._prior_init_kwargs())
         check_vocabularies(
             vocab_rows(self.model), len(self._tokenizer), None if prior is None else vocab_rows(prior)
         )
@@ -392,7 +347,7 @@ class ShapedGRPOTrainer(GRPOTrainer):
         if self.prior_kind in ("adapters_disabled", "ref_adapter"):  # the prior is the policy's own base
             base = policy.get_base_model()
             adapter = REF_ADAPTER if self.prior_kind == "ref_adapter" else None
-            return base, base, lambda: _frozen_adapter(policy, adapter)
+            return base, base, lambda: frozen_adapter(policy, adapter)
         if self.prior_model is None:
             raise RuntimeError("no prior was loaded (beta = 0 and diagnostics_steps = 0): nothing to compare with")
         policy = policy.get_base_model() if is_peft_model(policy) else policy
@@ -599,18 +554,6 @@ def _head_params(head):
     # A PEFT `modules_to_save` / LoRA wrapper on the head: read the wrapped base layer's parameters
     base = getattr(head, "base_layer", head)
     return base.weight, base.bias
-
-
-@contextlib.contextmanager
-def _frozen_adapter(policy, adapter_name: str | None):
-    """Run the PeftModel `policy` under `adapter_name` (None: adapters disabled) without unfreezing that adapter
-    (PEFT's `set_adapter` marks the adapter it activates trainable)."""
-    with torch.no_grad(), use_adapter(policy, adapter_name=adapter_name):
-        yield
-    if adapter_name is not None:
-        for name, param in policy.named_parameters():
-            if f".{adapter_name}." in name:
-                param.requires_grad_(False)
 
 
 def _check_sync_ref_model(args, peft_policy: bool) -> None:
