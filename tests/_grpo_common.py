@@ -1,10 +1,12 @@
 """Shared pieces of the GRPO tests: a tiny stage-1 checkpoint, an arithmetic prompt dataset, a config factory."""
 
+import dataclasses
 import os
 import random
 
 from datasets import Dataset
 from transformers import AutoModelForCausalLM
+from trl import GRPOConfig
 
 from trl_shaped import ShapedGRPOConfig, ShapedSFTConfig, ShapedSFTTrainer
 from trl_shaped.tiny import build_char_tokenizer, build_tiny_model
@@ -69,7 +71,8 @@ def write_stage1_checkpoint(path, steps: int = 2, peft_config=None) -> str:
     return str(path)
 
 
-def grpo_config(output_dir, **overrides) -> ShapedGRPOConfig:
+def grpo_config(output_dir, stock: bool = False, **overrides) -> ShapedGRPOConfig:
+    """The tests' config; `stock=True` gives TRL's GRPOConfig with the same TRL fields (ours left out)."""
     values = dict(
         output_dir=str(output_dir),
         max_steps=2,
@@ -89,6 +92,9 @@ def grpo_config(output_dir, **overrides) -> ShapedGRPOConfig:
         seed=0,
     )
     values.update(overrides)
+    if stock:
+        ours = {f.name for f in dataclasses.fields(ShapedGRPOConfig)} - {f.name for f in dataclasses.fields(GRPOConfig)}
+        return GRPOConfig(**{k: v for k, v in values.items() if k not in ours})
     return ShapedGRPOConfig(**values)
 
 

@@ -10,6 +10,8 @@ import json
 import os
 import sys
 
+import torch
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _grpo_common import arithmetic_prompts, arithmetic_solutions, grpo_config, varied_reward
@@ -23,6 +25,31 @@ def half_constant_reward(completions, prompts, completion_ids, **kwargs):
     # Prompts starting with an even digit give the same reward to every completion: their groups carry no signal
     dense = varied_reward(completions, completion_ids)
     return [0.5 if int(p[0]) % 2 == 0 else r for p, r in zip(prompts, dense)]
+
+
+def record_dynamic_sampling(trainer) -> list:
+    """Wrap the trainer's dynamic sampling: after each call, every process's final rows are gathered and, per group,
+    its prompt fingerprint (one per row) and whether its advantages are informative are recorded."""
+    batches, inner = [], trainer._dynamic_sampling
+
+    def wrapped(batch, local_size):
+        local = inner(batch, local_size)
+        mask = local["prompt_mask"]
+        positions = torch.arange(1, mask.size(1) + 1, device=mask.device)
+        fingerprint = ((local["prompt_ids"] * mask) * positions.flip(0)).sum(dim=1).float()
+        rows = trainer.accelerator.gather(torch.stack([fingerprint, local["advantages"].float()], dim=1)).cpu()
+        groups = rows.view(-1, trainer.num_generations, 2)
+        batches.append(
+            {
+                "same_prompt": [bool((g[:, 0] == g[0, 0]).all()) for g in groups],
+                "informative": [bool(g[:, 1].amax() - g[:, 1].amin() > 1e-6) for g in groups],
+                "local_rows": int(local["advantages"].numel()),
+            }
+        )
+        return local
+
+    trainer._dynamic_sampling = wrapped
+    return batches
 
 
 def main():
@@ -51,12 +78,13 @@ def main():
         processing_class=build_char_tokenizer(),
         aux_dataset=arithmetic_solutions(),
     )
+    batches = record_dynamic_sampling(trainer)
     trainer.train()
     # ZeRO-3 leaves an empty tensor outside the forward for a sharded parameter
     sharded = trainer.model.get_output_embeddings().weight.numel() == 0
     if trainer.accelerator.is_main_process:
         with open(out, "w") as f:
-            json.dump({"log_history": trainer.state.log_history, "lm_head_sharded": sharded}, f)
+            json.dump({"log_history": trainer.state.log_history, "lm_head_sharded": sharded, "batches": batches}, f)
     trainer.accelerator.end_training()
     end_launched_process()  # gloo's threads outlive the process group; interpreter finalization can abort on them
 

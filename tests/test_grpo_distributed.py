@@ -50,6 +50,14 @@ def test_zero_short_run(policy_dir, tmp_path, stage):
     for h in diagnosed:
         assert 0.0 <= h["dynamic_sampling/frac_groups_dropped"] <= 1.0
         assert 0 <= h["dynamic_sampling/rounds"] <= 2
+    # The batches that dynamic sampling assembled across the two processes: whole groups (one prompt each), the
+    # local size TRL expects, and as many uninformative groups as logged
+    batches = record["batches"]
+    assert len(batches) == len(diagnosed)
+    for batch, h in zip(batches, diagnosed):
+        assert all(batch["same_prompt"]) and batch["local_rows"] == 4
+        filled = 1 - sum(batch["informative"]) / len(batch["informative"])
+        assert h["dynamic_sampling/frac_groups_filled"] == pytest.approx(filled)
     # The prior is TRL's reference (beta > 0): its KL term is 0 before the first update, positive after
     assert steps[0]["kl"] == pytest.approx(0.0, abs=1e-6) and steps[-1]["kl"] > 0
     assert all("aux_shaped_loss" in h and h["aux_shaped_loss"] > 0 for h in steps)

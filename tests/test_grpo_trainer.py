@@ -1,5 +1,6 @@
 """ShapedGRPOTrainer on one process: stage-1 prior, drift diagnostics, dynamic sampling, auxiliary shaped loss, LoRA."""
 
+import logging
 import math
 import os
 
@@ -18,6 +19,7 @@ from safetensors.torch import load_file
 from trl import GRPOTrainer
 
 from trl_shaped import ShapedGRPOTrainer, shaped_loss
+from trl_shaped.compat import REF_ADAPTER, use_adapter
 from trl_shaped.sft_trainer import shaped_causal_lm_loss
 from trl_shaped.tiny import build_char_tokenizer
 
@@ -252,22 +254,111 @@ def test_lora_policy_with_adapters_disabled_prior(stage1, tmp_path):
     assert any(not torch.equal(p, lora_before[k]) for k, p in trainer.model.named_parameters() if "lora_B" in k)
 
 
-def test_stage1_lora_adapter_checkpoint_as_policy(tmp_path):
+def distinct_storages(*modules) -> int:
+    return len({p.untyped_storage().data_ptr() for m in modules for p in m.parameters()})
+
+
+@pytest.mark.parametrize("as_instance", [False, True])
+def test_stage1_lora_adapter_prior_is_a_frozen_adapter_on_the_shared_base(tmp_path, as_instance):
     adapter = write_stage1_checkpoint(tmp_path / "stage1_lora", peft_config=LoraConfig(**LORA))
-    args = grpo_config(tmp_path / "rl", max_steps=2)
+    policy = AutoPeftModelForCausalLM.from_pretrained(adapter, is_trainable=True) if as_instance else adapter
+    args = grpo_config(tmp_path / "rl", max_steps=2, beta=0.1)
     trainer = ShapedGRPOTrainer(
-        adapter, [varied_reward], args, train_dataset=arithmetic_prompts(), processing_class=build_char_tokenizer()
+        policy, [varied_reward], args, train_dataset=arithmetic_prompts(), processing_class=build_char_tokenizer()
     )
+    model = trainer.model
+    assert trainer.prior_kind == "ref_adapter" and trainer.prior_model is None and trainer.ref_model is None
+    # No second model: the only new storages are the frozen adapter's, one per LoRA tensor of the policy
+    lora = [n for n, _ in model.named_parameters() if ".default." in n]
+    refs = {n: p for n, p in model.named_parameters() if f".{REF_ADAPTER}." in n}
+    assert len(refs) == len(lora) > 0 and not any(p.requires_grad for p in refs.values())
+    assert distinct_storages(model) == len(list(model.parameters()))  # nothing aliased or duplicated
+    base_params = len(list(model.parameters())) - 2 * len(lora)
+    assert distinct_storages(model) == base_params + 2 * len(lora)
+    # ... and under it the policy computes the stage-1 model (base + adapter, merged here independently)
     merged = AutoPeftModelForCausalLM.from_pretrained(adapter).merge_and_unload()
     base_model, _ = tiny_policy()
-    # the prior is the stage-1 model (base + adapter), not the base model
-    assert same_weights(trainer.prior_model, merged.state_dict())
-    assert not same_weights(trainer.prior_model, base_model.state_dict())
-    assert any(p.requires_grad for n, p in trainer.model.named_parameters() if "lora" in n)
+    ids = torch.randint(4, len(build_char_tokenizer()), (2, 7))
+    with torch.no_grad(), use_adapter(model, REF_ADAPTER):
+        prior_logits = model(input_ids=ids).logits
+    torch.testing.assert_close(prior_logits, merged(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(prior_logits, base_model(input_ids=ids).logits, atol=1e-4)
+    ref_before = {n: p.detach().clone() for n, p in refs.items()}
     trainer.train()
     logs = [h for h in trainer.state.log_history if "kl_to_prior" in h]
     assert logs[0]["kl_to_prior"] == pytest.approx(0.0, abs=1e-6) and logs[-1]["kl_to_prior"] > 0
-    assert same_weights(trainer.prior_model, merged.state_dict())
+    # TRL's KL term uses the same frozen adapter: 0 before the first update
+    assert logs[0]["kl"] == pytest.approx(0.0, abs=1e-6) and logs[-1]["kl"] > 0
+    after = dict(model.named_parameters())
+    assert all(torch.equal(after[n], v) and not after[n].requires_grad for n, v in ref_before.items())
+    assert any(not torch.equal(after[n], after[n.replace(f".{REF_ADAPTER}.", ".default.")]) for n in refs)
+
+
+@pytest.mark.parametrize("policy_kind", ["path", "instance", "lora"])
+def test_no_prior_is_built_when_nothing_needs_it(stage1, tmp_path, policy_kind, monkeypatch):
+    import trl_shaped.grpo_trainer as module
+
+    loads = []
+    monkeypatch.setattr(module, "load_causal_lm", lambda *a, **k: loads.append(a))
+    policy = stage1 if policy_kind == "path" else tiny_policy()[0]
+    peft = {"peft_config": LoraConfig(**LORA)} if policy_kind == "lora" else {}
+    args = grpo_config(tmp_path, max_steps=1, beta=0.0, diagnostics_steps=0)
+    trainer = ShapedGRPOTrainer(
+        policy, [varied_reward], args, train_dataset=arithmetic_prompts(), processing_class=build_char_tokenizer(),
+        **peft,
+    )  # fmt: skip
+    assert trainer.prior_kind == "none" and trainer.prior_model is None and trainer.ref_model is None and not loads
+    assert trainer.reference_of_metric == {}
+    assert not any(f".{REF_ADAPTER}." in n for n, _ in trainer.model.named_parameters())
+    trainer.train()
+    assert "kl_to_prior" not in trainer.state.log_history[0]
+    # with the diagnostics on, the prior is back
+    args = grpo_config(tmp_path, max_steps=1, beta=0.0, diagnostics_steps=1)
+    trainer = ShapedGRPOTrainer(
+        tiny_policy()[0], [varied_reward], args, train_dataset=arithmetic_prompts(),
+        processing_class=build_char_tokenizer(),
+    )  # fmt: skip
+    assert trainer.prior_kind == "model" and trainer.prior_model is not None and trainer.ref_model is None
+
+
+def test_sync_ref_model_syncs_the_kl_reference_as_trl_while_diagnostics_keep_the_prior(stage1, tmp_path, caplog):
+    sync = {"max_steps": 3, "beta": 0.1, "ref_model_sync_steps": 1, "ref_model_mixup_alpha": 0.5}
+    args = grpo_config(tmp_path / "ours", **sync)
+    args.sync_ref_model = True  # the shared config mixin stops refusing it; set after __post_init__ here
+    with caplog.at_level(logging.INFO, logger="trl_shaped.grpo_trainer"):
+        ours = ShapedGRPOTrainer(
+            stage1, [varied_reward], args, train_dataset=arithmetic_prompts(), processing_class=build_char_tokenizer()
+        )
+    assert "synced" in ours.reference_of_metric["kl"] and "stage-1 prior" in ours.reference_of_metric["kl_to_prior"]
+    assert any("references" in r.getMessage() and "synced" in r.getMessage() for r in caplog.records)
+    assert ours.ref_model is not ours.prior_model
+    ours.train()
+    stock_args = grpo_config(tmp_path / "stock", stock=True, sync_ref_model=True, **sync)
+    stock = GRPOTrainer(
+        stage1, [varied_reward], stock_args, train_dataset=arithmetic_prompts(), processing_class=build_char_tokenizer()
+    )
+    stock.train()
+    # The KL reference follows TRL's: same losses, same KL term, same synced reference weights
+    for key in ("loss", "kl", "reward"):
+        got = [h[key] for h in ours.state.log_history if key in h and "train_runtime" not in h]
+        want = [h[key] for h in stock.state.log_history if key in h and "train_runtime" not in h]
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-7), key
+    stock_ref = stock.ref_model.state_dict()
+    assert all(torch.allclose(v, stock_ref[k], atol=1e-6) for k, v in ours.ref_model.state_dict().items())
+    checkpoint = checkpoint_weights(stage1)
+    assert not same_weights(ours.ref_model, checkpoint)  # it synced ...
+    assert same_weights(ours.prior_model, checkpoint)  # ... while the diagnostics' prior stayed the stage-1 model
+    logs = [h for h in ours.state.log_history if "kl_to_prior" in h]
+    assert logs[-1]["kl_to_prior"] > 0 and logs[-1]["kl_to_prior"] != pytest.approx(logs[-1]["kl"], rel=1e-3)
+
+
+def test_sync_ref_model_without_diagnostics_keeps_one_copy(stage1, tmp_path):
+    args = grpo_config(tmp_path, max_steps=1, beta=0.1, diagnostics_steps=0)
+    args.sync_ref_model = True
+    trainer = ShapedGRPOTrainer(
+        stage1, [varied_reward], args, train_dataset=arithmetic_prompts(), processing_class=build_char_tokenizer()
+    )
+    assert trainer.ref_model is not None and trainer.prior_model is None
 
 
 def test_resume_keeps_the_stage1_prior_and_continues_like_the_uninterrupted_run(stage1, tmp_path):

@@ -2,45 +2,59 @@
 
 On top of GRPO it adds, through TRL's hooks:
 
-- the prior (stage-1 checkpoint): TRL's `ref_model` (the KL anchor) when `beta > 0`, and whatever `beta`, the baseline
-  of drift diagnostics computed on the sampled completions every `diagnostics_steps` optimizer steps;
-- DAPO dynamic sampling around `_generate_and_score_completions`: groups whose rewards are all equal are replaced by
-  groups generated from further prompts;
+- the prior (stage-1 checkpoint): TRL's reference (the KL anchor) when `beta > 0`, and the baseline of drift
+  diagnostics computed on the sampled completions every `diagnostics_steps` optimizer steps. It is held as cheaply as
+  TRL holds its reference: no copy for a new LoRA adapter (adapters disabled), a frozen adapter copy on the shared
+  base for a PEFT policy carrying a stage-1 adapter, a full frozen copy otherwise, and nothing when nothing reads it;
+- DAPO dynamic sampling around `_generate_and_score_completions` (the decisions are the pure functions of
+  `dynamic_sampling.py`): groups whose advantages are all equal are replaced by groups generated from further prompts;
 - an optional auxiliary shaped loss on supervised data, added in `compute_loss`.
+
+TRL's private helpers are imported through `compat.py` only.
 """
 
 import copy
+import logging
 import os
-from types import SimpleNamespace
 
 import torch
-import torch.nn.functional as F
 from accelerate.utils import is_peft_model
+from datasets import Dataset
 from torch.utils.data import DataLoader
-from trl import GRPOTrainer, SFTTrainer
-from trl.models.utils import prepare_deepspeed, prepare_fsdp
-from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
-from trl.trainer.utils import (
-    RepeatSampler,
-    add_fused_lm_head,
-    create_model_from_path,
-    disable_dropout_in_model,
-    maybe_gather_lm_head_ctx,
-    use_adapter,
+from trl import GRPOTrainer, SyncRefModelCallback
+from trl.data_utils import (
+    common_prefix_length,
+    is_conversational,
+    is_conversational_from_value,
+    maybe_convert_to_chatml,
 )
 
+from . import dynamic_sampling as ds
 from .checkpoints import SafeCheckpointsMixin
-from .diagnostics import distribution_stats
+from .compat import (
+    REF_ADAPTER,
+    DataCollatorForLanguageModeling,
+    RepeatSampler,
+    add_fused_lm_head,
+    add_reference_adapter,
+    disable_dropout_in_model,
+    maybe_gather_lm_head_ctx,
+    prepare_deepspeed,
+    prepare_fsdp,
+    trl_builds_no_reference,
+)
+from .diagnostics import row_terms, stats_from_terms
 from .fused_loss import _chunk_logits, default_chunk_size
-from .loss import compute_dtype
 from .grpo_config import ShapedGRPOConfig
-from .sft_trainer import PAPER, _logit_transform, shaped_causal_lm_loss
+from .loss import compute_dtype, softmax_parts, topk_indices
+from .prior import check_vocabularies, frozen_adapter, is_adapter_dir, load_causal_lm, vocab_rows
+from .lm_head import logit_transform, shaped_causal_lm_loss
+from .paper import PAPER
+
+logger = logging.getLogger(__name__)
 
 # Drift diagnostics logged every `diagnostics_steps` steps (policy and prior on the same sampled tokens).
 DRIFT_STATS = ("entropy", "topk_entropy", "topk_mass", "nll")
-# Batch fields that are per-token (padded on the right) or per-prompt-token (padded on the left), and their padding.
-_LEFT_PADDED = {"prompt_ids", "prompt_mask"}
-_PAD_ONE = {"tool_mask", "importance_sampling_ratio"}
 
 
 def _project(hidden, weight, bias, logit_scale, softcap) -> torch.Tensor:
@@ -50,18 +64,102 @@ def _project(hidden, weight, bias, logit_scale, softcap) -> torch.Tensor:
     return _chunk_logits(hidden.to(weight.dtype), weight, bias, logit_scale, softcap, out, mm_out)
 
 
-def _is_adapter_dir(path) -> bool:
-    return isinstance(path, str) and os.path.isfile(os.path.join(path, "adapter_config.json"))
 
 
-def _load_causal_lm(path: str, merge_adapter: bool, **kwargs):
-    """A causal LM from a full checkpoint, or from a LoRA adapter directory (trainable, or merged when asked)."""
-    if _is_adapter_dir(path):
-        from peft import AutoPeftModelForCausalLM
+# ---------------------------------------------------------------------------------------------------- auxiliary data
+AUX_LAYOUTS = (
+    "a 'text' column, a conversational 'messages' column (or ShareGPT 'conversations'), 'prompt' and 'completion' "
+    "columns (the loss then scores the completion only), or tokenized 'input_ids' (with optional 'labels')"
+)
 
-        model = AutoPeftModelForCausalLM.from_pretrained(path, is_trainable=not merge_adapter, **kwargs)
-        return model.merge_and_unload() if merge_adapter else model
-    return create_model_from_path(path, **kwargs)
+
+def check_aux_dataset(dataset) -> None:
+    """Raise before any compute when `aux_dataset` is not a non-empty map-style dataset of a layout we can train on."""
+    if not isinstance(dataset, Dataset):
+        raise TypeError(f"aux_dataset must be a datasets.Dataset (map-style), got {type(dataset).__name__}")
+    if len(dataset) == 0:
+        raise ValueError("aux_dataset is empty (0 rows): pass supervised rows, or set shaping_aux_coef=0")
+    columns = set(dataset.column_names)
+    if not ({"text", "messages", "conversations", "input_ids"} & columns or {"prompt", "completion"} <= columns):
+        raise ValueError(
+            f"aux_dataset has columns {sorted(columns)}, none of which the auxiliary shaped loss can train on. It "
+            f"needs {AUX_LAYOUTS}. Rename a column (Dataset.rename_column) or map the rows to one of these layouts."
+        )
+
+
+def _text(example: dict, column: str, index: int) -> str:
+    value = example[column]
+    if not isinstance(value, str):
+        raise TypeError(
+            f"aux_dataset column {column!r}, row {index}: expected a string, got {type(value).__name__} ({value!r}); "
+            "clean or filter such rows before training"
+        )
+    return value
+
+
+def tokenize_aux_example(example: dict, index: int, tokenizer) -> dict:
+    """`input_ids` and `labels` (-100 on the prompt) of one aux row, as TRL's SFT preparation builds them: EOS added
+    to plain text and completions, chat template for conversations, the completion starting where the tokenised
+    prompt and prompt+completion diverge."""
+    if "input_ids" in example:
+        ids = list(example["input_ids"])
+        return {"input_ids": ids, "labels": list(example.get("labels") or ids)}
+    example = maybe_convert_to_chatml(dict(example)) if is_conversational_from_value(example) else example
+    eos = tokenizer.eos_token or ""
+
+    def chat(messages, **kwargs):
+        return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)["input_ids"]
+
+    if "prompt" in example and "completion" in example:
+        if is_conversational(example):
+            prompt_ids = chat(example["prompt"], add_generation_prompt=True)
+            ids = chat(example["prompt"] + example["completion"])
+        else:
+            prompt, completion = _text(example, "prompt", index), _text(example, "completion", index)
+            completion = completion if completion.endswith(eos) else completion + eos
+            prompt_ids = tokenizer(text=prompt)["input_ids"]
+            ids = tokenizer(text=prompt + completion)["input_ids"]
+        start = common_prefix_length(prompt_ids, ids)
+        return {"input_ids": ids, "labels": [-100] * start + ids[start:]}
+    if "messages" in example and is_conversational(example):
+        ids = chat(example["messages"])
+    else:
+        text = _text(example, "text", index)
+        ids = tokenizer(text=text if text.endswith(eos) else text + eos)["input_ids"]
+    return {"input_ids": ids, "labels": list(ids)}
+
+
+def prepare_aux_dataset(dataset: Dataset, tokenizer, max_length: int) -> Dataset:
+    """Tokenise `aux_dataset`, truncate it to `max_length` tokens (keeping the start) and drop the rows left with no
+    scored token; raise when none is left.
+
+    Args:
+        dataset ([`~datasets.Dataset`]): checked by [`check_aux_dataset`].
+        tokenizer: the trainer's tokenizer.
+        max_length (`int`): `aux_max_length`.
+    """
+    check_aux_dataset(dataset)
+
+    def tokenize(example, index):
+        out = tokenize_aux_example(example, index, tokenizer)
+        return {"input_ids": out["input_ids"][:max_length], "labels": out["labels"][:max_length]}
+
+    prepared = dataset.map(tokenize, with_indices=True, remove_columns=dataset.column_names, desc="aux_dataset")
+    # The first position predicts nothing (labels are shifted inside the loss): a row needs a label after it
+    prepared = prepared.filter(lambda row: any(label != -100 for label in row["labels"][1:]))
+    dropped = len(dataset) - len(prepared)
+    if len(prepared) == 0:
+        raise ValueError(
+            f"aux_dataset is empty after preparation: all {dropped} rows were dropped because none has a token to "
+            f"score within aux_max_length={max_length} (their prompt fills it, or the row is shorter than 2 tokens). "
+            "Raise aux_max_length or shorten the prompts."
+        )
+    if dropped:
+        logger.warning(
+            "aux_dataset: dropped %d of %d rows with no token to score within aux_max_length=%d", dropped,
+            len(dataset), max_length,
+        )  # fmt: skip
+    return prepared
 
 
 class ShapedGRPOTrainer(SafeCheckpointsMixin, GRPOTrainer):
@@ -71,25 +169,45 @@ class ShapedGRPOTrainer(SafeCheckpointsMixin, GRPOTrainer):
 
     - `model` may also be the path of a LoRA adapter written by stage 1 (loaded trainable).
     - The prior (`prior_model_name_or_path`; default: the policy's starting weights) never receives gradients. It is
-      TRL's reference model when `beta > 0`. With a new LoRA adapter (`peft_config`) and no prior path, the prior is
-      the base model with the adapters disabled (no copy is made).
+      TRL's reference model when `beta > 0` and the baseline of the drift diagnostics when `diagnostics_steps > 0`;
+      when neither reads it, none is loaded (as TRL loads no reference at `beta = 0`). It costs what TRL's reference
+      costs (`prior_kind` says which applies):
+
+      - `"adapters_disabled"`: a new LoRA adapter (`peft_config`) and no prior path: the base model with the adapters
+        disabled, no copy;
+      - `"ref_adapter"`: a PEFT policy carrying a stage-1 adapter (a `PeftModel`, or an adapter directory as `model`)
+        and no prior path: a frozen copy of the adapter, named `"ref"`, on the shared base weights (TRL's own
+        reference for such a policy), i.e. the adapter's size;
+      - `"model"`: otherwise, a full frozen copy of the stage-1 model (`prior_model_name_or_path`, the policy's path,
+        or a copy of the policy instance), like TRL's reference model. With `beta = 0` and diagnostics on this is
+        the one model TRL would not load.
+
+    - `sync_ref_model=True` (with `beta > 0`, full policy) works as in TRL: the KL term's reference (`kl`) is mixed
+      towards the policy every `ref_model_sync_steps`, while the drift diagnostics (`kl_to_prior`, `prior_*`) keep
+      comparing with the fixed stage-1 prior. With diagnostics on, that takes a second full copy of the stage-1 model
+      (the synced reference and the fixed prior), one model more than TRL; with `diagnostics_steps=0` no extra copy
+      is made. `reference_of_metric` maps each metric to the model it compares with (also logged once at start).
     - Every `diagnostics_steps` optimizer steps, on the completions just sampled: `kl_to_prior` (KL(policy || prior)
       over the full vocabulary, averaged over completion tokens), and for both models `{policy,prior}_entropy`,
       `_topk_entropy`, `_topk_mass` (k = `diagnostics_top_k`) and `_nll` (of the sampled tokens). They use the
       untempered distributions. TRL's own `entropy`, `completions/mean_length`, `reward` and `reward_std` are logged
       as usual.
-    - `dynamic_sampling`: see [`ShapedGRPOConfig`]; logs `dynamic_sampling/frac_groups_dropped` (uninformative
-      groups over all groups generated for the batch), `dynamic_sampling/rounds` (extra generation rounds) and
-      `dynamic_sampling/frac_groups_filled` (uninformative groups left in the batch).
+    - `dynamic_sampling`: see [`ShapedGRPOConfig`]; a group is uninformative when its advantages are all equal (its
+      rewards were). Logs `dynamic_sampling/frac_groups_dropped` (uninformative groups over all groups generated for
+      the batch), `dynamic_sampling/rounds` (extra generation rounds) and `dynamic_sampling/frac_groups_filled`
+      (uninformative groups left in the batch).
     - `aux_dataset` with `shaping_aux_coef > 0`: each micro-batch adds `shaping_aux_coef` x the shaped loss
       (`ShapedGRPOConfig.shaping`) on a batch of it; logs `aux_shaped_loss`.
+
+    Policy, prior and tokenizer vocabularies are checked at construction.
 
     Args:
         model, reward_funcs, args, train_dataset, eval_dataset, processing_class, reward_processing_classes,
         callbacks, optimizers, peft_config, ...: as in [`~trl.GRPOTrainer`] (keywords after `args` are passed on).
         aux_dataset ([`~datasets.Dataset`], *optional*): supervised data for the auxiliary shaped loss: plain text
-            (`text` column), prompt-completion (loss on the completion only) or conversational; tokenised by TRL's
-            SFT data preparation and truncated to `aux_max_length` tokens.
+            (`text` column), prompt-completion (loss on the completion only), conversational (`messages` or ShareGPT
+            `conversations`) or tokenized (`input_ids`); tokenised as TRL's SFT preparation does and truncated to
+            `aux_max_length` tokens.
     """
 
     _tag_names = ["trl", "grpo", "trl_shaped"]
@@ -104,49 +222,92 @@ class ShapedGRPOTrainer(SafeCheckpointsMixin, GRPOTrainer):
             raise ValueError(f"args must be a ShapedGRPOConfig, got {type(args).__name__}")
         if args.shaping_aux_coef > 0 and aux_dataset is None:
             raise ValueError("shaping_aux_coef > 0 needs an aux_dataset; pass aux_dataset= or set shaping_aux_coef=0")
+        if aux_dataset is not None:
+            check_aux_dataset(aux_dataset)
         train_dataset = kwargs.get("train_dataset")
         if args.dynamic_sampling and isinstance(train_dataset, torch.utils.data.IterableDataset):
             raise ValueError("dynamic_sampling needs a map-style train_dataset (it draws further prompts from it)")
 
         policy_path = model if isinstance(model, str) else None
-        if _is_adapter_dir(model):
-            model = _load_causal_lm(model, merge_adapter=False, **(args.model_init_kwargs or {}))
-        prior_path = args.prior_model_name_or_path
-        prior = None
-        adapters_off = prior_path is None and kwargs.get("peft_config") is not None
-        if prior_path is None and not adapters_off:
+        new_adapter = kwargs.get("peft_config") is not None
+        _check_sync_ref_model(
+            args, peft_policy=new_adapter or is_adapter_dir(model) or (policy_path is None and is_peft_model(model))
+        )
+        if is_adapter_dir(model):
+            model = load_causal_lm(model, merge_adapter=False, **(args.model_init_kwargs or {}))
+        peft_instance = not isinstance(model, str) and is_peft_model(model)
+
+        # How the prior is held: see the class docstring. Decided, and copied where needed, before TRL (PEFT
+        # wrapping, DeepSpeed) touches the policy's starting weights.
+        prior_path, prior = args.prior_model_name_or_path, None
+        if args.beta == 0.0 and args.diagnostics_steps == 0:
+            self.prior_kind = "none"
+            if prior_path is not None:
+                logger.warning("prior_model_name_or_path is not loaded: neither beta > 0 nor diagnostics_steps > 0")
+        elif prior_path is not None:
+            self.prior_kind = "model"
+        elif new_adapter:
+            self.prior_kind = "adapters_disabled"
+        elif peft_instance:
+            self.prior_kind = "ref_adapter"
+            add_reference_adapter(model)
+        else:
+            self.prior_kind = "model"
             if policy_path is not None:
                 prior_path = policy_path
             else:
-                # The policy's starting weights, taken before anything (PEFT wrapping, DeepSpeed) touches them; a
-                # PEFT model carrying a stage-1 adapter is merged into a plain copy.
                 prior = copy.deepcopy(model)
-                if is_peft_model(prior):
-                    prior = prior.merge_and_unload()
 
-        # TRL builds its reference model from the policy's own path when beta != 0. The reference must be the prior
-        # instead, so TRL is initialised with beta = 0 (no reference built) and the prior is installed below.
-        beta, args.beta = args.beta, 0.0
-        try:
+        # TRL would build its own reference from the policy; the prior is installed as the reference below instead.
+        with trl_builds_no_reference(args):
             super().__init__(model, reward_funcs, args, **kwargs)
-        finally:
-            args.beta = beta
-        self.beta = beta
+        self.beta = args.beta
 
-        if prior is None and prior_path is not None:
-            prior = _load_causal_lm(prior_path, merge_adapter=True, **self._prior_init_kwargs())
-        self.prior_model = None if prior is None else self._prepare_prior(prior)
-        if self.beta != 0.0 and self.prior_model is not None:
-            # TRL's KL term. Without a separate prior (new LoRA adapter) TRL already scores the reference with the
-            # adapters disabled, which is the prior.
-            self.ref_model = self.prior_model
+        if prior is None and prior_path is not None and self.prior_kind == "model":
+            prior = load_causal_lm(prior_path, merge_adapter=True, **self._prior_init_kwargs())
+        check_vocabularies(
+            vocab_rows(self.model), len(self._tokenizer), None if prior is None else vocab_rows(prior)
+        )
+        self.prior_model = self.ref_model = None
+        if prior is not None and self.beta != 0.0 and args.sync_ref_model:
+            # The synced reference drifts towards the policy: the diagnostics need the fixed prior beside it (a
+            # second copy), unless they are off.
+            keep_prior = args.diagnostics_steps > 0
+            self.ref_model = self._prepare_frozen(copy.deepcopy(prior) if keep_prior else prior)
+            self.prior_model = self._prepare_frozen(prior) if keep_prior else None
+        elif prior is not None:
+            self.prior_model = self._prepare_frozen(prior)
+            self.ref_model = self.prior_model if self.beta != 0.0 else None
+        if args.sync_ref_model:
+            self.add_callback(SyncRefModelCallback(ref_model=self.ref_model, accelerator=self.accelerator))
+        self.reference_of_metric = self._describe_references()
+        logger.info("ShapedGRPOTrainer references: %s", self.reference_of_metric)
 
         self._resample_iterator, self._resample_epoch = None, 0
-        self._last_rewards_per_func = None
         self._aux_iterator = None
         self._aux_dataloader = self._build_aux_dataloader(aux_dataset) if args.shaping_aux_coef > 0 else None
 
     # ------------------------------------------------------------------ prior
+    def _describe_references(self) -> dict[str, str]:
+        prior = {
+            "none": None,
+            "model": "the stage-1 prior (a frozen copy)",
+            "adapters_disabled": "the stage-1 prior (the base model, adapters disabled)",
+            "ref_adapter": f"the stage-1 prior (frozen adapter {REF_ADAPTER!r} on the shared base)",
+        }[self.prior_kind]
+        described = {}
+        if self.beta != 0.0:
+            described["kl"] = (
+                f"TRL's reference, synced towards the policy every {self.args.ref_model_sync_steps} steps "
+                f"(mixup alpha {self.args.ref_model_mixup_alpha})"
+                if self.args.sync_ref_model
+                else prior
+            )
+        if self.args.diagnostics_steps > 0:
+            for name in ("kl_to_prior", *(f"prior_{s}" for s in DRIFT_STATS)):
+                described[name] = prior
+        return described
+
     def _prior_init_kwargs(self) -> dict:
         # As TRL loads its reference model: the policy's dtype and attention, no device map when distributed.
         kwargs = dict(self.args.model_init_kwargs or {})
@@ -157,7 +318,7 @@ class ShapedGRPOTrainer(SafeCheckpointsMixin, GRPOTrainer):
         kwargs.setdefault("attn_implementation", self.model.config._attn_implementation)
         return kwargs
 
-    def _prepare_prior(self, prior):
+    def _prepare_frozen(self, prior):
         prior.requires_grad_(False)
         prior.eval()
         if self.args.disable_dropout:
@@ -185,18 +346,16 @@ class ShapedGRPOTrainer(SafeCheckpointsMixin, GRPOTrainer):
     def _policy_and_prior(self):
         """(policy causal LM, prior causal LM, context manager to enter while the prior runs)."""
         policy = self.accelerator.unwrap_model(self.model)
-        if self.prior_model is None:  # PEFT policy, prior = base model with the adapters disabled
+        if self.prior_kind in ("adapters_disabled", "ref_adapter"):  # the prior is the policy's own base
             base = policy.get_base_model()
-            return base, base, lambda: use_adapter(policy, adapter_name=None)
+            adapter = REF_ADAPTER if self.prior_kind == "ref_adapter" else None
+            return base, base, lambda: frozen_adapter(policy, adapter)
+        if self.prior_model is None:
+            raise RuntimeError("no prior was loaded (beta = 0 and diagnostics_steps = 0): nothing to compare with")
         policy = policy.get_base_model() if is_peft_model(policy) else policy
         return policy, self.accelerator.unwrap_model(self.prior_model), torch.no_grad
 
-    # ------------------------------------------------------------------ generation hooks
-    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        self._last_rewards_per_func = rewards_per_func  # gathered over processes: every rank sees all groups
-        return rewards_per_func
-
+    # ------------------------------------------------------------------ generation hook
     def _generate_and_score_completions(self, inputs):
         batch = super()._generate_and_score_completions(inputs)
         if not self.model.training:
@@ -209,16 +368,9 @@ class ShapedGRPOTrainer(SafeCheckpointsMixin, GRPOTrainer):
         return batch
 
     # ------------------------------------------------------------------ dynamic sampling (DAPO)
-    def _informative_groups(self) -> torch.Tensor:
-        """Boolean (global groups,) tensor: the group's rewards are not all equal, so its advantages are not all 0."""
-        rewards = self._last_rewards_per_func
-        weights = self.reward_weights.to(rewards.device)
-        if self.multi_objective_aggregation == "sum_then_normalize":
-            rewards = (rewards * weights).nansum(dim=1, keepdim=True)
-        grouped = rewards.view(-1, self.num_generations, rewards.size(-1))
-        # NaN (unscorable) completions get zero advantage: compare only the scored ones
-        spread = grouped.nan_to_num(nan=-torch.inf).amax(dim=1) - grouped.nan_to_num(nan=torch.inf).amin(dim=1)
-        return (spread > 1e-8).any(dim=-1).cpu()
+    def _informative_groups(self, batch: dict) -> torch.Tensor:
+        # One float per completion crosses processes: every rank sees every group's advantages, decides alike
+        return ds.informative_groups(self.accelerator.gather(batch["advantages"]).float().cpu(), self.num_generations)
 
     def _next_resample_inputs(self) -> list[dict]:
         """The next local generation batch from a second pass over the prompts, shuffled with another seed."""
@@ -247,91 +399,49 @@ class ShapedGRPOTrainer(SafeCheckpointsMixin, GRPOTrainer):
                 self._resample_iterator = None
         raise ValueError("dynamic_sampling: the train_dataset is too small to fill one generation batch")
 
-    def _gather_batch(self, batch: dict, local_size: int) -> dict:
-        """Every process's rows of a generated batch, padded to a common width, in process order."""
-        gathered = {}
-        for key, value in batch.items():
-            if key == "num_items_in_batch":
-                continue
+    @staticmethod
+    def _check_fields(batch: dict, local_size: int) -> dict:
+        fields = {key: value for key, value in batch.items() if key != "num_items_in_batch"}
+        for key, value in fields.items():
             if not (isinstance(value, torch.Tensor) and value.dim() >= 1 and value.size(0) == local_size):
-                raise ValueError(
-                    f"dynamic_sampling does not support the batch field {key!r} (multimodal or tool data)"
-                )
-            if value.dim() >= 2:
-                value = self.accelerator.pad_across_processes(
-                    value, dim=1, pad_index=self._pad_value(key), pad_first=key in _LEFT_PADDED
-                )
-            gathered[key] = self.accelerator.gather(value)
-        return gathered
-
-    def _pad_value(self, key: str):
-        if key in ("prompt_ids", "completion_ids"):
-            return self._tokenizer.pad_token_id
-        return 1 if key in _PAD_ONE else 0
-
-    def _concat_rounds(self, rounds: list[dict]) -> dict:
-        merged = {}
-        for key in rounds[0]:
-            parts = [r[key] for r in rounds]
-            if parts[0].dim() >= 2:
-                width = max(p.size(1) for p in parts)
-                left = key in _LEFT_PADDED
-                parts = [
-                    F.pad(p, (width - p.size(1), 0) if left else (0, width - p.size(1)), value=self._pad_value(key))
-                    for p in parts
-                ]
-            merged[key] = torch.cat(parts)
-        return merged
+                raise ValueError(f"dynamic_sampling does not support the batch field {key!r} (multimodal or tool data)")
+        return fields
 
     def _dynamic_sampling(self, batch: dict, local_size: int) -> dict:
-        informative = [self._informative_groups()]
-        wanted = informative[0].numel()
-        if bool(informative[0].all()):
-            self._log_dynamic_sampling(dropped=0, generated=wanted, rounds=0, filled=0)
-            return batch
-        rounds = [self._gather_batch(batch, local_size)]
-        # Every rank takes the same decisions: they depend only on the gathered rewards.
-        while sum(int(f.sum()) for f in informative) < wanted and len(rounds) <= self.args.max_resample_rounds:
+        rounds, flags = [self._check_fields(batch, local_size)], [self._informative_groups(batch)]
+        wanted = flags[0].numel()
+        while sum(int(f.sum()) for f in flags) < wanted and len(rounds) <= self.args.max_resample_rounds:
             more = self._next_resample_inputs()
-            rounds.append(self._gather_batch(super()._generate_and_score_completions(more), len(more)))
-            informative.append(self._informative_groups())
-        flags = torch.cat(informative)
-        # Informative groups first, in generation order; uninformative ones only to complete the batch
-        order = torch.cat([flags.nonzero().squeeze(1), (~flags).nonzero().squeeze(1)])[:wanted]
-        rows = (order.unsqueeze(1) * self.num_generations + torch.arange(self.num_generations)).reshape(-1)
-        merged = self._concat_rounds(rounds)
-        selected = {key: value[rows.to(value.device)] for key, value in merged.items()}
-        loss_mask = selected["completion_mask"] * selected.get("tool_mask", 1)
+            extra = super()._generate_and_score_completions(more)
+            rounds.append(self._check_fields(extra, len(more)))
+            flags.append(self._informative_groups(extra))
+        flags = torch.cat(flags)
+        order = ds.select_groups(flags, wanted)
+        for key, value in ds.sampling_stats(flags, order, len(rounds) - 1, wanted).items():
+            self._metrics["train"][key].append(value)
+        if bool(flags[:wanted].all()):  # the first round was informative throughout: keep TRL's batch as it is
+            return batch
+
+        # Each process sends only its rows among the chosen groups; one gather assembles the batch on every process
+        rows = ds.group_rows(order, self.num_generations)
+        sends, positions = ds.gather_plan(rows, local_size, self.accelerator.num_processes)
+        width = max(len(s) for s in sends)
+        pad_id = self._tokenizer.pad_token_id
+        merged = ds.merge_rounds(rounds, pad_id)
+        mine = sends[self.accelerator.process_index]
+        selected = {}
+        for key, value in merged.items():
+            part = value[mine.to(value.device)]
+            if part.dim() >= 2:
+                part = self.accelerator.pad_across_processes(
+                    part, dim=1, pad_index=ds.pad_value(key, pad_id), pad_first=key in ds.LEFT_PADDED
+                )
+            filler = part.new_full((width - part.size(0), *part.shape[1:]), ds.pad_value(key, pad_id))
+            selected[key] = self.accelerator.gather(torch.cat([part, filler]))[positions.to(part.device)]
         start = self.accelerator.process_index * local_size
-        local = {key: value[start : start + local_size] for key, value in selected.items()}
-        local = self._trim_padding(local)
-        local["num_items_in_batch"] = loss_mask.sum()
-        generated = flags.numel()
-        self._log_dynamic_sampling(
-            dropped=int((~flags).sum()), generated=generated, rounds=len(rounds) - 1, filled=int((~flags[order]).sum())
-        )
+        local = ds.trim_padding({key: value[start : start + local_size] for key, value in selected.items()})
+        local["num_items_in_batch"] = (selected["completion_mask"] * selected.get("tool_mask", 1)).sum()
         return local
-
-    @staticmethod
-    def _trim_padding(batch: dict) -> dict:
-        # Columns that no local row uses: left of every prompt, right of every completion
-        prompt_used = batch["prompt_mask"].any(dim=0).nonzero()
-        first = int(prompt_used[0]) if prompt_used.numel() else 0
-        completion_used = batch["completion_mask"].any(dim=0).nonzero()
-        last = int(completion_used[-1]) + 1 if completion_used.numel() else 1
-        for key, value in batch.items():
-            if key in _LEFT_PADDED:
-                batch[key] = value[:, first:]
-            elif value.dim() >= 2:
-                batch[key] = value[:, :last]
-        return batch
-
-    def _log_dynamic_sampling(self, dropped: int, generated: int, rounds: int, filled: int) -> None:
-        metrics = self._metrics["train"]
-        metrics["dynamic_sampling/frac_groups_dropped"].append(dropped / generated)
-        metrics["dynamic_sampling/rounds"].append(float(rounds))
-        wanted = self.args.generation_batch_size // self.num_generations
-        metrics["dynamic_sampling/frac_groups_filled"].append(filled / wanted)
 
     # ------------------------------------------------------------------ drift diagnostics
     @torch.no_grad()
@@ -370,53 +480,47 @@ class ShapedGRPOTrainer(SafeCheckpointsMixin, GRPOTrainer):
 
     @staticmethod
     def _drift_sums(policy, prior, prior_context, hidden_policy, hidden_prior, labels, k) -> torch.Tensor:
-        """Sums over tokens of the policy's and the prior's DRIFT_STATS, of KL(policy || prior), and the count."""
+        """Sums over tokens of the policy's and the prior's DRIFT_STATS, of KL(policy || prior), and the count.
+
+        One softmax per model and chunk (`softmax_parts`); the statistics are gathers and row reductions of it, and
+        KL(p || q) = sum p log p - (unnorm_p . shifted_q) / norm_p + log norm_q reuses both models' parts.
+        """
         heads = []
         for model, context in ((policy, torch.no_grad), (prior, prior_context)):
             head = model.get_output_embeddings()
-            heads.append((head, *_logit_transform(model.config.get_text_config()), context))
+            heads.append((head, *logit_transform(model.config.get_text_config()), context))
         total = torch.zeros(2 * len(DRIFT_STATS) + 2, device=labels.device)
         if labels.numel() == 0:
             return total
         step = default_chunk_size(labels.numel(), heads[0][0].weight.shape[0] or 1)
         (head_p, scale_p, cap_p, _), (head_q, scale_q, cap_q, ctx_q) = heads
         with maybe_gather_lm_head_ctx(head_p.weight, head_p.bias, head_q.weight, head_q.bias), ctx_q():
-            # With PEFT and the adapters disabled, policy and prior share the head; an adapter on the head is
-            # bypassed here (the heads' base weights are used), which the LoRA target modules rarely include.
+            # With PEFT the policy and the prior share the head; an adapter on the head is bypassed here (the heads'
+            # base weights are used), which the LoRA target modules rarely include.
             weight_p, bias_p = _head_params(head_p)
             weight_q, bias_q = _head_params(head_q)
             for start in range(0, labels.numel(), step):
                 part = slice(start, start + step)
-                z_p = _project(hidden_policy[part], weight_p, bias_p, scale_p, cap_p)
-                z_q = _project(hidden_prior[part], weight_q, bias_q, scale_q, cap_q)
-                stats_p = distribution_stats(z_p, labels[part], top_k=k, reduction="sum")
-                stats_q = distribution_stats(z_q, labels[part], top_k=k, reduction="sum")
-                log_p, log_q = z_p.log_softmax(-1), z_q.log_softmax(-1)
-                kl = (log_p.exp() * (log_p - log_q)).sum()
-                values = [stats_p[n] for n in DRIFT_STATS] + [stats_q[n] for n in DRIFT_STATS]
-                total += torch.stack([*values, kl, stats_p["num_tokens"]])
+                y = labels[part]
+                shifted_p, unnorm_p, norm_p = softmax_parts(
+                    _project(hidden_policy[part], weight_p, bias_p, scale_p, cap_p), inplace=True
+                )
+                shifted_q, unnorm_q, norm_q = softmax_parts(
+                    _project(hidden_prior[part], weight_q, bias_q, scale_q, cap_q), inplace=True
+                )
+                terms_p = row_terms(shifted_p, unnorm_p, norm_p, y, topk_indices(shifted_p, k))
+                terms_q = row_terms(shifted_q, unnorm_q, norm_q, y, topk_indices(shifted_q, k))
+                stats_p, stats_q = stats_from_terms(terms_p), stats_from_terms(terms_q)
+                cross = torch.bmm(unnorm_p.unsqueeze(1), shifted_q.unsqueeze(2)).view(-1) / norm_p.squeeze(-1)
+                kl = terms_p["plogp"] - cross + norm_q.log().squeeze(-1)
+                values = [stats_p[n].sum() for n in DRIFT_STATS] + [stats_q[n].sum() for n in DRIFT_STATS]
+                total += torch.stack([*values, kl.sum(), torch.tensor(float(y.numel()), device=total.device)])
         return total
 
     # ------------------------------------------------------------------ auxiliary shaped loss
     def _build_aux_dataloader(self, dataset) -> DataLoader:
-        # TRL's SFT data preparation (chat templates, completion-only labels, EOS, truncation) is a method of
-        # SFTTrainer that reads a few attributes of the trainer and its config; it is run here on stand-ins for them.
-        sft_self = SimpleNamespace(_tokenizer=self._tokenizer, chat_template=None, completion_only_loss=True)
-        sft_args = SimpleNamespace(
-            assistant_only_loss=False,
-            dataset_num_proc=None,
-            dataset_text_field="text",
-            max_length=self.args.aux_max_length,
-            packing_strategy=None,
-            seed=self.args.seed,
-            shuffle_dataset=False,
-            truncation_mode="keep_start",
-        )
         with self.accelerator.main_process_first():
-            prepared = SFTTrainer._prepare_dataset(
-                sft_self, dataset, self.processing_class, sft_args, False, None, "auxiliary"
-            )
-        prepared = prepared.select_columns(["input_ids", "labels"])
+            prepared = prepare_aux_dataset(dataset, self._tokenizer, self.args.aux_max_length)
         # Each process draws its own batches (a different shuffle per rank)
         generator = torch.Generator().manual_seed(self.args.seed + self.accelerator.process_index)
         return DataLoader(
@@ -428,15 +532,14 @@ class ShapedGRPOTrainer(SafeCheckpointsMixin, GRPOTrainer):
         )
 
     def _next_aux_batch(self) -> dict:
-        for _ in range(2):
-            if self._aux_iterator is None:
-                self._aux_iterator = iter(self._aux_dataloader)
-            try:
-                batch = next(self._aux_iterator)
-                return {key: value.to(self.accelerator.device) for key, value in batch.items()}
-            except StopIteration:
-                self._aux_iterator = None
-        raise ValueError("aux_dataset is empty after preparation")
+        if self._aux_iterator is None:
+            self._aux_iterator = iter(self._aux_dataloader)
+        try:
+            batch = next(self._aux_iterator)
+        except StopIteration:  # the next epoch (prepare_aux_dataset guarantees at least one row)
+            self._aux_iterator = iter(self._aux_dataloader)
+            batch = next(self._aux_iterator)
+        return {key: value.to(self.accelerator.device) for key, value in batch.items()}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -453,3 +556,19 @@ def _head_params(head):
     # A PEFT `modules_to_save` / LoRA wrapper on the head: read the wrapped base layer's parameters
     base = getattr(head, "base_layer", head)
     return base.weight, base.bias
+
+
+def _check_sync_ref_model(args, peft_policy: bool) -> None:
+    # TRL's own refusals, raised here because TRL itself is initialised with beta = 0 and sync_ref_model = False
+    if not args.sync_ref_model:
+        return
+    if args.beta == 0.0:
+        raise ValueError(
+            "sync_ref_model=True needs beta != 0: with beta = 0 there is no KL term and no reference to sync. Set "
+            "sync_ref_model=False or a non-zero beta."
+        )
+    if peft_policy:
+        raise NotImplementedError(
+            "sync_ref_model=True with a PEFT policy is not supported (as in TRL): the reference is the policy with "
+            "its adapters disabled or a frozen adapter copy, not a separate model to sync. Use sync_ref_model=False."
+        )
