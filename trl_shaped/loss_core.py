@@ -314,6 +314,7 @@ def chunk_loss_and_grad(z, labels, config, want_grad: bool, want_stats: bool, ex
         shifted, unnorm, norm, labels, head_ids, with_entropy=(tail != 0.0 or want_stats), with_top1=want_stats
     )
     logp_y, p_y = terms["logp_y"], terms["p_y"]
+    one_minus_p = -torch.expm1(logp_y)
     w_y = positive_weight(logp_y, config)
 
     # l = -(w_y log p_y + sum_{a != y} r_a p_a log p_a), r_a = tail + (head - tail) * 1[a in K_t], written with
@@ -324,7 +325,7 @@ def chunk_loss_and_grad(z, labels, config, want_grad: bool, want_stats: bool, ex
         target_plogp = xlogx_terms(p_y, logp_y)
     if tail != 0.0:
         loss_rows = loss_rows - tail * (terms["plogp"] - target_plogp)
-        total_w = total_w + tail * (-torch.expm1(logp_y))
+        total_w = total_w + tail * one_minus_p
     if head != tail:
         in_k = terms["target_in_topk"]
         loss_rows = loss_rows - (head - tail) * (terms["topk_plogp"] - in_k * target_plogp)
@@ -333,11 +334,12 @@ def chunk_loss_and_grad(z, labels, config, want_grad: bool, want_stats: bool, ex
     grad = None
     if want_grad:
         # dl/dz_a = p_a * (S - r_a) for a != y and p_y * S - w_y at y: one scaling pass over the vocabulary (which
-        # also normalises the exponentials), then k + 1 corrections per row.
+        # also normalises the exponentials), then k + 1 corrections per row. At y, p_y * S - w_y is written as
+        # p_y * (S - w_y) - w_y * (1 - p_y): no cancellation when w_y is large and p_y close to 1 (linear form).
         grad = unnorm.mul_((total_w - tail).unsqueeze(-1) / norm)
         if head != tail:
             grad.scatter_add_(-1, head_ids, terms["head_p"] * -(head - tail))
-        grad.scatter_(-1, labels.unsqueeze(-1), (p_y * total_w - w_y).unsqueeze(-1))
+        grad.scatter_(-1, labels.unsqueeze(-1), (p_y * (total_w - w_y) - w_y * one_minus_p).unsqueeze(-1))
 
     stats = stats_from_terms(terms) if want_stats else None
     return loss_rows, grad, stats
