@@ -1,6 +1,7 @@
 """Each piece of trl_shaped.loss_core alone, against an independent float64 torch computation."""
 
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -54,7 +55,7 @@ def logits_with_masked_columns(n=9, vocab=13, seed=0, dtype=torch.float64):
 
 
 def test_core_imports_nothing_of_the_package():
-    source = open(loss_core.__file__).read()
+    source = Path(loss_core.__file__).read_text()
     assert "from ." not in source and "import trl_shaped" not in source
 
 
@@ -270,7 +271,14 @@ def test_chunk_logits_against_explicit(scale, softcap, with_bias):
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
     # A bf16 weight goes through the matmul buffer in its own dtype, then into the float32 output.
     out16 = torch.empty(6, 11)
-    chunk_logits(h.bfloat16(), w.bfloat16(), None if b is None else b.bfloat16(), scale, softcap, out16,
-                 torch.empty(6, 11, dtype=torch.bfloat16))
+    chunk_logits(
+        h.bfloat16(),
+        w.bfloat16(),
+        None if b is None else b.bfloat16(),
+        scale,
+        softcap,
+        out16,
+        torch.empty(6, 11, dtype=torch.bfloat16),
+    )
     assert out16.dtype == torch.float32
     torch.testing.assert_close(out16.double(), expected, rtol=5e-2, atol=5e-2)

@@ -15,9 +15,9 @@ of the number of tokens. Below ~256 rows per chunk the CPU matmuls lose speed (m
 
 Precision: the logits are produced by the matmul in the input dtype, or autocast's dtype when autocast is on (what
 the model's own `lm_head` does), then everything is float32. The gradients are returned in the dtypes of hidden,
-weight and bias. The weight's gradient is a sum over chunks: for a bf16/fp16 weight it is accumulated in a float32 buffer and rounded once at
-the end (TRL's chunked log-prob kernel found that rounding every chunk's product to bf16 biases training), at the
-cost of a float32 (V, H) buffer while the loss runs.
+weight and bias. The weight's gradient is a sum over chunks: for a bf16/fp16 weight it is accumulated in a float32
+buffer and rounded once at the end (TRL's chunked log-prob kernel found that rounding every chunk's product to bf16
+biases training), at the cost of a float32 (V, H) buffer while the loss runs.
 """
 
 import math
@@ -262,7 +262,8 @@ def fused_linear_shaped_loss(
         raise ValueError(f"reduction must be 'mean' or 'sum' for the fused loss, got {reduction!r}")
     if weight.dim() != 2 or hidden.shape[-1] != weight.shape[1]:
         raise ValueError(
-            f"weight must be (V, H) with H = hidden.shape[-1]; got {tuple(weight.shape)} and hidden {tuple(hidden.shape)}"
+            f"weight must be (V, H) with H = hidden.shape[-1]; got {tuple(weight.shape)} and hidden "
+            f"{tuple(hidden.shape)}"
         )
     if hidden.shape[:-1] != labels.shape:
         raise ValueError(f"hidden {tuple(hidden.shape)} must be labels {tuple(labels.shape)} plus a hidden axis")

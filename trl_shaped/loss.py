@@ -118,7 +118,8 @@ def shaped_loss(
         config (`ShapingConfig`, *optional*): the shaping knobs as one object, instead of the loose arguments.
 
     Returns:
-        A float32 tensor (float64 for float64 logits): the loss (a scalar, or shaped like `labels` for reduction="none").
+        A float32 tensor (float64 for float64 logits): the loss (a scalar, or shaped like `labels` for
+        reduction="none").
     """
     config = resolve_shaping(
         config, beta=beta, top_k=top_k, head_reward=head_reward, tail_reward=tail_reward, positive_form=positive_form

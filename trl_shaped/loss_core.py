@@ -37,7 +37,9 @@ def check_real(name: str, value, allowed: str = "any finite number", minimum: fl
     strings, None, NaN and infinities are not, nor values below `minimum`.
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a finite real number ({allowed}), got {value!r} of type {type(value).__name__}")
+        raise ValueError(
+            f"{name} must be a finite real number ({allowed}), got {value!r} of type {type(value).__name__}"
+        )
     value = float(value)
     if not math.isfinite(value) or (minimum is not None and value < minimum):
         raise ValueError(f"{name} must be a finite real number ({allowed}), got {value!r}")
@@ -47,9 +49,7 @@ def check_real(name: str, value, allowed: str = "any finite number", minimum: fl
 def check_int(name: str, value, minimum: int = 1) -> int:
     """`value` as a Python int >= `minimum` (Python or NumPy integers, not bool nor float), else a ValueError."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(
-            f"{name} must be an integer >= {minimum}, got {value!r} of type {type(value).__name__}"
-        )
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r} of type {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
     return int(value)

@@ -61,7 +61,9 @@ def test_beta_below_minus_one_is_rejected_naming_beta_and_range(beta, form, tmp_
     with pytest.raises(ValueError, match="beta.*>= -1"):
         fused_linear_shaped_loss(torch.eye(VOCAB)[:2], torch.eye(VOCAB), labels[:2], beta=beta, positive_form=form)
     with pytest.raises(ValueError, match="shaping_beta|beta.*>= -1"):
-        ShapedSFTConfig(output_dir=str(tmp_path), shaping_beta=beta, shaping_positive_form=form, report_to="none", bf16=False)
+        ShapedSFTConfig(
+            output_dir=str(tmp_path), shaping_beta=beta, shaping_positive_form=form, report_to="none", bf16=False
+        )
 
 
 CONFIGS = [
@@ -138,8 +140,9 @@ def tiny_trainer(tmp_path, **shaping):
         dataloader_num_workers=0,
         **shaping,
     )
-    return ShapedSFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": texts}),
-                            processing_class=tokenizer)
+    return ShapedSFTTrainer(
+        model=model, args=args, train_dataset=Dataset.from_dict({"text": texts}), processing_class=tokenizer
+    )
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -242,7 +245,7 @@ def test_masked_column_is_finite_for_every_shaping_and_matches_dropping_it(confi
 
 
 def test_fused_masked_bias_column_at_defaults_matches_cross_entropy():
-    logits, labels, masked = masked_batch()
+    _, labels, masked = masked_batch()
     gen = torch.Generator().manual_seed(2)
     hidden = torch.randn(8, 16, generator=gen, requires_grad=True)
     weight = torch.randn(30, 16, generator=gen, requires_grad=True)
@@ -343,7 +346,7 @@ def test_num_items_in_batch_zero_is_accepted_for_an_all_ignored_batch():
 @pytest.mark.parametrize("as_numpy", [np.float32, np.float64])
 def test_numpy_numbers_are_accepted_like_python_numbers(as_numpy):
     logits, labels, _ = masked_batch()
-    plain = dict(beta=-0.25, head_reward=0.5, tail_reward=-0.25)  # exact in float32
+    plain = {"beta": -0.25, "head_reward": 0.5, "tail_reward": -0.25}  # exact in float32
     numpy_kwargs = {k: as_numpy(v) for k, v in plain.items()}
     config = ShapingConfig(top_k=np.int64(4), **numpy_kwargs)
     assert config == ShapingConfig(top_k=4, **plain) and type(config.top_k) is int and type(config.beta) is float
