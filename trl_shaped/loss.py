@@ -26,6 +26,8 @@ Decisions (the paper leaves them open; see `loss_core` for each):
       F.cross_entropy); a -inf target logit gives an infinite loss and a finite gradient, as F.cross_entropy does.
 """
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -136,9 +138,13 @@ def shaped_loss(
     valid_logits = flat_logits[rows].to(compute_dtype(logits.dtype))
     log_probs = F.log_softmax(valid_logits, dim=-1)
     weights = shaped_weights(valid_logits, flat_labels[rows], config, log_probs=log_probs)
-    # A masked (-inf) token has w = 0 and log p = -inf: its term is 0, not NaN. Elsewhere the same products as
-    # w * log p, so the defaults stay bit-exact with F.cross_entropy.
-    per_row = -torch.where(weights == 0, 0.0, weights * log_probs).sum(dim=-1)
+    terms = weights * log_probs
+    # A masked (-inf) token has w = 0 and log p = -inf: its term is 0, not NaN. Only then is it rewritten (a
+    # reduction finds out without an (n, V) temporary); the other terms are untouched, so the defaults stay
+    # bit-exact with F.cross_entropy, and unmasked logits pay no extra (n, V) buffer.
+    if valid_logits.numel() and bool(valid_logits.amin() == -math.inf):
+        terms = torch.where(weights == 0, 0.0, terms)
+    per_row = -terms.sum(dim=-1)
     if reduction == "none":
         out = per_row.new_zeros(flat_labels.shape).index_put((rows,), per_row)
         return out.reshape(labels.shape)
