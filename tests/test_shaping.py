@@ -16,6 +16,8 @@ from trl_shaped.shaping import resolve_shaping
         ({"beta": math.inf}, "beta", "finite"),
         ({"beta": True}, "beta", "finite"),
         ({"beta": "0.5"}, "beta", "finite"),
+        ({"beta": -1.5}, "beta", ">= -1"),
+        ({"beta": -1.5, "positive_form": "linear"}, "beta", ">= -1"),
         ({"head_reward": -math.inf}, "head_reward", "finite"),
         ({"head_reward": False}, "head_reward", "finite"),
         ({"tail_reward": math.nan}, "tail_reward", "finite"),

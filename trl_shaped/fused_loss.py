@@ -1,9 +1,11 @@
 """The shaped loss straight from hidden states and the LM-head weight, without the (tokens x vocabulary) logits.
 
 Like Liger's fused linear cross-entropy, the forward pass walks over chunks of scored tokens; for each chunk it
-builds the float32 logits, the loss and the logit gradient dl/dz = -(w - p * sum_a w_a) of METHOD.md section 3,
+builds the float32 logits, the loss and the logit gradient dl/dz = -(w - p * sum_a w_a) of docs/method.md,
 and immediately folds that gradient into the gradients of the hidden states, the weight and the bias. Only one
 chunk of logits is alive at a time; the backward pass merely scales the stored gradients by the incoming one.
+The per-chunk maths (loss, logit gradient, diagnostics) is `loss_core.chunk_loss_and_grad`; this module holds the
+loop over chunks, the autograd Function and the wrapper.
 
 Chunk size: unless given, a chunk holds at most `CHUNK_LOGITS_BYTES` (256 MiB) of float32 logits (rows = bytes //
 (4 * V), 432 rows at V = 151,936), and the valid tokens are split into equal chunks under that bound. The working
@@ -12,10 +14,10 @@ the matmul dtype under bf16/fp16), allocated once and reused by every chunk, and
 of the number of tokens. Below ~256 rows per chunk the CPU matmuls lose speed (measured on the benchmark machine).
 
 Precision: the logits are produced by the matmul in the input dtype, or autocast's dtype when autocast is on (what
-the model's own `lm_head` does), then everything is float32. The gradients are returned in the dtypes of hidden, weight and bias. The weight's
-gradient is a sum over chunks: for a bf16/fp16 weight it is accumulated in a float32 buffer and rounded once at
-the end (TRL's chunked log-prob kernel found that rounding every chunk's product to bf16 biases training), at the
-cost of a float32 (V, H) buffer while the loss runs.
+the model's own `lm_head` does), then everything is float32. The gradients are returned in the dtypes of hidden,
+weight and bias. The weight's gradient is a sum over chunks: for a bf16/fp16 weight it is accumulated in a float32
+buffer and rounded once at the end (TRL's chunked log-prob kernel found that rounding every chunk's product to bf16
+biases training), at the cost of a float32 (V, H) buffer while the loss runs.
 """
 
 import math
@@ -23,40 +25,28 @@ import math
 import torch
 from packaging.version import Version
 
-from .diagnostics import STAT_NAMES, row_terms, stats_from_terms
-from .loss import check_labels, compute_dtype, positive_weight, reduce_loss, softmax_parts, topk_indices
+from .loss_core import (
+    CHUNK_LOGITS_BYTES,
+    STAT_NAMES,
+    check_int,
+    check_labels,
+    check_num_items,
+    check_real,
+    chunk_logits,
+    chunk_loss_and_grad,
+    compute_dtype,
+    default_chunk_size,
+    reduce_loss,
+)
 from .shaping import ShapingConfig, resolve_shaping
 
-CHUNK_LOGITS_BYTES = 256 * 2**20
+__all__ = ["CHUNK_LOGITS_BYTES", "chunk_logits", "default_chunk_size", "fused_linear_shaped_loss"]
+
+# Deprecated alias, kept for one release: grpo_trainer.py imported the private name; use `loss_core.chunk_logits`.
+_chunk_logits = chunk_logits
+
 # torch.addmm(..., out_dtype=float32) from bf16/fp16 inputs exists on CUDA from torch 2.8.
 _ADDMM_OUT_DTYPE = Version(torch.__version__) >= Version("2.8")
-
-
-def default_chunk_size(num_tokens: int, vocab_size: int, budget_bytes: int = CHUNK_LOGITS_BYTES) -> int:
-    """Rows per chunk so that one chunk of float32 logits takes about `budget_bytes`."""
-    rows = max(1, budget_bytes // (4 * vocab_size))
-    if rows >= 16:
-        rows -= rows % 16  # multiples of 16 keep the matmuls on their fast paths
-    return max(1, min(rows, num_tokens))
-
-
-def _chunk_logits(hidden, weight, bias, logit_scale, softcap, out, mm_out):
-    """Float32 logits of one chunk, written into `out`: (hidden @ W^T + b) * scale, then softcap tanh(z / c) * c.
-
-    `mm_out` is a buffer in the weight's dtype for the matmul when that dtype is not the compute dtype.
-    """
-    target = out if mm_out is None else mm_out
-    if bias is None:
-        torch.mm(hidden, weight.t(), out=target)
-    else:
-        torch.addmm(bias.to(weight.dtype), hidden, weight.t(), out=target)
-    if mm_out is not None:
-        out.copy_(mm_out)
-    if logit_scale != 1.0:
-        out.mul_(logit_scale)
-    if softcap is not None:
-        out.div_(softcap).tanh_().mul_(softcap)
-    return out
 
 
 def _accumulate(acc: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -73,53 +63,13 @@ def _accumulate(acc: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor, dtyp
     return torch.mm(a.to(dtype), b.to(dtype)) if acc is None else acc.addmm_(a.to(dtype), b.to(dtype))
 
 
-def _chunk_loss_and_grad(z, labels, config: ShapingConfig, want_grad: bool, want_stats: bool, exp_out=None):
-    """Shaped loss per row, dl/dz (written over the exponentials) and per-row diagnostics of one chunk.
-
-    Returns `(loss_rows, grad, stats)`; grad is None unless asked, stats None unless asked. `z` is consumed; the
-    exponentials (then the gradient) go to `exp_out` when given.
-    """
-    head, tail = config.head_reward, config.tail_reward
-    head_ids = topk_indices(z, config.top_k) if (config.needs_topk or want_stats) else None
-    shifted, unnorm, norm = softmax_parts(z, inplace=True, out=exp_out)
-    terms = row_terms(
-        shifted, unnorm, norm, labels, head_ids, with_entropy=(tail != 0.0 or want_stats), with_top1=want_stats
-    )
-    logp_y, p_y = terms["logp_y"], terms["p_y"]
-    w_y = positive_weight(logp_y, config)
-
-    # l = -(w_y log p_y + sum_{a != y} r_a p_a log p_a), r_a = tail + (head - tail) * 1[a in K_t], written with
-    # sums over the vocabulary (plogp) and over K_t only; likewise S = sum_a w_a.
-    loss_rows = -w_y * logp_y
-    total_w = w_y
-    if tail != 0.0:
-        loss_rows = loss_rows - tail * (terms["plogp"] - p_y * logp_y)
-        total_w = total_w + tail * (-torch.expm1(logp_y))
-    if head != tail:
-        in_k = terms["target_in_topk"]
-        loss_rows = loss_rows - (head - tail) * (terms["topk_plogp"] - in_k * p_y * logp_y)
-        total_w = total_w + (head - tail) * (terms["topk_mass"] - in_k * p_y)
-
-    grad = None
-    if want_grad:
-        # dl/dz_a = p_a * (S - r_a) for a != y and p_y * S - w_y at y: one scaling pass over the vocabulary (which
-        # also normalises the exponentials), then k + 1 corrections per row.
-        grad = unnorm.mul_((total_w - tail).unsqueeze(-1) / norm)
-        if head != tail:
-            grad.scatter_add_(-1, head_ids, terms["head_p"] * -(head - tail))
-        grad.scatter_(-1, labels.unsqueeze(-1), (p_y * total_w - w_y).unsqueeze(-1))
-
-    stats = stats_from_terms(terms) if want_stats else None
-    return loss_rows, grad, stats
-
-
 def _fused_forward(
     hidden,
     weight,
     bias,
     labels,
+    rows,
     config,
-    ignore_index,
     chunk_size,
     logit_scale,
     softcap,
@@ -130,8 +80,6 @@ def _fused_forward(
 ):
     """Loss sum, number of valid rows, stats sums and the (unscaled) gradients, one chunk of logits at a time."""
     vocab = weight.shape[0]
-    valid = check_labels(labels, vocab, ignore_index)
-    rows = valid.nonzero().squeeze(-1)
     n = rows.numel()
     want_grad = need_hidden_grad or need_weight_grad or need_bias_grad
     grad_hidden = torch.zeros_like(hidden) if need_hidden_grad else None
@@ -153,13 +101,13 @@ def _fused_forward(
         idx = rows[start : start + chunk]
         h, y = hidden[idx].to(weight.dtype), labels[idx]
         size = idx.numel()
-        z = _chunk_logits(
+        z = chunk_logits(
             h, weight, bias, logit_scale, softcap, logits_buf[:size], None if mm_buf is None else mm_buf[:size]
         )
         if softcap_grad and want_grad:
             # d softcap / d pre-cap = 1 - tanh^2 = 1 - (z / c)^2, kept before z is consumed.
             chain = (z / softcap).square_().neg_().add_(1.0).mul_(logit_scale)
-        loss_rows, grad, stats = _chunk_loss_and_grad(z, y, config, want_grad, want_stats, exp_buf[:size])
+        loss_rows, grad, stats = chunk_loss_and_grad(z, y, config, want_grad, want_stats, exp_buf[:size])
         loss_sum += loss_rows.sum()
         if want_stats:
             stat_sums += torch.stack([stats[name].sum() for name in STAT_NAMES]).float()
@@ -199,8 +147,8 @@ class _FusedLinearShapedLoss(torch.autograd.Function):
         weight,
         bias,
         labels,
+        rows,
         config,
-        ignore_index,
         num_items_in_batch,
         reduction,
         chunk_size,
@@ -223,8 +171,8 @@ class _FusedLinearShapedLoss(torch.autograd.Function):
                 weight.to(mm_dtype),
                 None if bias is None else bias.to(mm_dtype),
                 labels,
+                rows,
                 config,
-                ignore_index,
                 chunk_size,
                 logit_scale,
                 softcap,
@@ -232,15 +180,19 @@ class _FusedLinearShapedLoss(torch.autograd.Function):
                 *need,
             )
         loss = reduce_loss(loss_sum, torch.tensor(n, device=hidden.device), reduction, num_items_in_batch)
-        # The loss is the sum of per-token terms times one constant; so are its gradients.
+        # The loss is the sum of per-token terms times one constant; so are its gradients. num_items_in_batch == 0
+        # only comes with n == 0 (check_num_items), where the gradients are zero whatever the divisor.
         if reduction == "mean":
-            denom = float(num_items_in_batch) if num_items_in_batch is not None else float(n)
-            scale = 1.0 / max(denom, 1.0)
+            denom = num_items_in_batch if num_items_in_batch is not None else float(n)
+            scale = 1.0 / (denom if denom > 0 else 1.0)
             for g in (g_hidden, g_weight, g_bias):
                 if g is not None:
                     g.mul_(scale)
-        # The weight's gradient was accumulated in float32; it is rounded to the weight's dtype once, here.
-        ctx.grads = (g_hidden, None if g_weight is None else g_weight.to(weight.dtype), g_bias)
+        # The weight's gradient was accumulated in float32; it is rounded to the weight's dtype once, here. The
+        # gradients go through save_for_backward, not ctx attributes, so that saved-tensor hooks (TRL's
+        # activation_offloading) can move them off the device, and so that retain_graph=True keeps them for a
+        # second backward.
+        ctx.save_for_backward(g_hidden, None if g_weight is None else g_weight.to(weight.dtype), g_bias)
         ctx.bias_dtype = bias.dtype if bias is not None else None
         stats = torch.cat([stat_sums, stat_sums.new_tensor([float(n)])])
         ctx.mark_non_differentiable(stats)
@@ -248,8 +200,8 @@ class _FusedLinearShapedLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, grad_stats):
-        g_hidden, g_weight, g_bias = ctx.grads
-        ctx.grads = None
+        g_hidden, g_weight, g_bias = ctx.saved_tensors
+        # Products make new tensors: the saved ones stay as they are, for a second backward under retain_graph.
         if torch.ne(grad_loss, 1.0):
             g_hidden = g_hidden * grad_loss.to(g_hidden.dtype) if g_hidden is not None else None
             g_weight = g_weight * grad_loss.to(g_weight.dtype) if g_weight is not None else None
@@ -290,7 +242,8 @@ def fused_linear_shaped_loss(
         bias (`torch.Tensor`, *optional*): (V,) LM-head bias.
         beta, top_k, head_reward, tail_reward, positive_form: the shaping knobs (see `ShapingConfig`).
         ignore_index (`int`): label value of positions that are not scored.
-        num_items_in_batch (`int` or `torch.Tensor`, *optional*): divisor of the mean instead of the valid count.
+        num_items_in_batch (`int`, `float` or `torch.Tensor`, *optional*): divisor of the mean instead of the valid
+            count. Must be > 0; 0 is accepted only when no position is scored (the loss is then 0).
         reduction (`str`): "mean" or "sum".
         chunk_size (`int`, *optional*): tokens per chunk; by default from `CHUNK_LOGITS_BYTES` of float32 logits.
         config (`ShapingConfig`, *optional*): the shaping knobs as one object.
@@ -309,33 +262,39 @@ def fused_linear_shaped_loss(
         raise ValueError(f"reduction must be 'mean' or 'sum' for the fused loss, got {reduction!r}")
     if weight.dim() != 2 or hidden.shape[-1] != weight.shape[1]:
         raise ValueError(
-            f"weight must be (V, H) with H = hidden.shape[-1]; got {tuple(weight.shape)} and hidden {tuple(hidden.shape)}"
+            f"weight must be (V, H) with H = hidden.shape[-1]; got {tuple(weight.shape)} and hidden "
+            f"{tuple(hidden.shape)}"
         )
     if hidden.shape[:-1] != labels.shape:
         raise ValueError(f"hidden {tuple(hidden.shape)} must be labels {tuple(labels.shape)} plus a hidden axis")
     if bias is not None and bias.shape != (weight.shape[0],):
         raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be None or an integer >= 1, got {chunk_size!r}")
-    if isinstance(logit_scale, bool) or not isinstance(logit_scale, (int, float)) or not math.isfinite(logit_scale):
-        raise ValueError(f"logit_scale must be a finite float, got {logit_scale!r}")
+    if chunk_size is not None:
+        chunk_size = check_int("chunk_size", chunk_size, minimum=1)
+    logit_scale = check_real("logit_scale", logit_scale, "any finite float")
     softcap = final_logit_softcapping
-    if softcap is not None and (not isinstance(softcap, (int, float)) or not math.isfinite(softcap) or softcap <= 0):
-        raise ValueError(f"final_logit_softcapping must be None or a finite float > 0, got {softcap!r}")
+    if softcap is not None:
+        # bool is rejected: `final_logit_softcapping=True` would otherwise be read as a cap of 1.0.
+        softcap = check_real("final_logit_softcapping", softcap, "None or a finite float > 0")
+        if softcap <= 0:
+            raise ValueError(f"final_logit_softcapping must be None or a finite float > 0, got {softcap!r}")
     flat_hidden = hidden.reshape(-1, hidden.shape[-1])
     flat_labels = labels.reshape(-1)
+    # Labels and the divisor are checked here, before any logits are computed.
+    rows = check_labels(flat_labels, weight.shape[0], ignore_index).nonzero().squeeze(-1)
+    num_items_in_batch = check_num_items(num_items_in_batch, rows.numel())
     loss, stats = _FusedLinearShapedLoss.apply(
         flat_hidden,
         weight,
         bias,
         flat_labels,
+        rows,
         config,
-        ignore_index,
         num_items_in_batch,
         reduction,
         chunk_size,
-        float(logit_scale),
-        None if softcap is None else float(softcap),
+        logit_scale,
+        softcap,
         return_stats,
         torch.is_grad_enabled(),
         _matmul_dtype(weight),

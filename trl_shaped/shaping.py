@@ -1,31 +1,29 @@
-"""The five knobs of the rank-aware shaped loss (METHOD.md sections 2 and 4) and the paper's presets.
+"""The five knobs of the rank-aware shaped loss (docs/method.md) and the paper's presets.
 
 `ShapingConfig` is the one place these knobs are validated; the losses and both trainer configs go through it,
 so a bad value fails at construction with the field's name and the allowed range.
 """
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 
+from .loss_core import MIN_BETA, ONE_MINUS_P_FLOOR, check_int, check_real
+
+__all__ = [
+    "MIN_BETA",
+    "ONE_MINUS_P_FLOOR",
+    "PAPER_PRESETS",
+    "POSITIVE_FORMS",
+    "ShapingConfig",
+    "resolve_shaping",
+    "shaping_fields",
+]
+
 POSITIVE_FORMS = ("power", "linear")
-
-# Smallest value of 1 - p_y used when the positive reward is raised to a negative power (beta < 0). Without a
-# floor both forms are unbounded as p_y -> 1 (and NaN at p_y == 1 exactly in float32). With it the linear form's
-# weight w_y = (1 - p_y) ** beta is capped at 1e-6 ** beta (about 31.6 at beta = -0.25); the power form only
-# changes where p_y > 1 - 1e-6, where its weight is within 1e-4 of 1 for beta > -0.75 anyway.
-ONE_MINUS_P_FLOOR = 1e-6
-
-
-def _check_real(name: str, value, allowed: str) -> float:
-    # bool is an int subclass: `beta=True` is almost surely a mistake, so it is rejected rather than read as 1.
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(
-            f"{name} must be a finite real number ({allowed}), got {value!r} of type {type(value).__name__}"
-        )
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite real number ({allowed}), got {value!r}")
-    return float(value)
+BETA_RANGE = (
+    f"a finite float >= {MIN_BETA:g}: below, the ground-truth token's weight grows without bound as p_y -> 1 "
+    "and training diverges"
+)
 
 
 @dataclass(frozen=True)
@@ -36,7 +34,12 @@ class ShapingConfig:
 
     Args:
         beta (`float`): positive reward scaling. < 0 amplifies the reward of the ground-truth token (precision,
-            lower entropy), > 0 attenuates it (diversity, higher entropy). Any finite number.
+            lower entropy), > 0 attenuates it (diversity, higher entropy). A finite number >= -1 (`MIN_BETA`), for
+            both forms: below -1 the weight of a confident ground-truth token is unbounded as p_y -> 1 (power form:
+            about exp((1 - p_y) ** (1 + beta)); linear form: a loss term about (1 - p_y) ** (1 + beta)), so a run
+            diverges. At beta >= -1 the power weight is at most e (as p_y -> 1 at beta = -1); the linear weight
+            (1 - p_y) ** beta is capped at `ONE_MINUS_P_FLOOR` ** beta (at most 1e6), while its loss term and logit
+            gradient stay below about 1. Every accepted value gives a finite loss and gradient for p_y in [0, 1].
         top_k (`int`): size of the head set K_t (the k most probable tokens under the detached policy).
             An integer >= 1; values >= the vocabulary size make every negative token a head token.
         head_reward (`float`): reward of negative tokens inside K_t (the paper's lambda-tilde). Any finite number;
@@ -47,7 +50,9 @@ class ShapingConfig:
             "linear" (w_y = (1 - p_y) ** beta).
     """
 
-    beta: float = field(default=0.0, metadata={"help": "Positive reward scaling; < 0 precision, > 0 diversity."})
+    beta: float = field(
+        default=0.0, metadata={"help": "Positive reward scaling (>= -1); < 0 precision, > 0 diversity."}
+    )
     top_k: int = field(default=100, metadata={"help": "Size of the head set K_t of most probable tokens (>= 1)."})
     head_reward: float = field(default=0.0, metadata={"help": "Reward of negative tokens inside the top-k."})
     tail_reward: float = field(default=0.0, metadata={"help": "Reward of negative tokens outside the top-k."})
@@ -55,13 +60,10 @@ class ShapingConfig:
 
     def __post_init__(self):
         # object.__setattr__ because the dataclass is frozen; normalising ints to floats keeps equality simple.
-        object.__setattr__(self, "beta", _check_real("beta", self.beta, "any finite float"))
-        object.__setattr__(self, "head_reward", _check_real("head_reward", self.head_reward, "any finite float"))
-        object.__setattr__(self, "tail_reward", _check_real("tail_reward", self.tail_reward, "any finite float"))
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int):
-            raise ValueError(f"top_k must be an integer >= 1, got {self.top_k!r} of type {type(self.top_k).__name__}")
-        if self.top_k < 1:
-            raise ValueError(f"top_k must be an integer >= 1, got {self.top_k}")
+        object.__setattr__(self, "beta", check_real("beta", self.beta, BETA_RANGE, minimum=MIN_BETA))
+        object.__setattr__(self, "head_reward", check_real("head_reward", self.head_reward, "any finite float"))
+        object.__setattr__(self, "tail_reward", check_real("tail_reward", self.tail_reward, "any finite float"))
+        object.__setattr__(self, "top_k", check_int("top_k", self.top_k, minimum=1))
         if self.positive_form not in POSITIVE_FORMS:
             raise ValueError(f"positive_form must be one of {list(POSITIVE_FORMS)}, got {self.positive_form!r}")
 
@@ -83,7 +85,8 @@ class ShapingConfig:
         return PAPER_PRESETS[name]
 
 
-# METHOD.md section 4. Presets without a k in the paper keep the default top_k, which they do not use.
+# The paper's settings (docs/method.md). Presets without a k in the paper keep the default top_k, which they do not
+# use.
 PAPER_PRESETS: dict[str, ShapingConfig] = {
     "ce": ShapingConfig(),
     "precision": ShapingConfig(beta=-0.25),
