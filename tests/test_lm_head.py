@@ -144,5 +144,4 @@ def test_old_import_paths_still_resolve():
     assert sft_trainer.add_shaped_lm_head is lm_head.add_shaped_lm_head
     assert sft_trainer.shaped_causal_lm_loss is lm_head.shaped_causal_lm_loss
     assert sft_trainer.ShapedCausalLMOutput is lm_head.ShapedCausalLMOutput
-    assert sft_trainer._logit_transform is lm_head.logit_transform
     assert sft_trainer.PAPER is paper.PAPER and paper.PAPER["id"] == "2512.22955"

@@ -42,9 +42,6 @@ from .shaping import ShapingConfig, resolve_shaping
 
 __all__ = ["CHUNK_LOGITS_BYTES", "chunk_logits", "default_chunk_size", "fused_linear_shaped_loss"]
 
-# Deprecated alias, kept for one release: grpo_trainer.py imported the private name; use `loss_core.chunk_logits`.
-_chunk_logits = chunk_logits
-
 # torch.addmm(..., out_dtype=float32) from bf16/fp16 inputs exists on CUDA from torch 2.8.
 _ADDMM_OUT_DTYPE = Version(torch.__version__) >= Version("2.8")
 

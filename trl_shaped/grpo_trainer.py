@@ -43,13 +43,19 @@ from .compat import (
     prepare_fsdp,
     trl_builds_no_reference,
 )
-from .diagnostics import row_terms, stats_from_terms
-from .fused_loss import _chunk_logits, default_chunk_size
 from .grpo_config import ShapedGRPOConfig
-from .loss import compute_dtype, softmax_parts, topk_indices
-from .prior import check_vocabularies, frozen_adapter, is_adapter_dir, load_causal_lm, vocab_rows
 from .lm_head import logit_transform, shaped_causal_lm_loss
+from .loss_core import (
+    chunk_logits,
+    compute_dtype,
+    default_chunk_size,
+    row_terms,
+    softmax_parts,
+    stats_from_terms,
+    topk_indices,
+)
 from .paper import PAPER
+from .prior import check_vocabularies, frozen_adapter, is_adapter_dir, load_causal_lm, vocab_rows
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +67,7 @@ def _project(hidden, weight, bias, logit_scale, softcap) -> torch.Tensor:
     """Float32 logits of one chunk, through the same projection (scale, softcap) as the fused loss."""
     out = hidden.new_empty((hidden.shape[0], weight.shape[0]), dtype=compute_dtype(weight.dtype))
     mm_out = None if weight.dtype == out.dtype else hidden.new_empty(out.shape, dtype=weight.dtype)
-    return _chunk_logits(hidden.to(weight.dtype), weight, bias, logit_scale, softcap, out, mm_out)
+    return chunk_logits(hidden.to(weight.dtype), weight, bias, logit_scale, softcap, out, mm_out)
 
 
 

@@ -20,15 +20,13 @@ from trl.data_utils import is_conversational, is_conversational_from_value
 
 from .checkpoints import SafeCheckpointsMixin
 from .diagnostics import STAT_NAMES
-from .lm_head import ShapedCausalLMOutput, add_shaped_lm_head, logit_transform, shaped_causal_lm_loss
+from .lm_head import ShapedCausalLMOutput, add_shaped_lm_head, shaped_causal_lm_loss
 from .paper import PAPER
 from .shaping import ShapingConfig
 
 logger = logging.get_logger(__name__)
 
-# The names that lived here before `lm_head.py` and `paper.py`; `_logit_transform` until grpo_trainer.py moves to
-# `lm_head.logit_transform`.
-_logit_transform = logit_transform
+# The names that lived here before `lm_head.py` and `paper.py` moved out, re-exported for existing imports.
 __all__ = [
     "PAPER",
     "ShapedCausalLMOutput",
