@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Set up (first time only) and run the whole test suite. Extra arguments go to pytest.
+# Set up (first time only) and run the test suite. Extra arguments go to pytest:
+#   bash scripts/test.sh                                      # everything (CI, through .ci/run)
+#   bash scripts/test.sh -m "not slow and not distributed"    # the fast lane for local work
+#   bash scripts/test.sh tests/test_loss.py -x                # one file
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -1,6 +1,6 @@
 """Shared pieces of the ShapedSFTTrainer tests: tiny data and models, configs, and the run the DeepSpeed tests compare.
 
-Imported by tests/test_sft_*.py and by tests/_sft_zero_script.py (which `accelerate launch` runs).
+Imported by tests/test_sft_*.py and by tests/launch/sft_zero.py (which `accelerate launch` runs).
 """
 
 import json

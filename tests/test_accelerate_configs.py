@@ -1,7 +1,6 @@
 """accelerate_configs/: every file parses with accelerate's own loader and says what its name promises; the cpu,
 ZeRO-2 and ZeRO-3 ones launch a short recipe run on CPU (2 processes) that trains and saves a full model."""
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -70,14 +69,6 @@ def test_config_parses_and_has_its_essential_fields(name):
     config = load_config_from_file(str(CONFIGS / f"{name}.yaml"))
     assert config.compute_environment.value == "LOCAL_MACHINE"
     EXPECTED[name](config)
-
-
-@pytest.fixture(scope="module")
-def tiny_run_dir(tmp_path_factory):
-    spec = importlib.util.spec_from_file_location("make_tiny", ROOT / "recipes" / "make_tiny.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.make_tiny(tmp_path_factory.mktemp("tiny"), num_train=40, num_test=4)
 
 
 @pytest.mark.distributed

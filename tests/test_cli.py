@@ -1,7 +1,6 @@
 """`trl-shaped` end to end on a tiny local model: each subcommand from a YAML config plus command-line overrides."""
 
 import importlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,14 +16,6 @@ from trl_shaped.cli import SUBCOMMANDS, dispatch, main
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
-
-
-@pytest.fixture(scope="module")
-def tiny_run_dir(tmp_path_factory):
-    spec = importlib.util.spec_from_file_location("make_tiny", RECIPES / "make_tiny.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.make_tiny(tmp_path_factory.mktemp("tiny"), num_train=40, num_test=4)
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ def test_zero_short_run(policy_dir, tmp_path, stage):
     command = [
         sys.executable, "-m", "accelerate.commands.launch",
         "--config_file", os.path.join(ROOT, "accelerate_configs", f"zero{stage}.yaml"),
-        os.path.join(ROOT, "tests", "_grpo_zero_script.py"), policy_dir, str(out),
+        os.path.join(ROOT, "tests", "launch", "grpo_zero.py"), policy_dir, str(out),
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

@@ -41,7 +41,7 @@ def launches(tmp_path_factory):
             str(ROOT / "accelerate_configs" / f"{stage}.yaml"),
             "--main_process_port",
             str(29511 + len(procs)),
-            str(ROOT / "tests" / "_sft_zero_script.py"),
+            str(ROOT / "tests" / "launch" / "sft_zero.py"),
             str(out / stage / "result"),
         ]
         (out / stage).mkdir()

@@ -7,7 +7,7 @@ cheap and the loss can be used without importing the trainers.
 
 import importlib
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one source of the version: pyproject.toml reads it ([tool.setuptools.dynamic])
 
 _PUBLIC_NAMES = {
     "ShapingConfig": "shaping",

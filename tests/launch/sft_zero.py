@@ -10,7 +10,8 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# the shared test helpers (_sft_common, _grpo_common) lie one folder up, in tests/
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from _sft_common import save_result, zero_parity_run
 

@@ -12,7 +12,8 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# the shared test helpers (_sft_common, _grpo_common) lie one folder up, in tests/
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from _grpo_common import arithmetic_prompts, arithmetic_solutions, grpo_config, varied_reward
 
@@ -24,7 +25,7 @@ from trl_shaped.tiny import build_char_tokenizer
 def half_constant_reward(completions, prompts, completion_ids, **kwargs):
     # Prompts starting with an even digit give the same reward to every completion: their groups carry no signal
     dense = varied_reward(completions, completion_ids)
-    return [0.5 if int(p[0]) % 2 == 0 else r for p, r in zip(prompts, dense)]
+    return [0.5 if int(p[0]) % 2 == 0 else r for p, r in zip(prompts, dense, strict=True)]
 
 
 def record_dynamic_sampling(trainer) -> list:

@@ -1,0 +1,153 @@
+"""Every file, folder and command that README.md, recipes/README.md and docs/*.md name exists in the repository.
+
+A path counts when it starts in a source folder of the repository (`recipes/...`, `../accelerate_configs/`), when it
+is a markdown link target, or when a code span holds a bare script or config name (`tiny_sft.yaml`, looked up next
+to the page, then at the root). Paths under folders the docs tell you to create (`runs/`, `data/`, `outputs/`) and
+placeholders (`<file>.yaml`) are not checked. Braces expand (`stage1_{ce,precision}.yaml`) and globs must match.
+
+A command is a line of a fenced block or a code span that starts with `trl-shaped`, `bash`, `python` or
+`accelerate launch`: its script and config arguments must exist, and a `trl-shaped` subcommand must be one of
+`trl_shaped.cli.SUBCOMMANDS` (read from the code, so a new subcommand is known without editing this file).
+"""
+
+import itertools
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from trl_shaped.cli import SUBCOMMANDS
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", ROOT / "recipes" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+# The repository's source folders and top-level files: a path starting anywhere else names something to be created.
+SOURCE_DIRS = ("trl_shaped", "recipes", "accelerate_configs", "benchmarks", "tests", "scripts", "docs", ".ci")
+SOURCE_FILES = ("README.md", "pyproject.toml", ".pre-commit-config.yaml")
+COMMANDS = ("trl-shaped", "bash", "python", "accelerate launch")
+
+# One path segment: name characters, globs, or a brace group ({a,b}); a path is segments joined by "/".
+_SEGMENT = r"(?:[\w.*-]|\{[\w.,-]+\})+"
+_ROOTED = re.compile(
+    rf"(?<![\w./-])((?:\.\./)*(?:{'|'.join(re.escape(d) for d in SOURCE_DIRS)})(?:/{_SEGMENT})*/?"
+    rf"|(?:\.\./)*(?:{'|'.join(re.escape(f) for f in SOURCE_FILES)}))(?![\w/])"
+)
+_LINK = re.compile(r"\]\(([^)\s#]+)(?:#[^)]*)?\)")
+_FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
+_SPAN = re.compile(r"`([^`\n]+)`")
+_BARE = re.compile(rf"{_SEGMENT}\.(?:py|ya?ml|sh)")
+
+
+def _expand(path: str) -> list[str]:
+    """`a{b,c}d` -> [abd, acd], for every brace group."""
+    parts = re.split(r"\{([^}]*)\}", path)
+    choices = [[p] if i % 2 == 0 else p.split(",") for i, p in enumerate(parts)]
+    return ["".join(combo) for combo in itertools.product(*choices)]
+
+
+def _exists(path: str, base: Path) -> bool:
+    for candidate in _expand(path):
+        target = base / candidate
+        found = target.exists() if not any(c in candidate for c in "*?[") else any(base.glob(candidate))
+        if not found:
+            return False
+    return True
+
+
+def _check_path(path: str, page: Path, bases: list[Path] | None = None) -> str | None:
+    """None when `path` exists under one of `bases` (default: the page's folder for `../` paths, else the root)."""
+    path = path.rstrip(".,;:")
+    if bases is None:
+        bases = [page.parent] if path.startswith("../") else [ROOT]
+    if any(_exists(path, base) for base in bases):
+        return None
+    return f"{page.relative_to(ROOT)}: {path!r} does not exist"
+
+
+def _commands(text: str) -> list[str]:
+    """Command lines of the fenced blocks (continuations joined, comments dropped) and of the code spans."""
+    lines = []
+    for block in _FENCE.findall(text):
+        for line in block.replace("\\\n", " ").splitlines():
+            lines.append(line.split(" #")[0].strip())
+    lines += [span.strip() for span in _SPAN.findall(text)]
+    return [line for line in lines if any(line == c or line.startswith(c + " ") for c in COMMANDS)]
+
+
+def _check_command(command: str, page: Path) -> list[str]:
+    try:
+        words = shlex.split(command)
+    except ValueError as error:
+        return [f"{page.relative_to(ROOT)}: cannot parse command {command!r}: {error}"]
+    found = []
+    if words[0] == "trl-shaped" and len(words) > 1 and not words[1].startswith(("-", "<")):
+        for name in words[1].split("|"):
+            if name not in SUBCOMMANDS:
+                found.append(
+                    f"{page.relative_to(ROOT)}: `{command}` names no subcommand {name!r} ({list(SUBCOMMANDS)})"
+                )
+    # Paths with a folder are found in the page's text anyway; here the bare script and config names.
+    for word in words[1:]:
+        value = word.split("=", 1)[-1] if word.startswith("--") else word
+        if "/" in value or "<" in value or not value.endswith((".py", ".yaml", ".yml", ".sh")):
+            continue
+        problem = _check_path(value, page, [page.parent, ROOT])
+        if problem:
+            found.append(f"{problem} (in `{' '.join(words)}`)")
+    return found
+
+
+def problems(page: Path, text: str) -> list[str]:
+    """Every missing path and bad command that `text` (the content of `page`) names."""
+    found = [_check_path(path, page) for path in _ROOTED.findall(text)]
+    for target in _LINK.findall(text):
+        if not re.match(r"[a-z]+:", target):  # http(s):, mailto: are not files
+            found.append(_check_path(target, page, [page.parent]))  # relative to the page, as markdown reads it
+    for span in _SPAN.findall(text):
+        if _BARE.fullmatch(span.strip()):
+            found.append(_check_path(span.strip(), page, [page.parent, ROOT]))
+    for command in _commands(text):
+        found += _check_command(command, page)
+    return sorted({p for p in found if p})
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_named_paths_and_commands_exist(page):
+    found = problems(page, page.read_text())
+    assert not found, "\n".join(found)
+
+
+def test_the_docs_folder_has_the_method_page():
+    assert (ROOT / "docs" / "method.md") in PAGES
+
+
+def test_the_checker_finds_what_is_missing():
+    """The checker itself: it reads each kind of reference, and reports a missing one."""
+    page = ROOT / "recipes" / "page.md"
+    text = (
+        "See `recipes/stage1_{ce,nowhere}.yaml`, [the method](../docs/method.md), [gone](gone.md), `tiny_sft.yaml`, "
+        "`not_a_recipe.yaml`, recipes/tiny_*.yaml, runs/anything (an output), [wrong base](docs/method.md).\n\n"
+        "```bash\n"
+        "trl-shaped sft --config recipes/tiny_sft.yaml\n"
+        "trl-shaped sft|nosuch --config <file>.yaml\n"
+        "accelerate launch --config_file accelerate_configs/zero9.yaml \\\n    recipes/sft.py --config recipes/x.yaml\n"
+        "bash scripts/nothing.sh  # a comment naming scripts/test.sh\n"
+        "```\n"
+    )
+    found = "\n".join(problems(page, text))
+    for missing in (
+        "recipes/stage1_{ce,nowhere}.yaml",
+        "'gone.md'",
+        "not_a_recipe.yaml",
+        "no subcommand 'nosuch'",
+        "accelerate_configs/zero9.yaml",
+        "recipes/x.yaml",
+        "scripts/nothing.sh",
+        "'docs/method.md'",
+    ):
+        assert missing in found, (missing, found)
+    for present in ("../docs/method.md", "tiny_sft.yaml", "recipes/tiny_*.yaml", "runs/anything", "<file>.yaml"):
+        assert f"'{present}' does not exist" not in found, (present, found)
+    assert "scripts/test.sh" not in found  # the comment of a command line is not part of it
+    assert len(found.splitlines()) == 8, found
