@@ -131,7 +131,11 @@ def main() -> None:
                 for ours in (False, True):
                     spec = json.dumps([str(root), *case, ours])
                     out = subprocess.run(
-                        [sys.executable, __file__, "--worker", spec], env=env, capture_output=True, text=True, check=True
+                        [sys.executable, __file__, "--worker", spec],
+                        env=env,
+                        capture_output=True,
+                        text=True,
+                        check=True,
                     )
                     record = json.loads(out.stdout.strip().splitlines()[-1])
                     previous = results.get((case, ours))

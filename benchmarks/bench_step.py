@@ -56,7 +56,7 @@ def worker(variant: str, batch: int, seq: int, hidden: int, layers: int, steps: 
     rows = (1 + steps) * batch
     ids = torch.randint(0, VOCAB, (rows, seq), generator=gen).tolist()
     dataset = Dataset.from_dict({"input_ids": ids})
-    common = dict(  # noqa: C408 (keyword form reads like the config it fills)
+    common = dict(
         output_dir=tempfile.mkdtemp(prefix="bench_step_"),
         per_device_train_batch_size=batch,
         max_steps=1 + steps,

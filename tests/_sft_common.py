@@ -68,9 +68,7 @@ def zero_parity_run(output_dir, world_size: int = 1, tie_word_embeddings: bool =
     tok = tokenizer()
     # DeepSpeed keeps parameters under 1e5 elements whole (its default `stage3_param_persistence_threshold`, which the
     # accelerate configs leave unset): a 4096-row head (the tokenizer uses the first 89 ids) is the one it shards.
-    model = build_tiny_model(
-        ZERO_VOCAB, tokenizer=tok, hidden_size=32, tie_word_embeddings=tie_word_embeddings, seed=0
-    )
+    model = build_tiny_model(ZERO_VOCAB, tokenizer=tok, hidden_size=32, tie_word_embeddings=tie_word_embeddings, seed=0)
     args = config(
         output_dir,
         per_device_train_batch_size=4 // world_size,

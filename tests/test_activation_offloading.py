@@ -63,11 +63,11 @@ def test_offloading_sees_the_saved_gradients_and_changes_nothing():
         loss_off = fused_linear_shaped_loss(hidden, weight, labels, bias=bias, config=CONFIG, chunk_size=7)
     # What the Function keeps for its backward is exactly its three gradients, and the hooks received all three.
     assert len(seen) == 3
-    for tensor, grad in zip(seen, expected):
+    for tensor, grad in zip(seen, expected, strict=True):
         assert torch.equal(tensor, grad)
     grads = torch.autograd.grad(loss_off, (hidden, weight, bias))
     assert torch.equal(loss_off, loss)
-    for g, g_ref in zip(grads, expected):
+    for g, g_ref in zip(grads, expected, strict=True):
         assert torch.equal(g, g_ref)
 
 
@@ -79,7 +79,7 @@ def test_backward_uses_what_the_hooks_hand_back():
     with torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: 2 * t):
         loss = fused_linear_shaped_loss(hidden, weight, labels, bias=bias, config=CONFIG)
     grads = torch.autograd.grad(loss, (hidden, weight, bias))
-    for g, g_ref in zip(grads, expected):
+    for g, g_ref in zip(grads, expected, strict=True):
         torch.testing.assert_close(g, 2 * g_ref, rtol=0, atol=0)
 
 

@@ -13,7 +13,7 @@ KEYS = ("entropy", "topk_entropy", "topk_mass", "tail_mass", "target_prob", "tar
 def direct_stats(logits, labels, k):
     """Per-row diagnostics written out term by term in float64 (sorted probabilities, explicit renormalisation)."""
     rows = []
-    for z, y in zip(logits.double(), labels.tolist()):
+    for z, y in zip(logits.double(), labels.tolist(), strict=True):
         p = z.softmax(-1)
         order = torch.sort(z, descending=True, stable=True).indices[:k]
         head = p[order]

@@ -37,7 +37,7 @@ def test_gather_plan_assembles_the_rows_in_order(processes, local):
     # Simulate the processes: row r of round k on process p holds the value of its global round-major id
     rounds = 3
     per_round = processes * local
-    rows = torch.tensor([13, 2, 3, 20, 21, 0, 9, 17])[: per_round]
+    rows = torch.tensor([13, 2, 3, 20, 21, 0, 9, 17])[:per_round]
     rows = rows[rows < rounds * per_round]
     sends, positions = ds.gather_plan(rows, local, processes)
     width = max(len(s) for s in sends)
@@ -60,7 +60,11 @@ def test_gather_plan_by_hand():
 
 
 def test_merge_rounds_pads_each_side():
-    a = {"prompt_ids": torch.tensor([[7, 8]]), "completion_mask": torch.tensor([[1, 1, 1]]), "advantages": torch.ones(1)}
+    a = {
+        "prompt_ids": torch.tensor([[7, 8]]),
+        "completion_mask": torch.tensor([[1, 1, 1]]),
+        "advantages": torch.ones(1),
+    }
     b = {"prompt_ids": torch.tensor([[5, 6, 7]]), "completion_mask": torch.tensor([[1]]), "advantages": torch.zeros(1)}
     merged = ds.merge_rounds([a, b], pad_token_id=0)
     assert merged["prompt_ids"].tolist() == [[0, 7, 8], [5, 6, 7]]  # left-padded with the pad id

@@ -172,9 +172,7 @@ def test_two_processes_write_what_one_process_writes(tiny, tmp_path):
     log = two.stdout + two.stderr
     assert two.returncode == 0, log[-4000:]
     # both processes took their share, the main one alone wrote and printed the summary
-    assert (
-        "process 0 of 2 samples problems [0, 4) of 7" in log and "process 1 of 2 samples problems [4, 7) of 7" in log
-    )
+    assert "process 0 of 2 samples problems [0, 4) of 7" in log and "process 1 of 2 samples problems [4, 7) of 7" in log
     assert log.count("# Evaluation: tiny") == 1
     result_one = json.loads((tmp_path / "one" / "tiny.json").read_text())
     result_two = json.loads((tmp_path / "two" / "tiny.json").read_text())

@@ -49,7 +49,7 @@ def test_matches_shaped_loss_float64(config, chunk_size, with_bias):
     # Tolerance 1e-11: float64 on both sides; the fused path uses closed forms (sum p log p, top-k mass) for what
     # the reference sums term by term, which reorders float64 additions only.
     torch.testing.assert_close(loss, loss_ref, rtol=1e-11, atol=1e-11)
-    for g, g_ref in zip(grads, grads_ref):
+    for g, g_ref in zip(grads, grads_ref, strict=True):
         torch.testing.assert_close(g, g_ref, rtol=1e-11, atol=1e-11)
 
 
@@ -62,7 +62,7 @@ def test_matches_shaped_loss_float32(config):
     # Tolerance rtol 1e-5 / atol 1e-6: float32 (eps 1.2e-7) with sums over 500 classes and 48 tokens in a different
     # order (per chunk, closed forms) than the reference.
     torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-6)
-    for g, g_ref in zip(grads, grads_ref):
+    for g, g_ref in zip(grads, grads_ref, strict=True):
         torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-6)
 
 
@@ -75,7 +75,7 @@ def test_sum_reduction_num_items_and_3d_shapes():
         loss, grads = fused(h3, w, b, labels3, config=config, chunk_size=7, **kwargs)
         # Tolerance 1e-11: float64, see test_matches_shaped_loss_float64.
         torch.testing.assert_close(loss, loss_ref, rtol=1e-11, atol=1e-11)
-        for g, g_ref in zip(grads, grads_ref):
+        for g, g_ref in zip(grads, grads_ref, strict=True):
             assert g.shape == g_ref.shape
             torch.testing.assert_close(g, g_ref, rtol=1e-11, atol=1e-11)
 
@@ -86,7 +86,7 @@ def test_upstream_gradient_is_applied():
     grads_ref = torch.autograd.grad(3.5 * loss_ref, (h, w, b))
     loss = fused_linear_shaped_loss(h, w, labels, bias=b, beta=0.5, chunk_size=6)
     grads = torch.autograd.grad(3.5 * loss, (h, w, b))
-    for g, g_ref in zip(grads, grads_ref):
+    for g, g_ref in zip(grads, grads_ref, strict=True):
         torch.testing.assert_close(g, g_ref, rtol=1e-11, atol=1e-11)
 
 
@@ -129,7 +129,7 @@ def test_low_precision_inputs(dtype):
     # mantissa, ~0.4%; observed 0.6% for bf16, 0.09% for fp16).
     hf, wf, bf = (t.detach().float().requires_grad_() for t in (h, w, b))
     ref = shaped_loss(torch.addmm(bf, hf, wf.t()), labels, config=config)
-    for g, g_ref in zip(grads, torch.autograd.grad(ref, (hf, wf, bf))):
+    for g, g_ref in zip(grads, torch.autograd.grad(ref, (hf, wf, bf)), strict=True):
         assert (g.float() - g_ref).abs().max() <= 2e-2 * g_ref.abs().max()
 
 
@@ -164,7 +164,7 @@ def test_logit_scale_and_softcap_match_explicit(scale, softcap):
     grads = torch.autograd.grad(loss, (h, w, b))
     # Tolerance 1e-11: float64 throughout (see test_matches_shaped_loss_float64).
     torch.testing.assert_close(loss, loss_ref, rtol=1e-11, atol=1e-11)
-    for g, g_ref in zip(grads, grads_ref):
+    for g, g_ref in zip(grads, grads_ref, strict=True):
         torch.testing.assert_close(g, g_ref, rtol=1e-11, atol=1e-11)
 
 
@@ -206,7 +206,7 @@ def test_extreme_logits_stay_finite_and_match(name):
     assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads)
     # Tolerance rtol 1e-5 / atol 1e-3: float32 with logits of 1e4 (ulp 1e-3); the gradients are O(1e4) for W.
     torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-3)
-    for g, g_ref in zip(grads, grads_ref):
+    for g, g_ref in zip(grads, grads_ref, strict=True):
         torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-3)
 
 
@@ -224,5 +224,5 @@ def test_autocast_runs_the_matmul_in_the_autocast_dtype():
     # Same bf16 logits, float32 loss: rtol 1e-5. Gradients: the reference rounds the logit gradient and the weight
     # gradient to bf16, the fused path keeps the weight's in float32: within 2% of the largest entry.
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=0)
-    for g, g_ref in zip(grads, grads_ref):
+    for g, g_ref in zip(grads, grads_ref, strict=True):
         assert (g - g_ref.float()).abs().max() <= 2e-2 * g_ref.abs().max()

@@ -54,7 +54,7 @@ def test_zero_short_run(policy_dir, tmp_path, stage):
     # local size TRL expects, and as many uninformative groups as logged
     batches = record["batches"]
     assert len(batches) == len(diagnosed)
-    for batch, h in zip(batches, diagnosed):
+    for batch, h in zip(batches, diagnosed, strict=True):
         assert all(batch["same_prompt"]) and batch["local_rows"] == 4
         filled = 1 - sum(batch["informative"]) / len(batch["informative"])
         assert h["dynamic_sampling/frac_groups_filled"] == pytest.approx(filled)

@@ -137,7 +137,7 @@ def test_dynamic_sampling_refills_from_other_prompts(tmp_path, all_constant):
 
     def reward(completions, prompts, completion_ids, **kwargs):
         dense = varied_reward(completions, completion_ids)
-        rewards = [r if informative_prompt(p) and not all_constant else 0.5 for p, r in zip(prompts, dense)]
+        rewards = [r if informative_prompt(p) and not all_constant else 0.5 for p, r in zip(prompts, dense, strict=True)]
         calls.append((list(prompts), rewards))
         return rewards
 
@@ -158,9 +158,7 @@ def test_dynamic_sampling_refills_from_other_prompts(tmp_path, all_constant):
     assert log["dynamic_sampling/frac_groups_dropped"] == pytest.approx(sum(dropped) / len(groups))
     assert log["dynamic_sampling/rounds"] == len(calls) - 1
     batch = trainer._buffered_inputs[0]
-    final_prompts = {
-        tokenizer.decode(ids[mask.bool()]) for ids, mask in zip(batch["prompt_ids"], batch["prompt_mask"])
-    }
+    final_prompts = {tokenizer.decode(ids[mask.bool()]) for ids, mask in zip(batch["prompt_ids"], batch["prompt_mask"], strict=True)}
     if all_constant:
         assert len(calls) == 1 + rounds and log["dynamic_sampling/frac_groups_filled"] == 1.0
         assert (batch["advantages"] == 0).all()
@@ -168,7 +166,7 @@ def test_dynamic_sampling_refills_from_other_prompts(tmp_path, all_constant):
     else:
         first_call_prompts = set(calls[0][0])
         assert len(calls) >= 2  # generated again ...
-        assert set(p for prompts, _ in calls[1:] for p in prompts) - first_call_prompts  # ... on other prompts
+        assert {p for prompts, _ in calls[1:] for p in prompts} - first_call_prompts  # ... on other prompts
         assert sum(not d for d in dropped) >= 4  # enough informative groups existed ...
         assert log["dynamic_sampling/frac_groups_filled"] == 0.0  # ... so the batch holds only those
         assert all(informative_prompt(p) for p in final_prompts)
@@ -209,7 +207,7 @@ def test_aux_shaped_loss_changes_the_gradient_only_when_coef_positive(tmp_path, 
     if coef == 0.0:
         assert trainer._aux_dataloader is None  # an aux_dataset with coef 0 is not even prepared
         g_total = _grads(model, lambda: trainer.compute_loss(model, batch))
-        assert all(torch.equal(a, b) for a, b in zip(g_total, g_rl))
+        assert all(torch.equal(a, b) for a, b in zip(g_total, g_rl, strict=True))
         return
     aux_batch = trainer._next_aux_batch()
     trainer._next_aux_batch = lambda: aux_batch
@@ -217,7 +215,7 @@ def test_aux_shaped_loss_changes_the_gradient_only_when_coef_positive(tmp_path, 
     g_aux = _grads(model, lambda: shaped_causal_lm_loss(model, aux_batch, shaping))
     g_total = _grads(model, lambda: trainer.compute_loss(model, batch))
     assert any(g.abs().sum() > 0 for g in g_aux)
-    for total, rl, aux in zip(g_total, g_rl, g_aux):
+    for total, rl, aux in zip(g_total, g_rl, g_aux, strict=True):
         torch.testing.assert_close(total, rl + coef * aux, rtol=1e-4, atol=1e-6)
     # the logged auxiliary loss is the shaped loss of the aux batch, checked on full logits
     with torch.no_grad():

@@ -132,7 +132,7 @@ def test_defaults_equal_transformers_causal_lm_loss(num_items):
     # Tolerance rtol 1e-6 / atol 1e-7: the same float32 per-token values (bit-exact, see above); only the order of
     # the reduction over tokens may differ; the gradients flow back through identical weights.
     torch.testing.assert_close(ours, out.loss, rtol=1e-6, atol=1e-7)
-    for g, g_ref in zip(grads, grads_ref):
+    for g, g_ref in zip(grads, grads_ref, strict=True):
         torch.testing.assert_close(g, g_ref, rtol=1e-6, atol=1e-7)
 
 

@@ -13,8 +13,8 @@ from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM, TrainerCallback
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
 from trl_shaped import ShapingConfig, shaped_loss
-from trl_shaped.sft_config import ShapedSFTConfig
 from trl_shaped.lm_head import shaped_causal_lm_loss
+from trl_shaped.sft_config import ShapedSFTConfig
 from trl_shaped.sft_trainer import ShapedSFTTrainer
 from trl_shaped.tiny import build_tiny_model
 

@@ -70,8 +70,6 @@ def _project(hidden, weight, bias, logit_scale, softcap) -> torch.Tensor:
     return chunk_logits(hidden.to(weight.dtype), weight, bias, logit_scale, softcap, out, mm_out)
 
 
-
-
 # ---------------------------------------------------------------------------------------------------- auxiliary data
 AUX_LAYOUTS = (
     "a 'text' column, a conversational 'messages' column (or ShareGPT 'conversations'), 'prompt' and 'completion' "
@@ -271,9 +269,7 @@ class ShapedGRPOTrainer(SafeCheckpointsMixin, GRPOTrainer):
 
         if prior is None and prior_path is not None and self.prior_kind == "model":
             prior = load_causal_lm(prior_path, merge_adapter=True, **self._prior_init_kwargs())
-        check_vocabularies(
-            vocab_rows(self.model), len(self._tokenizer), None if prior is None else vocab_rows(prior)
-        )
+        check_vocabularies(vocab_rows(self.model), len(self._tokenizer), None if prior is None else vocab_rows(prior))
         self.prior_model = self.ref_model = None
         if prior is not None and self.beta != 0.0 and args.sync_ref_model:
             # The synced reference drifts towards the policy: the diagnostics need the fixed prior beside it (a

@@ -116,6 +116,8 @@ def test_the_console_command_exits_2_with_one_line(tmp_path):
     )  # fmt: skip
     assert done.returncode == 2, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1].startswith(
-        f"trl-shaped grpo: error: argument --config: '{tmp_path / 'bad.yaml'}' is not valid YAML at line 2"
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"trl-shaped grpo: error: argument --config: '{tmp_path / 'bad.yaml'}' is not valid YAML at line 2")
     )

@@ -258,7 +258,7 @@ def test_fused_masked_bias_column_at_defaults_matches_cross_entropy():
     grads_ref = torch.autograd.grad(ref, (h2, w2))
     # Same float32 logits; the closed-form gradient p - onehot against autograd's: a few ulp.
     torch.testing.assert_close(loss, ref, rtol=1e-6, atol=0)
-    for g, g_ref in zip(grads, grads_ref):
+    for g, g_ref in zip(grads, grads_ref, strict=True):
         torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-6)
 
 
@@ -316,7 +316,7 @@ def test_fused_backward_twice_with_retain_graph_gives_the_same_gradients(config)
     assert torch.equal(hidden.grad, 2 * first[0]) and torch.equal(weight.grad, 2 * first[1])
     ref = shaped_loss(hidden @ weight.t(), labels, config=config)
     ref_grads = torch.autograd.grad(ref, (hidden, weight))
-    for g, g_ref in zip(first, ref_grads):
+    for g, g_ref in zip(first, ref_grads, strict=True):
         torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-6)
     # Without retain_graph, a second backward is autograd's own clear error.
     loss = fused_linear_shaped_loss(hidden, weight, labels, config=config)
