@@ -1,4 +1,4 @@
-"""distribution_stats against a direct float64 computation of METHOD.md section 5."""
+"""distribution_stats against a direct float64 computation of docs/method.md section 5."""
 
 import math
 

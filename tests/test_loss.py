@@ -21,7 +21,7 @@ CONFIGS = [
 
 
 def explicit_weights(logits, labels, config):
-    """METHOD.md section 3 written out directly (float64, sort-based top-k, no clamps), independent of the library."""
+    """docs/method.md section 3 written out directly (float64, sort-based top-k, no clamps), independent of the library."""
     p = logits.double().softmax(-1)
     # A stable descending sort keeps tied logits in index order: the lower index enters K_t first.
     order = torch.sort(logits.double(), dim=-1, descending=True, stable=True).indices
@@ -56,7 +56,7 @@ def test_gradient_matches_explicit_expectation_and_finite_differences(config):
     (grad_ref,) = torch.autograd.grad(ref, z_ref)
     torch.testing.assert_close(loss, ref.detach(), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(grad, grad_ref, rtol=1e-12, atol=1e-12)
-    # The closed form of METHOD.md: dl/dz = -(w - p * sum w), averaged over rows.
+    # The closed form of docs/method.md: dl/dz = -(w - p * sum w), averaged over rows.
     p = logits.softmax(-1)
     torch.testing.assert_close(grad, (p * w.sum(-1, keepdim=True) - w) / len(labels), rtol=1e-12, atol=1e-12)
 

@@ -1,4 +1,4 @@
-"""The presets shape the learnt distribution as METHOD.md section 4 says, at equal likelihood.
+"""The presets shape the learnt distribution as docs/method.md section 4 says, at equal likelihood.
 
 Pre-training on sequences of a random bigram model whose rows are Dirichlet(0.3): every next-token distribution is
 skewed and uncertain, which is where the presets can differ (on deterministic or uniform next tokens they cannot).
