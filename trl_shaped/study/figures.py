@@ -1,0 +1,157 @@
+"""The study's figures, like the paper's, with every plotted number in `figures.json` beside the PNGs.
+
+    stage1.png      held-out NLL, entropy, top-k entropy and tail mass of the stage-1 models: mean per preset with its
+                    interval across seeds as an error bar, and each seed as a dot
+    pass_at_k.png   Pass@k against k, before (dashed) and after (solid) RL: mean over seeds with its interval as a band
+    rl_curves.png   GRPO reward, entropy and completion length against the step: mean over seeds with a band
+"""
+
+import json
+import math
+from pathlib import Path
+
+from .claims import series
+from .stats import t_interval
+
+STAGE1_KEYS = ("nll", "entropy", "topk_entropy", "tail_mass")
+RL_KEYS = {"reward": "reward", "entropy": "entropy (nats/token)", "completions/mean_length": "length (tokens)"}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _band(values: list[float], confidence: float) -> dict:
+    interval = t_interval(values, confidence)
+    return {"mean": interval.mean, "low": interval.low, "high": interval.high, "values": values}
+
+
+def _finite(x: float, fallback: float) -> float:
+    return x if math.isfinite(x) else fallback
+
+
+def figure_data(cells: list[dict], confidence: float = 0.95) -> dict:
+    """Every number the figures plot, from the cell results: per preset, the stage-1 statistics, Pass@k per k (stage
+    1 and after RL) and the RL curves per step, each as {"mean", "low", "high", "values" (one per seed)}."""
+    by_preset = {}
+    for cell in cells:
+        by_preset.setdefault(cell["preset"], []).append(cell)
+    data = {"confidence": confidence, "stage1": {}, "pass_at_k": {}, "rl_curves": {}}
+    for preset, group in by_preset.items():
+        diags = [c["eval_stage1"].get("diagnostics") or {} for c in group]
+        data["stage1"][preset] = {
+            key: _band([d[key] for d in diags], confidence) for key in STAGE1_KEYS if all(key in d for d in diags)
+        }
+        data["pass_at_k"][preset] = {}
+        for stage in ("eval_stage1", "eval_rl"):
+            ks = sorted(int(k) for k in group[0][stage]["pass_at_k"])
+            data["pass_at_k"][preset][stage] = {
+                str(k): _band([c[stage]["pass_at_k"][str(k)] for c in group], confidence) for k in ks
+            }
+        data["rl_curves"][preset] = {}
+        for key in RL_KEYS:
+            per_seed = [dict(zip(*series(c["rl"]["log_history"], key))) for c in group]
+            steps = sorted(set.intersection(*(set(s) for s in per_seed))) if per_seed else []
+            data["rl_curves"][preset][key] = {
+                str(step): _band([s[step] for s in per_seed], confidence) for step in steps
+            }
+    return data
+
+
+def _plot_stage1(data: dict, path: Path) -> None:
+    plt = _pyplot()
+    presets = list(data["stage1"])
+    fig, axes = plt.subplots(1, len(STAGE1_KEYS), figsize=(4 * len(STAGE1_KEYS), 3.6))
+    for ax, key in zip(axes, STAGE1_KEYS):
+        for i, preset in enumerate(presets):
+            band = data["stage1"][preset].get(key)
+            if band is None:
+                continue
+            mean = band["mean"]
+            err = [[_finite(mean - band["low"], 0.0)], [_finite(band["high"] - mean, 0.0)]]
+            ax.bar(i, mean, color=f"C{i}", alpha=0.6)
+            ax.errorbar(i, mean, yerr=err, color="black", capsize=4)
+            ax.plot([i] * len(band["values"]), band["values"], "k.", alpha=0.6)
+        ax.set_xticks(range(len(presets)))
+        ax.set_xticklabels(presets, rotation=20)
+        ax.set_title(f"stage 1: held-out {key}")
+        lows = [data["stage1"][p][key]["values"] for p in presets if key in data["stage1"][p]]
+        if lows:  # zoom on the values: the differences are small against the level
+            flat = [v for vs in lows for v in vs]
+            span = max(flat) - min(flat) or abs(max(flat)) or 1.0
+            ax.set_ylim(min(flat) - span, max(flat) + span)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(f"mean over seeds, {100 * data['confidence']:.0f}% interval, one dot per seed", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_pass_at_k(data: dict, path: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for i, (preset, stages) in enumerate(data["pass_at_k"].items()):
+        for stage, style in (("eval_stage1", "--"), ("eval_rl", "-")):
+            bands = stages[stage]
+            ks = [int(k) for k in bands]
+            mean = [100 * bands[str(k)]["mean"] for k in ks]
+            low = [100 * _finite(bands[str(k)]["low"], bands[str(k)]["mean"]) for k in ks]
+            high = [100 * _finite(bands[str(k)]["high"], bands[str(k)]["mean"]) for k in ks]
+            label = f"{preset} ({'stage 1' if stage == 'eval_stage1' else 'after RL'})"
+            ax.plot(ks, mean, style, color=f"C{i}", marker="o", label=label)
+            ax.fill_between(ks, low, high, color=f"C{i}", alpha=0.12)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("k")
+    ax.set_ylabel("Pass@k (%)")
+    ax.set_title(f"Pass@k before (dashed) and after (solid) RL, {100 * data['confidence']:.0f}% bands")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_rl(data: dict, path: Path) -> None:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(RL_KEYS), figsize=(4.4 * len(RL_KEYS), 3.6))
+    for ax, (key, title) in zip(axes, RL_KEYS.items()):
+        for i, (preset, curves) in enumerate(data["rl_curves"].items()):
+            bands = curves[key]
+            steps = [int(s) for s in bands]
+            if not steps:
+                continue
+            mean = [bands[str(s)]["mean"] for s in steps]
+            ax.plot(steps, mean, color=f"C{i}", label=preset)
+            low = [_finite(bands[str(s)]["low"], bands[str(s)]["mean"]) for s in steps]
+            high = [_finite(bands[str(s)]["high"], bands[str(s)]["mean"]) for s in steps]
+            ax.fill_between(steps, low, high, color=f"C{i}", alpha=0.15)
+        ax.set_title(f"GRPO: {title}")
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_figures(out: Path, cells: list[dict], confidence: float = 0.95) -> dict:
+    """Write the three PNGs and `figures.json` into `out`; returns name -> path."""
+    out = Path(out)
+    data = figure_data(cells, confidence)
+    paths = {
+        "stage1": out / "stage1.png",
+        "pass_at_k": out / "pass_at_k.png",
+        "rl_curves": out / "rl_curves.png",
+        "json": out / "figures.json",
+    }
+    _plot_stage1(data, paths["stage1"])
+    _plot_pass_at_k(data, paths["pass_at_k"])
+    _plot_rl(data, paths["rl_curves"])
+    clean = json.loads(json.dumps(data), parse_constant=lambda c: None)  # -inf/inf (one seed) -> null
+    paths["json"].write_text(json.dumps(clean, indent=1))
+    return paths
