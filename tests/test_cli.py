@@ -48,7 +48,7 @@ def test_help_lists_the_subcommands():
     run = subprocess.run([sys.executable, "-m", "trl_shaped", "--help"], capture_output=True, text=True, check=True)
     for name in SUBCOMMANDS:
         assert name in run.stdout
-    assert set(SUBCOMMANDS) == {"sft", "grpo", "eval", "demo"}
+    assert set(SUBCOMMANDS) == {"sft", "grpo", "eval", "demo", "study"}
 
 
 def test_sft_yaml_plus_overrides(stage1_dir, tiny_run_dir):

@@ -180,6 +180,7 @@ class StudyConfig:
     )
 
     def __post_init__(self):
+        self.preset_names()  # validates
         if self.builtin:
             profile = BUILTIN_PROFILES["quick" if self.quick else "full"]
             for name, value in profile.items():

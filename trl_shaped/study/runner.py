@@ -194,6 +194,29 @@ def run_cells(config: StudyConfig, out: Path) -> list[dict]:
     return [json.loads((cell_dir(out, *c) / RESULT).read_text()) for c in cells]
 
 
+def build_results(config: StudyConfig, cells: list[dict], seconds: float, env: dict) -> dict:
+    """The study's `results.json` from its cells: the verdicts, each metric's interval per preset and paired to ce,
+    every per-seed value. A pure function of its arguments."""
+    values = metric_values(cells)
+    summary = summarize(values, config.confidence)
+    return {
+        "config": asdict(config),
+        "seconds": seconds,
+        "environment": env,
+        "claims": judge_claims(values, config.confidence, config.equal_nll_tolerance),
+        "presets": {
+            p: {m: summary["mean"][m][p].to_dict() for m in summary["mean"] if p in summary["mean"][m]}
+            for p in config.preset_names()
+        },
+        "vs_ce": {m: {p: v.to_dict() for p, v in by.items()} for m, by in summary["vs_ce"].items()},
+        "values": {m: {p: {str(s): v for s, v in by.items()} for p, by in byp.items()} for m, byp in values.items()},
+        "cells": [
+            {k: c[k] for k in ("preset", "seed")} | {"seconds": {s: c[s].get("seconds") for s in ("stage1", "rl")}}
+            for c in cells
+        ],
+    }
+
+
 def run_study(config: StudyConfig | None = None) -> Path:
     """Run (or resume) every cell of the study, then write the statistics, the verdicts, the figures and the report.
 
@@ -212,27 +235,8 @@ def run_study(config: StudyConfig | None = None) -> Path:
     load_before, start = os.getloadavg(), time.perf_counter()
     write_json_atomic(out / "study_config.json", asdict(config))
     cells = run_cells(config, out)
-    values = metric_values(cells)
-    summary = summarize(values, config.confidence)
-    claims = judge_claims(values, config.confidence, config.equal_nll_tolerance)
     figures = write_figures(out, cells, config.confidence)
-    env = environment(config, load_before)
-    results = {
-        "config": asdict(config),
-        "seconds": time.perf_counter() - start,
-        "environment": env,
-        "claims": claims,
-        "presets": {
-            p: {m: summary["mean"][m][p].to_dict() for m in summary["mean"] if p in summary["mean"][m]}
-            for p in config.preset_names()
-        },
-        "vs_ce": {m: {p: v.to_dict() for p, v in by.items()} for m, by in summary["vs_ce"].items()},
-        "values": {m: {p: {str(s): v for s, v in by.items()} for p, by in byp.items()} for m, byp in values.items()},
-        "cells": [
-            {k: c[k] for k in ("preset", "seed")} | {"seconds": {s: c[s].get("seconds") for s in ("stage1", "rl")}}
-            for c in cells
-        ],
-    }
+    results = build_results(config, cells, time.perf_counter() - start, environment(config, load_before))
     write_json_atomic(out / "results.json", results)
     write_report(out, results, figures)
     say(f"done in {results['seconds']:.0f}s; report: {out / 'report.md'}")
