@@ -1,6 +1,7 @@
 """The built-in demo: the generated task, its tokenizers (character and byte-level BPE), the configuration.
 
-The demo runs as a study: its end-to-end test is `tests/test_study_runner.py`, its verdicts `tests/test_study_claims.py`.
+The demo runs as a study: its end-to-end test is in `tests/test_study_runner.py`, its verdicts in
+`tests/test_study_claims.py`.
 """
 
 import ast

@@ -61,7 +61,8 @@ def build_bpe_tokenizer(corpus: Iterable[str], vocab_size: int = 512) -> PreTrai
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     specials = list(SPECIAL_TOKENS.values())
     if vocab_size < len(alphabet) + len(specials) + 1:
-        raise ValueError(f"vocab_size must be >= {len(alphabet) + len(specials) + 1} (bytes + specials), got {vocab_size}")
+        minimum = len(alphabet) + len(specials) + 1
+        raise ValueError(f"vocab_size must be >= {minimum} (bytes + specials + one merge), got {vocab_size}")
     tokenizer = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
         [

@@ -1,6 +1,6 @@
 """One cell of a study on the built-in task, in its own process (started by `trl_shaped.study.run_study`):
 
-    python -m trl_shaped.demo.cell <study_config.json> <preset> <seed> <cell_dir>
+python -m trl_shaped.demo.cell <study_config.json> <preset> <seed> <cell_dir>
 """
 
 import json

@@ -270,14 +270,13 @@ def completion_profile(per_problem: list[dict], answers: list[str], pass_k: list
         for text in texts:
             strategies[solution_strategy(text)] += 1
         rewards = exact_answer_reward(texts, [gold] * len(texts))
-        distinct_correct.append(len({t.strip() for t, r in zip(texts, rewards) if r is not None and r > 0}))
+        correct = {t.strip() for t, r in zip(texts, rewards, strict=True) if r is not None and r > 0}
+        distinct_correct.append(len(correct))
     n = len(per_problem[0]["completions"])
     total = sum(strategies.values())
     return {
         "avg_at_n_stderr": _stderr([r["num_correct"] / n for r in per_problem]),
-        "pass_at_k_stderr": {
-            str(k): _stderr([pass_at_k(n, r["num_correct"], k) for r in per_problem]) for k in pass_k
-        },
+        "pass_at_k_stderr": {str(k): _stderr([pass_at_k(n, r["num_correct"], k) for r in per_problem]) for k in pass_k},
         **{f"frac_{name}": count / total for name, count in strategies.items()},
         "distinct_correct_per_problem": sum(distinct_correct) / len(distinct_correct),
     }
@@ -353,7 +352,9 @@ def run_cell(config: StudyConfig, preset: str, seed: int, cell: Path) -> dict:
         eval_stage1 = _stage(
             cell,
             "eval_stage1",
-            lambda: evaluate_checkpoint(cell / "stage1", tokenizer, data, config, seed, cell / "eval_stage1_samples.json"),
+            lambda: evaluate_checkpoint(
+                cell / "stage1", tokenizer, data, config, seed, cell / "eval_stage1_samples.json"
+            ),
         )
         say(f"{preset} seed {seed} stage 1: Avg@n {eval_stage1['avg_at_n']:.3f}, held-out entropy "
             f"{(eval_stage1['diagnostics'] or {}).get('entropy', math.nan):.4f}")  # fmt: skip
@@ -364,6 +365,13 @@ def run_cell(config: StudyConfig, preset: str, seed: int, cell: Path) -> dict:
             lambda: evaluate_checkpoint(cell / "rl", tokenizer, data, config, seed, cell / "eval_rl_samples.json"),
         )
         say(f"{preset} seed {seed} after RL: Avg@n {eval_rl['avg_at_n']:.3f}")
-    result = {"preset": preset, "seed": seed, "stage1": stage1, "eval_stage1": eval_stage1, "rl": rl, "eval_rl": eval_rl}
+    result = {
+        "preset": preset,
+        "seed": seed,
+        "stage1": stage1,
+        "eval_stage1": eval_stage1,
+        "rl": rl,
+        "eval_rl": eval_rl,
+    }
     write_json_atomic(cell / "result.json", result)
     return result

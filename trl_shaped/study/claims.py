@@ -23,7 +23,12 @@ import math
 from .config import BASELINE
 from .stats import Interval, paired_difference, t_interval
 
-SUPPORTED, CONTRADICTED, NOT_RESOLVED, NOT_TESTED = "supported", "contradicted", "not resolved at this size", "not tested"
+SUPPORTED, CONTRADICTED, NOT_RESOLVED, NOT_TESTED = (
+    "supported",
+    "contradicted",
+    "not resolved at this size",
+    "not tested",
+)
 
 # metric -> description; the values come from `cell_metrics`.
 METRICS = {

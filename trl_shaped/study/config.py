@@ -136,7 +136,9 @@ class StudyConfig:
         default=None, metadata={"help": _profile_help("Hidden size of the tiny Qwen3 model", "hidden_size")}
     )
     num_layers: int = field(default=2, metadata={"help": "Decoder layers of the tiny Qwen3 model."})
-    sft_steps: int | None = field(default=None, metadata={"help": _profile_help("Stage-1 optimizer steps", "sft_steps")})
+    sft_steps: int | None = field(
+        default=None, metadata={"help": _profile_help("Stage-1 optimizer steps", "sft_steps")}
+    )
     sft_batch_size: int = field(default=32, metadata={"help": "Stage-1 sequences per step."})
     sft_learning_rate: float = field(default=3e-3, metadata={"help": "Stage-1 peak learning rate (cosine schedule)."})
     grpo_steps: int | None = field(default=None, metadata={"help": _profile_help("GRPO optimizer steps", "grpo_steps")})
@@ -172,7 +174,9 @@ class StudyConfig:
     stage1_dataset: str | None = field(default=None, metadata={"help": "Real scale: --dataset_name of stage 1."})
     rl_dataset: str | None = field(default=None, metadata={"help": "Real scale: --dataset_name of GRPO."})
     eval_dataset: str | None = field(default=None, metadata={"help": "Real scale: --dataset_name of the evaluations."})
-    stage1_args: str = field(default="", metadata={"help": "Real scale: extra overrides of stage 1, e.g. '--max_steps 100'."})
+    stage1_args: str = field(
+        default="", metadata={"help": "Real scale: extra overrides of stage 1, e.g. '--max_steps 100'."}
+    )
     rl_args: str = field(default="", metadata={"help": "Real scale: extra overrides of GRPO."})
     eval_args: str = field(default="", metadata={"help": "Real scale: extra overrides of the evaluations."})
     accelerate_config: str | None = field(
@@ -201,7 +205,9 @@ class StudyConfig:
             if self.tokenizer not in ("bpe", "char"):
                 raise ValueError(f"tokenizer must be 'bpe' or 'char', got {self.tokenizer!r}")
             if self.tokenizer == "bpe" and self.bpe_vocab_size < 512:
-                raise ValueError(f"bpe_vocab_size must be >= 512 (k=100 much smaller than V), got {self.bpe_vocab_size}")
+                raise ValueError(
+                    f"bpe_vocab_size must be >= 512 (k=100 much smaller than V), got {self.bpe_vocab_size}"
+                )
         else:
             if self.num_seeds is None:
                 self.num_seeds = 3

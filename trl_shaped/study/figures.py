@@ -1,9 +1,9 @@
 """The study's figures, like the paper's, with every plotted number in `figures.json` beside the PNGs.
 
-    stage1.png      held-out NLL, entropy, top-k entropy and tail mass of the stage-1 models: mean per preset with its
-                    interval across seeds as an error bar, and each seed as a dot
-    pass_at_k.png   Pass@k against k, before (dashed) and after (solid) RL: mean over seeds with its interval as a band
-    rl_curves.png   GRPO reward, entropy and completion length against the step: mean over seeds with a band
+stage1.png      held-out NLL, entropy, top-k entropy and tail mass of the stage-1 models: mean per preset with its
+                interval across seeds as an error bar, and each seed as a dot
+pass_at_k.png   Pass@k against k, before (dashed) and after (solid) RL: mean over seeds with its interval as a band
+rl_curves.png   GRPO reward, entropy and completion length against the step: mean over seeds with a band
 """
 
 import json
@@ -55,7 +55,7 @@ def figure_data(cells: list[dict], confidence: float = 0.95) -> dict:
             }
         data["rl_curves"][preset] = {}
         for key in RL_KEYS:
-            per_seed = [dict(zip(*series(c["rl"]["log_history"], key))) for c in group]
+            per_seed = [dict(zip(*series(c["rl"]["log_history"], key), strict=True)) for c in group]
             steps = sorted(set.intersection(*(set(s) for s in per_seed))) if per_seed else []
             data["rl_curves"][preset][key] = {
                 str(step): _band([s[step] for s in per_seed], confidence) for step in steps
@@ -67,7 +67,7 @@ def _plot_stage1(data: dict, path: Path) -> None:
     plt = _pyplot()
     presets = list(data["stage1"])
     fig, axes = plt.subplots(1, len(STAGE1_KEYS), figsize=(4 * len(STAGE1_KEYS), 3.6))
-    for ax, key in zip(axes, STAGE1_KEYS):
+    for ax, key in zip(axes, STAGE1_KEYS, strict=True):
         for i, preset in enumerate(presets):
             band = data["stage1"][preset].get(key)
             if band is None:
@@ -119,7 +119,7 @@ def _plot_pass_at_k(data: dict, path: Path) -> None:
 def _plot_rl(data: dict, path: Path) -> None:
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(RL_KEYS), figsize=(4.4 * len(RL_KEYS), 3.6))
-    for ax, (key, title) in zip(axes, RL_KEYS.items()):
+    for ax, (key, title) in zip(axes, RL_KEYS.items(), strict=True):
         for i, (preset, curves) in enumerate(data["rl_curves"].items()):
             bands = curves[key]
             steps = [int(s) for s in bands]

@@ -66,18 +66,23 @@ def resolution(results: dict) -> list[str]:
     n = config["num_seeds"]
     lines = []
     if n < 2:
-        lines.append("With one seed no interval exists: every comparison is 'not resolved' (a single run decides nothing).")
+        lines.append(
+            "With one seed no interval exists: every comparison is 'not resolved' (a single run decides nothing)."
+        )
     else:
         t = t_interval([0.0, 1.0] + [0.5] * (n - 2), config["confidence"])  # only for its quantile
         quantile = (t.high - t.mean) / t.sem
         lines.append(
-            f"{n} seeds per preset: a {100 * config['confidence']:.0f}% interval is the mean +- {quantile:.2f} standard "
+            f"{n} seeds per preset: a {100 * config['confidence']:.0f}% interval is the mean +- {quantile:.2f} "
+            "standard "
             "errors, so a difference is resolved only when it exceeds that many standard errors of its per-seed values."
         )
     for claim in results["claims"]:
         if claim["verdict"] == NOT_RESOLVED:
             widths = [
-                f"{name} +-{(v['high'] - v['low']) / 2:.3g}" for name, v in claim["intervals"].items() if v["low"] is not None
+                f"{name} +-{(v['high'] - v['low']) / 2:.3g}"
+                for name, v in claim["intervals"].items()
+                if v["low"] is not None
             ]
             lines.append(
                 f"Not resolved: *{claim['claim']}*"
@@ -97,11 +102,12 @@ def render_markdown(results: dict, figures: dict) -> str:
     lines = [
         "# trl_shaped study: the paper's claims across seeds",
         "",
-        f"{len(presets)} presets x {config['num_seeds']} seeds (seeds {config['seed']}..{config['seed'] + config['num_seeds'] - 1}), "
+        f"{len(presets)} presets x {config['num_seeds']} seeds (from seed {config['seed']}), "
         + ("built-in arithmetic task" + (" (quick profile)" if config["quick"] else "") if builtin
            else f"model `{config['model_name_or_path']}` through the recipes")
-        + f", {results['seconds']:.0f} s. Verdicts come from {100 * config['confidence']:.0f}% Student-t intervals across "
-        "seeds of paired differences (same seed: same initialisation, data order and sampling), never from one run.",
+        + f", {results['seconds']:.0f} s. Verdicts come from {100 * config['confidence']:.0f}% Student-t intervals "
+        "across seeds of paired differences (same seed: same initialisation, data order and sampling), never from one "
+        "run.",
         "",
         "## Verdicts",
         "",
@@ -131,7 +137,12 @@ def render_markdown(results: dict, figures: dict) -> str:
                 continue
             diff = results["vs_ce"].get(metric, {}).get(p)
             rows.append(
-                [description + (" (%)" if scale == 100 else ""), p, _interval(mean, scale), _interval(diff, scale, True)]
+                [
+                    description + (" (%)" if scale == 100 else ""),
+                    p,
+                    _interval(mean, scale),
+                    _interval(diff, scale, True),
+                ]
             )
     lines += _table(["metric", "preset", "mean [interval]", f"preset - {BASELINE} [interval]"], rows)
     lines += [

@@ -80,8 +80,10 @@ def launcher(config: StudyConfig) -> list[str]:
     """`python -m trl_shaped`, under `accelerate launch` when the study names an accelerate config."""
     if config.accelerate_config is None:
         return [sys.executable, "-m", "trl_shaped"]
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config.accelerate_config]\
-        + ["-m", "trl_shaped"]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config.accelerate_config] + [
+        "-m",
+        "trl_shaped",
+    ]
 
 
 def stage_commands(config: StudyConfig, preset: str, seed: int, cell: Path) -> list[tuple[str, list[str]]]:
@@ -162,7 +164,9 @@ def run_cell(config: StudyConfig, preset: str, seed: int, out: Path) -> dict:
         argv.append(str(cell))
         _run(argv, cell / "log.txt", cell_env(config))  # the worker writes result.json
         return json.loads((cell / RESULT).read_text())
-    records = {stage: run_stage(config, stage, argv, cell) for stage, argv in stage_commands(config, preset, seed, cell)}
+    records = {
+        stage: run_stage(config, stage, argv, cell) for stage, argv in stage_commands(config, preset, seed, cell)
+    }
     result = {"preset": preset, "seed": seed, **records}
     write_json_atomic(cell / RESULT, result)
     return result
@@ -173,8 +177,10 @@ def run_cells(config: StudyConfig, out: Path) -> list[dict]:
     cells = [(p, s) for s in config.seeds() for p in config.preset_names()]
     todo = [c for c in cells if not (cell_dir(out, *c) / RESULT).is_file()]
     workers = config.parallel(max(1, len(todo)))
-    say(f"{len(cells)} cells ({len(config.preset_names())} presets x {config.num_seeds} seeds), {len(cells) - len(todo)} "
-        f"already done; running {len(todo)}, {workers} at a time")  # fmt: skip
+    shape = f"{len(config.preset_names())} presets x {config.num_seeds} seeds"
+    say(
+        f"{len(cells)} cells ({shape}), {len(cells) - len(todo)} already done; running {len(todo)}, {workers} at a time"
+    )
     start, finished, failures = time.perf_counter(), [0], []
 
     def one(cell):
