@@ -372,6 +372,8 @@ def run_cell(config: StudyConfig, preset: str, seed: int, cell: Path) -> dict:
         "eval_stage1": eval_stage1,
         "rl": rl,
         "eval_rl": eval_rl,
+        # CPU time of this process, imports included: about the cell's wall time on an idle core
+        "cpu_seconds": time.process_time(),
     }
     write_json_atomic(cell / "result.json", result)
     return result

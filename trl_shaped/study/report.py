@@ -45,6 +45,17 @@ def environment(config, load_before=None) -> dict:
     }
 
 
+def cpu_line(results: dict) -> list[str]:
+    """The cells' CPU time (built-in task: each cell is one single-threaded process), when recorded."""
+    cpu = [c["cpu_seconds"] for c in results["cells"] if c.get("cpu_seconds") is not None]
+    if not cpu:
+        return []
+    return [
+        f"- CPU time of the cells: {sum(cpu):.0f} s in all, {min(cpu):.0f}-{max(cpu):.0f} s per cell (on an idle core "
+        f"a cell takes about its CPU time); {results['seconds']:.0f} s wall for this invocation"
+    ]
+
+
 def _interval(d: dict | None, scale: float = 1.0, signed: bool = False) -> str:
     if d is None:
         return "-"
@@ -170,6 +181,7 @@ def render_markdown(results: dict, figures: dict) -> str:
     lines += [f"- `{k}`: {config[k]}" for k in keys]
     lines += [
         "- cells: `cells/<preset>/seed<k>/` (result.json, checkpoints, evaluation samples, log.txt)",
+        *cpu_line(results),
         "",
         "## Environment (what a rerun must match to repeat the numbers bit for bit)",
         "",

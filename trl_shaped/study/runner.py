@@ -217,7 +217,8 @@ def build_results(config: StudyConfig, cells: list[dict], seconds: float, env: d
         "vs_ce": {m: {p: v.to_dict() for p, v in by.items()} for m, by in summary["vs_ce"].items()},
         "values": {m: {p: {str(s): v for s, v in by.items()} for p, by in byp.items()} for m, byp in values.items()},
         "cells": [
-            {k: c[k] for k in ("preset", "seed")} | {"seconds": {s: c[s].get("seconds") for s in ("stage1", "rl")}}
+            {k: c[k] for k in ("preset", "seed")}
+            | {"seconds": {s: c[s].get("seconds") for s in ("stage1", "rl")}, "cpu_seconds": c.get("cpu_seconds")}
             for c in cells
         ],
     }
