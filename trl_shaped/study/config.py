@@ -22,7 +22,7 @@ BUILTIN_PROFILES = {
         "num_train_problems": 1500,
         "num_test_problems": 100,
         "hidden_size": 64,
-        "sft_steps": 600,
+        "sft_steps": 1200,
         "grpo_steps": 40,
         "eval_num_samples": 16,
     },
