@@ -23,7 +23,7 @@ BUILTIN_PROFILES = {
         "num_test_problems": 100,
         "hidden_size": 64,
         "sft_steps": 1200,
-        "grpo_steps": 40,
+        "grpo_steps": 100,
         "eval_num_samples": 16,
     },
     "quick": {
