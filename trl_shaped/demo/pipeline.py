@@ -374,6 +374,7 @@ def run_cell(config: StudyConfig, preset: str, seed: int, cell: Path) -> dict:
         "eval_rl": eval_rl,
         # CPU time of this process, imports included: about the cell's wall time on an idle core
         "cpu_seconds": time.process_time(),
+        "torch_threads": torch.get_num_threads(),
     }
     write_json_atomic(cell / "result.json", result)
     return result

@@ -8,6 +8,7 @@ and paired difference to ce with their intervals, the figures, what ran, and the
 import math
 import os
 import platform
+import re
 import sys
 from pathlib import Path
 
@@ -19,25 +20,40 @@ from .stats import t_interval
 PERCENT = ("stage1_avg_at_n", "stage1_pass_at_k", "rl_avg_at_n", "rl_pass_at_k")
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def environment(config, load_before=None) -> dict:
     """What a rerun needs to repeat the numbers: versions, the BLAS torch was built with, thread settings."""
     import torch
     import transformers
     import trl
 
-    config_lines = torch.__config__.show().splitlines()
-    blas = [line.strip() for line in config_lines if "BLAS" in line or "LAPACK" in line or "MKL" in line]
+    shown = torch.__config__.show()
+    # the BLAS / LAPACK torch was built with, and the math-library versions it reports (MKL, MKL-DNN, OpenBLAS)
+    blas = re.findall(r"\b(?:BLAS_INFO|LAPACK_INFO)=[^,\s]+", shown)
+    blas += [line.strip(" -") for line in shown.splitlines() if re.search(r"Math Kernel|MKL-DNN|OpenBLAS", line)]
+    threads = [line.strip() for line in torch.__config__.parallel_info().splitlines() if "thread" in line.lower()]
     return {
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "trl": trl.__version__,
         "blas": blas,
+        "torch_threads_info": threads,
         "torch_config": torch.__config__.show(),
         "parallel_info": torch.__config__.parallel_info(),
         "cell_threads": config.num_threads if config.builtin else None,
         "thread_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")},
-        "platform": f"{platform.system()} {platform.machine()} ({platform.processor() or 'unknown CPU'})",
+        "platform": f"{platform.system()} {platform.machine()} ({cpu_model()})",
         "cpu_count": os.cpu_count(),
         "cuda": torch.cuda.is_available(),
         "load_average_before": list(load_before) if load_before else None,
@@ -189,12 +205,13 @@ def render_markdown(results: dict, figures: dict) -> str:
         f"- {env['platform']}, {env['cpu_count']} CPUs, CUDA {'available' if env['cuda'] else 'not available'}",
         f"- BLAS: {'; '.join(env['blas']) or 'not reported by torch'}",
         f"- torch threads per cell: {env['cell_threads']}; thread variables of the runner: {env['thread_env']}",
+        f"- the runner's torch: {'; '.join(env.get('torch_threads_info', []))}",
         "- load average (1 min) before/after: "
         + f"{(env['load_average_before'] or [math.nan])[0]:.2f} / {env['load_average_after'][0]:.2f}",
         "",
-        "The same machine, threads and versions repeat every number bit for bit; another CPU or BLAS changes the "
-        "floating-point rounding, which training amplifies, so single runs differ there but the intervals should not "
-        "move by more than their width. `results.json` holds the full torch configuration and parallel info.",
+        "The same machine, threads and versions repeat every number bit for bit; another CPU, BLAS or thread count "
+        "changes the floating-point rounding, which training amplifies, so single runs differ there: compare the "
+        "intervals, not one seed. `results.json` holds the full torch configuration and parallel info.",
         "",
     ]
     return "\n".join(lines)
