@@ -156,3 +156,16 @@ def test_report_figures_and_json_from_the_fixture(tmp_path):
     # results.json's intervals are those of the values it lists
     values = results["values"]["stage1_entropy"]["ce"]
     assert results["presets"]["ce"]["stage1_entropy"]["mean"] == pytest.approx(sum(values.values()) / len(values))
+
+
+def test_figure_paired_differences_by_hand(tmp_path):
+    cells = paper_like(seed=5)
+    saved = json.loads(write_figures(tmp_path, cells)["json"].read_text())
+    ce = {c["seed"]: c["eval_stage1"]["diagnostics"]["entropy"] for c in cells if c["preset"] == "ce"}
+    precision = {c["seed"]: c["eval_stage1"]["diagnostics"]["entropy"] for c in cells if c["preset"] == "precision"}
+    diffs = [precision[s] - ce[s] for s in sorted(ce)]
+    band = saved["stage1_vs_ce"]["precision"]["entropy"]
+    assert band["values"] == pytest.approx(diffs)
+    assert band["mean"] == pytest.approx(sum(diffs) / len(diffs))
+    assert band["high"] < 0  # the paper-like fixture's precision entropy is below ce's on every seed
+    assert "ce" not in saved["stage1_vs_ce"]

@@ -1,7 +1,8 @@
 """The study's figures, like the paper's, with every plotted number in `figures.json` beside the PNGs.
 
-stage1.png      held-out NLL, entropy, top-k entropy and tail mass of the stage-1 models: mean per preset with its
-                interval across seeds as an error bar, and each seed as a dot
+stage1.png      held-out NLL, entropy, top-k entropy and tail mass of the stage-1 models. Top row: mean per preset
+                with its interval across seeds as whiskers, each seed as a gray dot beside it. Bottom row: the paired
+                difference to ce (same seed) with its interval: what the verdicts are decided from
 pass_at_k.png   Pass@k against k, before (dashed) and after (solid) RL: mean over seeds with its interval as a band
 rl_curves.png   GRPO reward, entropy and completion length against the step: mean over seeds with a band
 """
@@ -11,7 +12,8 @@ import math
 from pathlib import Path
 
 from .claims import series
-from .stats import t_interval
+from .config import BASELINE
+from .stats import paired_difference, t_interval
 
 STAGE1_KEYS = ("nll", "entropy", "topk_entropy", "tail_mass")
 RL_KEYS = {"reward": "reward", "entropy": "entropy (nats/token)", "completions/mean_length": "length (tokens)"}
@@ -41,12 +43,27 @@ def figure_data(cells: list[dict], confidence: float = 0.95) -> dict:
     by_preset = {}
     for cell in cells:
         by_preset.setdefault(cell["preset"], []).append(cell)
-    data = {"confidence": confidence, "stage1": {}, "pass_at_k": {}, "rl_curves": {}}
+    data = {"confidence": confidence, "stage1": {}, "stage1_vs_ce": {}, "pass_at_k": {}, "rl_curves": {}}
     for preset, group in by_preset.items():
         diags = [c["eval_stage1"].get("diagnostics") or {} for c in group]
         data["stage1"][preset] = {
             key: _band([d[key] for d in diags], confidence) for key in STAGE1_KEYS if all(key in d for d in diags)
         }
+        if preset != BASELINE and BASELINE in by_preset:
+            data["stage1_vs_ce"][preset] = {}
+            for key in STAGE1_KEYS:
+                mine = {c["seed"]: (c["eval_stage1"].get("diagnostics") or {}).get(key) for c in group}
+                base = {c["seed"]: (c["eval_stage1"].get("diagnostics") or {}).get(key) for c in by_preset[BASELINE]}
+                common = [s for s in mine if s in base and mine[s] is not None and base[s] is not None]
+                if common:
+                    diff = paired_difference({s: mine[s] for s in common}, {s: base[s] for s in common}, confidence)
+                    values = [mine[s] - base[s] for s in sorted(common)]
+                    data["stage1_vs_ce"][preset][key] = {
+                        "mean": diff.mean,
+                        "low": diff.low,
+                        "high": diff.high,
+                        "values": values,
+                    }
         data["pass_at_k"][preset] = {}
         for stage in ("eval_stage1", "eval_rl"):
             ks = sorted(int(k) for k in group[0][stage]["pass_at_k"])
@@ -66,17 +83,33 @@ def figure_data(cells: list[dict], confidence: float = 0.95) -> dict:
 def _plot_stage1(data: dict, path: Path) -> None:
     plt = _pyplot()
     presets = list(data["stage1"])
-    fig, axes = plt.subplots(1, len(STAGE1_KEYS), figsize=(4 * len(STAGE1_KEYS), 3.6))
-    for ax, key in zip(axes, STAGE1_KEYS, strict=True):
+    fig, grid = plt.subplots(2, len(STAGE1_KEYS), figsize=(4 * len(STAGE1_KEYS), 6.8))
+    for ax, key in zip(grid[1], STAGE1_KEYS, strict=True):
+        others = [p for p in presets if key in data["stage1_vs_ce"].get(p, {})]
+        for i, preset in enumerate(others):
+            band = data["stage1_vs_ce"][preset][key]
+            mean = band["mean"]
+            err = [[_finite(mean - band["low"], 0.0)], [_finite(band["high"] - mean, 0.0)]]
+            color = f"C{presets.index(preset)}"
+            ax.errorbar(i, mean, yerr=err, color=color, marker="o", markersize=7, capsize=5, linewidth=2)
+            ax.plot([i + 0.15] * len(band["values"]), band["values"], ".", color="gray")
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        ax.set_xlim(-0.5, max(1, len(others)) - 0.5)
+        ax.set_xticks(range(len(others)))
+        ax.set_xticklabels([f"{p} - {BASELINE}" for p in others], rotation=20)
+        ax.set_title(f"paired difference: {key}")
+        ax.grid(alpha=0.3, axis="y")
+    for ax, key in zip(grid[0], STAGE1_KEYS, strict=True):
         for i, preset in enumerate(presets):
             band = data["stage1"][preset].get(key)
             if band is None:
                 continue
             mean = band["mean"]
             err = [[_finite(mean - band["low"], 0.0)], [_finite(band["high"] - mean, 0.0)]]
-            ax.bar(i, mean, color=f"C{i}", alpha=0.6)
-            ax.errorbar(i, mean, yerr=err, color="black", capsize=4)
-            ax.plot([i] * len(band["values"]), band["values"], "k.", alpha=0.6)
+            # mean and interval as a point with whiskers (the axis is zoomed: bars from a cut axis would mislead)
+            ax.errorbar(i, mean, yerr=err, color=f"C{i}", marker="o", markersize=7, capsize=5, linewidth=2)
+            ax.plot([i + 0.15] * len(band["values"]), band["values"], ".", color="gray")
+        ax.set_xlim(-0.5, len(presets) - 0.5)
         ax.set_xticks(range(len(presets)))
         ax.set_xticklabels(presets, rotation=20)
         ax.set_title(f"stage 1: held-out {key}")
