@@ -133,8 +133,9 @@ def _plot_pass_at_k(data: dict, path: Path) -> None:
             bands = stages[stage]
             ks = [int(k) for k in bands]
             mean = [100 * bands[str(k)]["mean"] for k in ks]
-            low = [100 * _finite(bands[str(k)]["low"], bands[str(k)]["mean"]) for k in ks]
-            high = [100 * _finite(bands[str(k)]["high"], bands[str(k)]["mean"]) for k in ks]
+            # a t interval can cross 0% or 100%: draw it within the range a rate can take (figures.json keeps it whole)
+            low = [max(0.0, 100 * _finite(bands[str(k)]["low"], bands[str(k)]["mean"])) for k in ks]
+            high = [min(100.0, 100 * _finite(bands[str(k)]["high"], bands[str(k)]["mean"])) for k in ks]
             label = f"{preset} ({'stage 1' if stage == 'eval_stage1' else 'after RL'})"
             ax.plot(ks, mean, style, color=f"C{i}", marker="o", label=label)
             ax.fill_between(ks, low, high, color=f"C{i}", alpha=0.12)
