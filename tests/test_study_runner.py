@@ -164,3 +164,48 @@ def test_study_recipes_parse(monkeypatch):
     commands = dict(stage_commands(qwen, "head_reward", 42, Path("cell")))
     assert commands["stage1"][:3] == ["sft", "--config", "recipes/stage1_head_reward.yaml"]
     assert commands["stage1"][-2:] == ["--max_steps", "5000"]
+
+
+@pytest.mark.slow
+def test_a_real_scale_cell_runs_through_the_recipes(tmp_path, monkeypatch):
+    import importlib.util
+
+    import torch
+
+    from trl_shaped.study.runner import run_study
+
+    monkeypatch.chdir(tmp_path)  # the tiny recipes name runs/tiny/... relative to the working directory
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    spec = importlib.util.spec_from_file_location("make_tiny", RECIPES / "make_tiny.py")
+    make_tiny = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_tiny)
+    make_tiny.make_tiny("runs/tiny", num_train=40, num_test=4)
+    config = StudyConfig(
+        presets="ce",  # the stage-1 recipe says precision: the study's preset must win
+        num_seeds=1,
+        seed=3,
+        output_dir="study",
+        model_name_or_path="runs/tiny/model",
+        stage1_recipe=str(RECIPES / "tiny_sft.yaml"),
+        rl_recipe=str(RECIPES / "tiny_grpo.yaml"),
+        eval_recipe=str(RECIPES / "tiny_eval.yaml"),
+        stage1_args="--max_steps 4 --save_strategy steps --save_steps 2 --logging_steps 1",
+        rl_args="--max_steps 2 --save_strategy steps --save_steps 1 --logging_steps 1",
+        eval_args="--num_samples 2 --pass_k 1 2",
+    )
+    out = run_study(config)
+    cell = out / "cells" / "ce" / "seed3"
+    stage1_args = torch.load(cell / "stage1" / "training_args.bin", weights_only=False)
+    assert stage1_args.shaping_preset == "ce" and stage1_args.seed == 3
+    rl_args = torch.load(cell / "rl" / "training_args.bin", weights_only=False)
+    assert rl_args.seed == 3 and rl_args.max_steps == 2
+    result = json.loads((cell / "result.json").read_text())
+    assert max(e["step"] for e in result["stage1"]["log_history"]) == 4  # read from the last checkpoint's state
+    assert [e["step"] for e in result["rl"]["log_history"] if "reward" in e] == [1, 2]
+    saved = json.loads((cell / "eval_rl" / "eval.json").read_text())
+    assert result["eval_rl"]["pass_at_k"] == saved["pass_at_k"] and "per_problem" not in result["eval_rl"]
+    assert result["eval_stage1"]["num_problems"] == 4
+    # rerunning reads the finished cell back
+    mtime = (cell / "result.json").stat().st_mtime_ns
+    run_study(config)
+    assert (cell / "result.json").stat().st_mtime_ns == mtime

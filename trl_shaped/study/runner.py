@@ -96,8 +96,8 @@ def stage_commands(config: StudyConfig, preset: str, seed: int, cell: Path) -> l
         return ["--dataset_name", name] if name else []
 
     stage1 = [
-        "sft", "--config", config.stage1_recipe.format(preset=preset), "--model_name_or_path",
-        config.model_name_or_path, "--seed", str(seed), "--output_dir", str(cell / "stage1"),
+        "sft", "--config", config.stage1_recipe.format(preset=preset), "--shaping_preset", preset,
+        "--model_name_or_path", config.model_name_or_path, "--seed", str(seed), "--output_dir", str(cell / "stage1"),
         *dataset(config.stage1_dataset), *shlex.split(config.stage1_args),
     ]  # fmt: skip
     rl = [
