@@ -43,7 +43,7 @@ def test_help_lists_the_subcommands():
         # the dispatcher's contract with a subcommand module (a new one only adds an entry and its module)
         module = importlib.import_module(f"trl_shaped.scripts.{name}")
         assert callable(module.run) and callable(module.make_parser), name
-    assert {"sft", "grpo", "eval", "demo"} <= set(SUBCOMMANDS)
+    assert {"sft", "grpo", "eval", "demo", "study"} <= set(SUBCOMMANDS)
 
 
 def test_sft_yaml_plus_overrides(stage1_dir, tiny_run_dir):

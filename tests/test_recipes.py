@@ -31,7 +31,7 @@ def _parse(script, yaml_name, *extra):
 def test_every_yaml_is_covered():
     tested = {f"stage1_{p}.yaml" for p in PAPER_PRESETS} | {
         "rl_paper.yaml", "sft_lora_gsm8k.yaml", "eval_paper.yaml", "tiny_sft.yaml", "tiny_grpo.yaml",
-        "tiny_eval.yaml", "demo.yaml", "demo_quick.yaml", "demo_all_presets.yaml",
+        "tiny_eval.yaml", "demo.yaml", "demo_quick.yaml", "demo_all_presets.yaml", "study_tiny.yaml", "study_qwen3.yaml",
     }  # fmt: skip
     assert {p.name for p in RECIPES.glob("*.yaml")} == tested
 

@@ -26,6 +26,7 @@ SUBCOMMANDS = {
     "grpo": "stage 2: GRPO from a stage-1 checkpoint (ShapedGRPOTrainer)",
     "eval": "Avg@n, Cons@n, Pass@k and distribution diagnostics of a model",
     "demo": "the built-in two-stage demo on a tiny local model (--quick for the short form)",
+    "study": "presets x seeds of the two-stage pipeline: intervals, paired differences, the paper's claims judged",
 }
 LAUNCHABLE = ("sft", "grpo")  # the subcommands that `--accelerate_config` can start under accelerate
 

@@ -1,9 +1,11 @@
-"""Tiny models and character tokenizers built locally, for tests, the demo and benchmarks (no hub needed)."""
+"""Tiny models, character and byte-level BPE tokenizers built locally, for tests, the demo and benchmarks (no hub
+needed)."""
 
 import string
+from collections.abc import Iterable
 
 import torch
-from tokenizers import Tokenizer, decoders, models
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "eos_token": "<eos>", "bos_token": "<bos>", "unk_token": "<unk>"}
@@ -33,6 +35,46 @@ def build_char_tokenizer(alphabet: str = DEFAULT_ALPHABET) -> PreTrainedTokenize
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=SPECIAL_TOKENS["unk_token"]))
     tokenizer.add_special_tokens(specials)
     tokenizer.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL_TOKENS)
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+# Pre-tokenization of the BPE tokenizer: a "word" is a run of non-space characters with at most one leading space
+# (as GPT-2 keeps the space with the word that follows); spaces and newlines otherwise stand alone. Unlike GPT-2's
+# regex it does not split digits from punctuation, so that steps such as "14+16" can become single tokens and a small
+# arithmetic corpus grows a vocabulary of hundreds of real subwords.
+BPE_WORD = r" ?[^\s]+|\s+"
+
+
+def build_bpe_tokenizer(corpus: Iterable[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on `corpus` with the `tokenizers` library, plus pad/eos/bos/unk.
+
+    Byte-level: the 256 byte symbols are always in the vocabulary, so any text encodes and decodes back exactly; the
+    merges learned from `corpus` fill the rest of `vocab_size`.
+
+    Args:
+        corpus (`Iterable[str]`): the training texts.
+        vocab_size (`int`): size of the vocabulary, special tokens and byte symbols included (at least 261); the
+            trainer stops earlier only if the corpus has no pair left to merge.
+    """
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    specials = list(SPECIAL_TOKENS.values())
+    if vocab_size < len(alphabet) + len(specials) + 1:
+        minimum = len(alphabet) + len(specials) + 1
+        raise ValueError(f"vocab_size must be >= {minimum} (bytes + specials + one merge), got {vocab_size}")
+    tokenizer = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(BPE_WORD), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=alphabet, show_progress=False
+    )
+    tokenizer.train_from_iterator(corpus, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL_TOKENS)
     fast.chat_template = CHAT_TEMPLATE
     return fast

@@ -1,16 +1,18 @@
-"""The demo's pipeline: for each preset, stage 1 with the shaped loss, evaluation, GRPO from the stage-1 checkpoint,
-evaluation again; then the report.
+"""One cell of a study on the built-in task: stage 1 with a shaping preset, evaluation, GRPO from the stage-1
+checkpoint, evaluation. `trl_shaped.demo.cell` runs `run_cell` in its own process for `trl_shaped.study.run_study`.
 
-Everything is built locally: the task (`task.py`), a character tokenizer over the task's alphabet and a tiny
-Qwen3-architecture model (`trl_shaped.tiny`). Every preset starts from the same initial weights and sees the same data
-in the same order, so the presets differ only by their stage-1 loss.
+Everything is built locally: the task (`task.py`), a tokenizer (byte-level BPE trained on the task's text, or one id
+per character) shared by every cell of the study, and a tiny Qwen3-architecture model (`trl_shaped.tiny`). The cell's
+seed sets the initial weights, the data order and the sampling; the problems are those of the study's first seed.
 
-Layout of `config.output_dir`:
+Layout of a cell directory (each stage's record is written atomically when the stage ends, so a rerun skips it):
 
-    report.md, results.json, *.png          the report (`report.py`)
-    runs/<preset>/stage1/                   stage-1 checkpoint (model, tokenizer, trainer_state.json)
-    runs/<preset>/rl/                       GRPO checkpoint (model, tokenizer, trainer_state.json)
-    runs/<preset>/eval_{stage1,rl}.json     every sampled completion of the evaluations
+    stage1/  rl/                                checkpoints while training, then the model and tokenizer
+    stage1.json  rl.json                        settings, seconds, trainer log history, checkpoint resumed from
+    eval_stage1.json  eval_rl.json              metrics of the evaluations
+    eval_stage1_samples.json  eval_rl_samples.json   every sampled completion
+    attempts.log                                one line per training stage started (and what it resumed from)
+    result.json                                 everything above but the samples: written last
 """
 
 import contextlib
@@ -18,6 +20,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -25,21 +28,21 @@ from pathlib import Path
 import datasets
 import torch
 import transformers
-from transformers import PrinterCallback, TrainerCallback
+from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerCallback
 
 from .. import ShapedGRPOConfig, ShapedGRPOTrainer, ShapedSFTConfig, ShapedSFTTrainer
 from ..evaluation import EvalConfig, evaluate, pass_at_k
 from ..rewards import exact_answer_reward
-from ..tiny import build_char_tokenizer, build_tiny_model
-from .config import DemoConfig
-from .report import write_report
+from ..study.config import StudyConfig
+from ..study.runner import newest_checkpoint, write_json_atomic
+from ..tiny import build_bpe_tokenizer, build_char_tokenizer, build_tiny_model
 from .task import ArithmeticTask, build_datasets, solution_strategy, task_alphabet
 
 # Longest completion of the default task ("19+19=38; 38+19=57 #### 57", 26 characters) plus the eos token and
-# room for a few mistakes.
+# room for a few mistakes (a BPE token covers at least one character).
 MAX_COMPLETION_TOKENS = 32
 MAX_SEQUENCE_TOKENS = 64
-# Trainer arguments recorded in results.json and quoted by the report (read back from the configs actually used).
+# Trainer arguments recorded with each stage (read back from the configs actually used).
 STAGE1_SETTINGS = ("max_steps", "per_device_train_batch_size", "learning_rate", "lr_scheduler_type", "shaping_preset")
 RL_SETTINGS = (
     "max_steps",
@@ -59,12 +62,12 @@ RL_SETTINGS = (
 
 
 def say(message: str) -> None:
-    print(f"[demo] {message}", flush=True)
+    print(f"[cell] {message}", flush=True)
 
 
 @contextlib.contextmanager
-def _quiet_libraries():
-    """The demo prints its own compact progress: silence the per-dataset-map and per-save progress bars and the
+def quiet_libraries():
+    """A cell prints its own compact progress: silence the per-dataset-map and per-save progress bars and the
     library deprecation notices for its duration, then restore them."""
     datasets_bars = datasets.is_progress_bar_enabled()
     transformers_bars = transformers.utils.logging.is_progress_bar_enabled()
@@ -116,59 +119,90 @@ def _settings(args, names) -> dict:
     return {name: getattr(getattr(args, name), "value", getattr(args, name)) for name in names}
 
 
-def train_stage1(preset: str, config: DemoConfig, data, tokenizer, run_dir: Path) -> dict:
-    """Stage 1: shaped SFT of a fresh tiny model with `preset`; saves the checkpoint to `run_dir/stage1`."""
+def task_data(config: StudyConfig):
+    """The study's task: the same problems in every cell (they come from the first seed)."""
+    return build_datasets(
+        ArithmeticTask(), num_train=config.num_train_problems, num_test=config.num_test_problems, seed=config.seed
+    )
+
+
+def shared_tokenizer(config: StudyConfig, data, folder: Path):
+    """The study's tokenizer, built once and saved to `folder`: the first cell to get here builds it (BPE trained on
+    the stage-1 text) and moves it into place atomically; every cell then loads the saved one."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        if config.tokenizer == "char":
+            tokenizer = build_char_tokenizer(task_alphabet())
+        else:
+            corpus = [row["prompt"] + row["completion"] for row in data["sft"]]
+            tokenizer = build_bpe_tokenizer(corpus, vocab_size=config.bpe_vocab_size)
+        tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.rename(tmp, folder)
+        except OSError:  # another cell was first: use its tokenizer
+            shutil.rmtree(tmp, ignore_errors=True)
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def _log_attempt(cell: Path, stage: str, resumed: str | None) -> None:
+    with open(cell / "attempts.log", "a") as stream:
+        stream.write(f"{stage} resumed_from={resumed}\n")
+
+
+def train_stage1(preset: str, seed: int, config: StudyConfig, data, tokenizer, cell: Path) -> dict:
+    """Stage 1: shaped SFT of a fresh tiny model (initialised from `seed`) with `preset`, resumed from the newest
+    checkpoint in `cell/stage1` if an earlier attempt left one; saves the model to `cell/stage1`."""
+    out = cell / "stage1"
+    resumed = newest_checkpoint(out)
+    _log_attempt(cell, "stage1", resumed)
     model = build_tiny_model(
         len(tokenizer),
         hidden_size=config.hidden_size,
         num_layers=config.num_layers,
         max_position_embeddings=MAX_SEQUENCE_TOKENS,
         tokenizer=tokenizer,
-        seed=config.seed,
+        seed=seed,
     )
-    out = run_dir / "stage1"
+    steps = config.sft_steps
     args = ShapedSFTConfig(
         output_dir=str(out),
         shaping_preset=preset,
         shaping_top_k=config.shaping_top_k,  # only tail_penalty / head_reward use it
-        max_steps=config.sft_steps,
+        max_steps=steps,
         per_device_train_batch_size=config.sft_batch_size,
         learning_rate=config.sft_learning_rate,
         lr_scheduler_type="cosine",
-        warmup_steps=max(1, config.sft_steps // 20),
+        warmup_steps=max(1, steps // 20),
         weight_decay=0.0,
         max_length=MAX_SEQUENCE_TOKENS,
-        logging_steps=max(1, config.sft_steps // 20),
-        save_strategy="no",
+        logging_steps=max(1, steps // 20),
+        save_strategy="steps",
+        save_steps=max(1, steps // config.checkpoints_per_stage),
+        save_total_limit=1,
         report_to=[],
         bf16=False,  # a float32 tiny model: CPU autocast would only slow it down
         disable_tqdm=True,
-        seed=config.seed,
+        seed=seed,  # the data order
     )
     trainer = ShapedSFTTrainer(
         model=model, args=args, train_dataset=data["sft"].remove_columns("answer"), processing_class=tokenizer
     )
-    keys = {"loss": "loss", "nll": "nll", "entropy": "entropy"}
-    _compact(trainer, f"stage 1 [{preset}]", keys, every=max(1, config.sft_steps // 4))
+    _compact(trainer, f"stage 1 [{preset} seed {seed}]", {"loss": "loss", "entropy": "entropy"}, max(1, steps // 4))
     start = time.perf_counter()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resumed)
     seconds = time.perf_counter() - start
     trainer.save_model(str(out))
-    trainer.save_state()
     settings = _settings(args, STAGE1_SETTINGS)
     settings["shaping"] = dataclasses.asdict(args.shaping)  # the resolved preset
-    return {
-        "checkpoint": str(out),
-        "seconds": seconds,
-        "settings": settings,
-        "log_history": trainer.state.log_history,
-        "model": trainer.model,
-    }
+    return {"seconds": seconds, "settings": settings, "log_history": trainer.state.log_history, "resumed_from": resumed}
 
 
-def train_rl(preset: str, config: DemoConfig, data, tokenizer, stage1_dir: str, run_dir: Path) -> dict:
-    """Stage 2: GRPO from the stage-1 checkpoint, which stays the prior; saves the policy to `run_dir/rl`."""
-    out = run_dir / "rl"
+def train_rl(preset: str, seed: int, config: StudyConfig, data, tokenizer, cell: Path) -> dict:
+    """Stage 2: GRPO from the stage-1 checkpoint, which stays the prior; resumed like stage 1; saves to `cell/rl`."""
+    out, stage1_dir = cell / "rl", str(cell / "stage1")
+    resumed = newest_checkpoint(out)
+    _log_attempt(cell, "rl", resumed)
     steps = config.grpo_steps
     args = ShapedGRPOConfig(
         output_dir=str(out),
@@ -179,7 +213,7 @@ def train_rl(preset: str, config: DemoConfig, data, tokenizer, stage1_dir: str, 
         max_completion_length=MAX_COMPLETION_TOKENS,
         temperature=1.0,
         # The paper's recipe (no KL, clip-higher, dynamic sampling) at a learning rate that moves a tiny model
-        # within a hundred steps.
+        # within a few dozen steps.
         beta=0.0,
         epsilon_high=0.28,
         dynamic_sampling=True,
@@ -189,12 +223,14 @@ def train_rl(preset: str, config: DemoConfig, data, tokenizer, stage1_dir: str, 
         warmup_steps=max(1, steps // 20),
         diagnostics_steps=max(1, steps // 10),
         diagnostics_top_k=config.shaping_top_k,
-        logging_steps=max(1, steps // 50),
-        save_strategy="no",
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=max(1, steps // config.checkpoints_per_stage),
+        save_total_limit=1,
         report_to=[],
         bf16=False,
         disable_tqdm=True,
-        seed=config.seed,
+        seed=seed,
     )
     trainer = ShapedGRPOTrainer(
         model=stage1_dir,
@@ -204,18 +240,16 @@ def train_rl(preset: str, config: DemoConfig, data, tokenizer, stage1_dir: str, 
         processing_class=tokenizer,
     )
     keys = {"reward": "reward", "entropy": "entropy", "completions/mean_length": "length"}
-    _compact(trainer, f"GRPO [{preset}]", keys, every=max(1, steps // 4))
+    _compact(trainer, f"GRPO [{preset} seed {seed}]", keys, every=max(1, steps // 4))
     start = time.perf_counter()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resumed)
     seconds = time.perf_counter() - start
     trainer.save_model(str(out))
-    trainer.save_state()
     return {
-        "checkpoint": str(out),
         "seconds": seconds,
         "settings": _settings(args, RL_SETTINGS),
         "log_history": trainer.state.log_history,
-        "model": trainer.model,
+        "resumed_from": resumed,
     }
 
 
@@ -227,23 +261,22 @@ def _stderr(values: list[float]) -> float:
 
 def completion_profile(per_problem: list[dict], answers: list[str], pass_k: list[int]) -> dict:
     """What the sampled completions look like: the share of each strategy, how many distinct correct solutions a
-    problem gets (the exploration the prior offers RL), and the standard errors of Avg@n and Pass@k over problems."""
+    problem gets (the exploration the prior offers RL; judged by `exact_answer_reward`, as evaluation and RL judge),
+    and the standard errors of Avg@n and Pass@k over the test problems."""
     strategies = {"worked": 0, "direct": 0, "other": 0}
     distinct_correct = []
-    for record, gold in zip(per_problem, answers):
-        correct = set()
-        for text, extracted in zip(record["completions"], record["extracted"]):
+    for record, gold in zip(per_problem, answers, strict=True):
+        texts = record["completions"]
+        for text in texts:
             strategies[solution_strategy(text)] += 1
-            if extracted is not None and extracted.strip() == gold:
-                correct.add(text.strip())
+        rewards = exact_answer_reward(texts, [gold] * len(texts))
+        correct = {t.strip() for t, r in zip(texts, rewards, strict=True) if r is not None and r > 0}
         distinct_correct.append(len(correct))
     n = len(per_problem[0]["completions"])
     total = sum(strategies.values())
     return {
         "avg_at_n_stderr": _stderr([r["num_correct"] / n for r in per_problem]),
-        "pass_at_k_stderr": {
-            str(k): _stderr([pass_at_k(n, r["num_correct"], k) for r in per_problem]) for k in pass_k
-        },
+        "pass_at_k_stderr": {str(k): _stderr([pass_at_k(n, r["num_correct"], k) for r in per_problem]) for k in pass_k},
         **{f"frac_{name}": count / total for name, count in strategies.items()},
         "distinct_correct_per_problem": sum(distinct_correct) / len(distinct_correct),
     }
@@ -253,7 +286,7 @@ def completion_profile(per_problem: list[dict], answers: list[str], pass_k: list
 def first_token_stats(model, tokenizer, prompts: list[str]) -> dict:
     """The model's next-token distribution right after each prompt: the task's first branching point (answer
     directly, or start working from one of the terms). Returns its mean entropy and the mean probability of the
-    direct strategy (``#``)."""
+    direct strategy (the tokens that start with ``#``)."""
     was_training, side = model.training, tokenizer.padding_side
     model.eval()
     tokenizer.padding_side = "left"
@@ -266,12 +299,17 @@ def first_token_stats(model, tokenizer, prompts: list[str]) -> dict:
         model.train(was_training)
     logp = torch.log_softmax(logits, dim=-1)
     entropy = -(logp.exp() * logp).sum(-1)
-    direct = logp[:, tokenizer.convert_tokens_to_ids("#")].exp()
-    return {"first_token_entropy": entropy.mean().item(), "first_token_p_direct": direct.mean().item()}
+    direct = torch.tensor([tokenizer.decode([i]).lstrip().startswith("#") for i in range(logits.shape[-1])])
+    return {
+        "first_token_entropy": entropy.mean().item(),
+        "first_token_p_direct": logp.exp()[:, direct].sum(-1).mean().item(),
+    }
 
 
-def evaluate_model(model, tokenizer, data, config: DemoConfig, label: str, path: Path) -> dict:
-    """Avg@n, Cons@n, Pass@k and held-out diagnostics of `model`; all samples go to `path` (JSON)."""
+def evaluate_checkpoint(folder: Path, tokenizer, data, config: StudyConfig, seed: int, samples_path: Path) -> dict:
+    """Avg@n, Cons@n, Pass@k and held-out diagnostics of the model saved in `folder`; the samples go to
+    `samples_path` and the metrics are returned."""
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     eval_config = EvalConfig(
         num_samples=config.eval_num_samples,
         temperature=config.eval_temperature,
@@ -279,80 +317,64 @@ def evaluate_model(model, tokenizer, data, config: DemoConfig, label: str, path:
         max_new_tokens=MAX_COMPLETION_TOKENS,
         diagnostics_top_k=config.shaping_top_k,
         diagnostics_batch_size=64,
-        seed=config.seed,
-        run_name=label,
+        seed=seed,
+        run_name=str(folder),
         progress=False,
     )
     start = time.perf_counter()
     result = evaluate(model, tokenizer, data["test"], eval_config)
     result["seconds"] = time.perf_counter() - start
-    answers = list(data["test"]["answer"])
-    result.update(completion_profile(result["per_problem"], answers, eval_config.pass_k))
+    result.update(completion_profile(result["per_problem"], list(data["test"]["answer"]), eval_config.pass_k))
     result.update(first_token_stats(model, tokenizer, list(data["test"]["prompt"])))
-    path.write_text(json.dumps(result, indent=1))
+    write_json_atomic(samples_path, result)
     return {k: v for k, v in result.items() if k != "per_problem"}
 
 
-def _eval_line(result: dict) -> str:
-    n = result["num_samples"]
-    diag = result.get("diagnostics") or {}
-    return (
-        f"Avg@{n} {100 * result['avg_at_n']:.1f}%  Cons@{n} {100 * result['cons_at_n']:.1f}%  "
-        f"Pass@{n} {100 * result['pass_at_k'][str(n)]:.1f}%  held-out nll {diag.get('nll', float('nan')):.3f} "
-        f"entropy {diag.get('entropy', float('nan')):.3f}  ({result['seconds']:.0f}s)"
-    )
+def _stage(cell: Path, name: str, compute) -> dict:
+    """The record of stage `name`: read back when an earlier attempt finished it, else computed and saved."""
+    path = cell / f"{name}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    record = compute()
+    write_json_atomic(path, record)
+    return record
 
 
-def run_preset(preset: str, config: DemoConfig, data, tokenizer, run_dir: Path, tag: str = "") -> dict:
-    """Stage 1 with `preset`, evaluation, GRPO from the stage-1 checkpoint, evaluation; files go to `run_dir`."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    say(f"{tag} {preset}: stage 1, shaped SFT for {config.sft_steps} steps")
-    stage1 = train_stage1(preset, config, data, tokenizer, run_dir)
-    say(f"{tag} {preset}: evaluating the stage-1 model")
-    model = stage1.pop("model")
-    eval_stage1 = evaluate_model(model, tokenizer, data, config, f"{preset} stage 1", run_dir / "eval_stage1.json")
-    say(f"    {_eval_line(eval_stage1)}")
-    say(f"{tag} {preset}: GRPO from the stage-1 checkpoint for {config.grpo_steps} steps")
-    rl = train_rl(preset, config, data, tokenizer, stage1["checkpoint"], run_dir)
-    say(f"{tag} {preset}: evaluating the RL model")
-    eval_rl = evaluate_model(rl.pop("model"), tokenizer, data, config, f"{preset} after RL", run_dir / "eval_rl.json")
-    say(f"    {_eval_line(eval_rl)}")
-    return {"stage1": stage1, "eval_stage1": eval_stage1, "rl": rl, "eval_rl": eval_rl}
-
-
-def run_demo(config: DemoConfig | None = None) -> Path:
-    """Run the whole demo and write its report; returns the report directory.
-
-    Args:
-        config (`DemoConfig`, *optional*): the settings; the default (full) profile when `None`.
-    """
-    config = config or DemoConfig()
-    presets = config.preset_names()
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    total_start, load_before = time.perf_counter(), os.getloadavg()
-    torch.manual_seed(config.seed)
-    task = ArithmeticTask()
-    data = build_datasets(
-        task, num_train=config.num_train_problems, num_test=config.num_test_problems, seed=config.seed
-    )
-    tokenizer = build_char_tokenizer(task_alphabet())
-    say(
-        f"{'quick' if config.quick else 'full'} demo: presets {', '.join(presets)}; task: {len(data['sft'])} stage-1 "
-        f"solutions of {len(data['rl'])} problems, {len(data['test'])} held-out problems; model: Qwen3 "
-        f"{config.num_layers} layers x {config.hidden_size}, vocabulary {len(tokenizer)}"
-    )
-    runs = {}
-    threads = torch.get_num_threads()
+def run_cell(config: StudyConfig, preset: str, seed: int, cell: Path) -> dict:
+    """Run (or resume) the cell (`preset`, `seed`) in `cell` and write its `result.json` last."""
+    cell = Path(cell)
+    cell.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(config.num_threads)
-    try:
-        with _quiet_libraries():
-            for i, preset in enumerate(presets, 1):
-                run_dir = out / "runs" / preset
-                runs[preset] = run_preset(preset, config, data, tokenizer, run_dir, f"({i}/{len(presets)})")
-        seconds = time.perf_counter() - total_start
-        write_report(out, config=config, runs=runs, task=task, data=data, seconds=seconds, load_before=load_before)
-    finally:
-        torch.set_num_threads(threads)
-    say(f"done in {seconds:.0f}s; report: {out / 'report.md'}")
-    return out
+    data = task_data(config)
+    tokenizer = shared_tokenizer(config, data, Path(config.output_dir) / "tokenizer")
+    with quiet_libraries():
+        stage1 = _stage(cell, "stage1", lambda: train_stage1(preset, seed, config, data, tokenizer, cell))
+        eval_stage1 = _stage(
+            cell,
+            "eval_stage1",
+            lambda: evaluate_checkpoint(
+                cell / "stage1", tokenizer, data, config, seed, cell / "eval_stage1_samples.json"
+            ),
+        )
+        say(f"{preset} seed {seed} stage 1: Avg@n {eval_stage1['avg_at_n']:.3f}, held-out entropy "
+            f"{(eval_stage1['diagnostics'] or {}).get('entropy', math.nan):.4f}")  # fmt: skip
+        rl = _stage(cell, "rl", lambda: train_rl(preset, seed, config, data, tokenizer, cell))
+        eval_rl = _stage(
+            cell,
+            "eval_rl",
+            lambda: evaluate_checkpoint(cell / "rl", tokenizer, data, config, seed, cell / "eval_rl_samples.json"),
+        )
+        say(f"{preset} seed {seed} after RL: Avg@n {eval_rl['avg_at_n']:.3f}")
+    result = {
+        "preset": preset,
+        "seed": seed,
+        "stage1": stage1,
+        "eval_stage1": eval_stage1,
+        "rl": rl,
+        "eval_rl": eval_rl,
+        # CPU time of this process, imports included: about the cell's wall time on an idle core
+        "cpu_seconds": time.process_time(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    write_json_atomic(cell / "result.json", result)
+    return result

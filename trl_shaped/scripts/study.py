@@ -1,0 +1,36 @@
+"""`trl-shaped study`: presets x seeds of the two-stage pipeline with intervals and verdicts (`trl_shaped.study`).
+
+```bash
+trl-shaped study --config recipes/study_demo.yaml                 # the built-in task
+trl-shaped study --config recipes/study_qwen3.yaml --num_seeds 5  # real scale, through the recipes
+```
+Rerunning the same command resumes: finished cells are skipped, an interrupted one restarts from its checkpoint.
+"""
+
+from trl_shaped.scripts import parse_or_exit
+
+
+def make_parser(prog: str | None = None):
+    from trl import TrlParser
+
+    from trl_shaped.study import StudyConfig
+
+    return TrlParser((StudyConfig,), prog=prog)
+
+
+def main(config):
+    from trl_shaped.study import run_study
+
+    study_dir = run_study(config)
+    print(f"Study report: {study_dir / 'report.md'}")
+    return study_dir
+
+
+def run(argv=None, prog: str | None = None):
+    """Parse `argv` (`--config file.yaml` plus overrides) and run the study; returns the study directory."""
+    (config,) = parse_or_exit(make_parser(prog), argv)
+    return main(config)
+
+
+if __name__ == "__main__":
+    run()

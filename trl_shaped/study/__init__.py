@@ -1,0 +1,21 @@
+"""Multi-seed studies of the shaping presets: presets x seeds of the two-stage pipeline (stage 1 -> eval -> GRPO ->
+eval), cached per cell, with intervals across seeds, paired differences to ce, the paper's claims judged from them,
+figures and a report.
+
+    from trl_shaped.study import StudyConfig, run_study
+    study_dir = run_study(StudyConfig(presets="ce,precision,diversity", num_seeds=3))
+
+`run_study` is imported on first use, so that parsing a `StudyConfig` does not load the statistics or plotting.
+"""
+
+from .config import StudyConfig
+
+__all__ = ["StudyConfig", "run_study"]
+
+
+def __getattr__(name):
+    if name == "run_study":
+        from .runner import run_study
+
+        return run_study
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,246 @@
+"""The paper's claims and their verdicts, decided from intervals across seeds: pure functions over the cells' results.
+
+A cell result (`cells/<preset>/seed<k>/result.json`, see `runner.py`) holds the evaluations before and after RL
+(`eval_stage1`, `eval_rl`: results of `trl_shaped.evaluation.evaluate` without the samples) and the GRPO trainer's
+`log_history` (`rl`). `metric_values` turns a list of them into metric -> preset -> seed -> value; `judge_claims`
+gives each claim a verdict:
+
+- **supported**: every interval the claim needs lies on the side the paper predicts;
+- **contradicted**: an interval the claim needs lies wholly on the other side;
+- **not resolved at this size**: otherwise (an interval contains 0, or a precondition is not shown);
+- **not tested**: a preset the claim is about is not in the study.
+
+The intervals are Student-t intervals across seeds (`stats.py`); differences between presets are paired by seed. A
+single run never decides anything: with one seed every interval is unbounded.
+
+"At equal perplexity" (the entropy-order claim) is its own rule: for each preset compared with ce, the interval of
+the paired held-out NLL difference must lie within +-`tolerance` x ce's mean NLL. When it does not, the entropy order
+is "not resolved" (the presets are not shown to be at equal perplexity), whichever way the entropies go.
+"""
+
+import math
+
+from .config import BASELINE
+from .stats import Interval, paired_difference, t_interval
+
+SUPPORTED, CONTRADICTED, NOT_RESOLVED, NOT_TESTED = (
+    "supported",
+    "contradicted",
+    "not resolved at this size",
+    "not tested",
+)
+
+# metric -> description; the values come from `cell_metrics`.
+METRICS = {
+    "stage1_nll": "stage-1 held-out NLL (nats/token)",
+    "stage1_entropy": "stage-1 held-out entropy (nats/token)",
+    "stage1_topk_entropy": "stage-1 held-out top-k entropy (nats/token)",
+    "stage1_tail_mass": "stage-1 held-out mass outside the top-k",
+    "stage1_avg_at_n": "stage-1 Avg@n",
+    "stage1_pass_at_k": "stage-1 Pass@k",
+    "rl_avg_at_n": "Avg@n after RL",
+    "rl_pass_at_k": "Pass@k after RL",
+    "rl_reward_change": "GRPO reward, end minus start",
+    "rl_entropy_change": "GRPO policy entropy, end minus start (nats/token)",
+    "rl_length_change": "GRPO completion length, end minus start (tokens)",
+}
+
+
+def start_end(values: list[float]) -> tuple[float, float]:
+    """Means of the first and the last quarter of a logged curve (single logs are noisy)."""
+    if not values:
+        return math.nan, math.nan
+    q = max(1, len(values) // 4)
+    return sum(values[:q]) / q, sum(values[-q:]) / q
+
+
+def series(log_history: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """Steps and values of `key` in a trainer's `log_history` (entries without it are skipped)."""
+    points = [(entry["step"], float(entry[key])) for entry in log_history if key in entry and "step" in entry]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def paper_k(pass_at_k: dict) -> int:
+    """The k the claims compare: the largest logged k <= n / 2 (as the paper's Pass@64 of 128 samples)."""
+    ks = sorted(int(k) for k in pass_at_k)
+    n = ks[-1]
+    return max([k for k in ks if k <= max(1, n // 2)] or ks[:1])
+
+
+def cell_metrics(cell: dict) -> dict[str, float]:
+    """The METRICS of one cell result (NaN where the cell did not log the value)."""
+    s1, rl = cell["eval_stage1"], cell["eval_rl"]
+    diag = s1.get("diagnostics") or {}
+    k = paper_k(rl["pass_at_k"])
+    out = {
+        "stage1_nll": diag.get("nll", math.nan),
+        "stage1_entropy": diag.get("entropy", math.nan),
+        "stage1_topk_entropy": diag.get("topk_entropy", math.nan),
+        "stage1_tail_mass": diag.get("tail_mass", math.nan),
+        "stage1_avg_at_n": s1["avg_at_n"],
+        "stage1_pass_at_k": s1["pass_at_k"][str(k)],
+        "rl_avg_at_n": rl["avg_at_n"],
+        "rl_pass_at_k": rl["pass_at_k"][str(k)],
+    }
+    history = cell["rl"]["log_history"]
+    for key, name in (("reward", "reward"), ("entropy", "entropy"), ("completions/mean_length", "length")):
+        start, end = start_end(series(history, key)[1])
+        out[f"rl_{name}_change"] = end - start
+    return out
+
+
+def metric_values(cells: list[dict]) -> dict[str, dict[str, dict[int, float]]]:
+    """metric -> preset -> seed -> value over `cells` (values that are NaN or None are left out)."""
+    values = {metric: {} for metric in METRICS}
+    for cell in cells:
+        for metric, value in cell_metrics(cell).items():
+            if value is not None and math.isfinite(value):
+                values[metric].setdefault(cell["preset"], {})[int(cell["seed"])] = float(value)
+    return values
+
+
+def summarize(values: dict, confidence: float = 0.95) -> dict:
+    """Per metric: the interval of each preset's mean, and of its paired difference to ce (same seeds).
+
+    Returns:
+        {"mean": {metric: {preset: Interval}}, "vs_ce": {metric: {preset: Interval}}} (ce itself has no vs_ce entry).
+    """
+    mean, vs_ce = {}, {}
+    for metric, by_preset in values.items():
+        mean[metric] = {p: t_interval(list(v.values()), confidence) for p, v in by_preset.items() if v}
+        base = by_preset.get(BASELINE)
+        vs_ce[metric] = {}
+        for p, v in by_preset.items():
+            if p != BASELINE and base and set(v) & set(base):
+                vs_ce[metric][p] = paired_difference(v, base, confidence)
+    return {"mean": mean, "vs_ce": vs_ce}
+
+
+def _fmt(interval: Interval, scale: float = 1.0) -> str:
+    if not math.isfinite(interval.low):
+        return f"{scale * interval.mean:+.4g} [unbounded: n={interval.n}]"
+    return f"{scale * interval.mean:+.4g} [{scale * interval.low:+.4g}, {scale * interval.high:+.4g}]"
+
+
+def _claim(cid: str, text: str, verdict: str, evidence: str, intervals: dict) -> dict:
+    return {
+        "id": cid,
+        "claim": text,
+        "verdict": verdict,
+        "evidence": evidence,
+        "intervals": {k: v.to_dict() for k, v in intervals.items()},
+    }
+
+
+def _directional(cid, text, interval: Interval | None, want: int, label: str, missing: str) -> dict:
+    """A claim that one interval lies above (`want=+1`) or below (`want=-1`) zero."""
+    if interval is None:
+        return _claim(cid, text, NOT_TESTED, missing, {})
+    sign = interval.sign()
+    verdict = SUPPORTED if sign == want else CONTRADICTED if sign == -want else NOT_RESOLVED
+    return _claim(cid, text, verdict, f"{label}: {_fmt(interval)}", {label: interval})
+
+
+def judge_claims(values: dict, confidence: float = 0.95, tolerance: float = 0.05) -> list[dict]:
+    """The verdict of every claim of the paper from `metric_values(cells)`.
+
+    Args:
+        values (`dict`): metric -> preset -> seed -> value.
+        confidence (`float`): level of the intervals.
+        tolerance (`float`): the equal-perplexity rule (see the module docstring).
+
+    Returns:
+        a list of {"id", "claim", "verdict", "evidence", "intervals"} in the paper's order.
+    """
+    presets = set(values["stage1_entropy"]) | set(values["rl_pass_at_k"])
+
+    def diff(metric, a, b=BASELINE):
+        va, vb = values[metric].get(a), values[metric].get(b)
+        if not va or not vb or not set(va) & set(vb):
+            return None
+        return paired_difference(va, vb, confidence)
+
+    claims = []
+    # 1. Stage-1 entropy order at equal perplexity.
+    text = "Stage 1: held-out entropy orders precision < ce < diversity at equal perplexity"
+    if not {"precision", "diversity", BASELINE} <= presets:
+        claims.append(_claim("entropy_order", text, NOT_TESTED, "needs the ce, precision and diversity presets", {}))
+    else:
+        d_prec, d_div = diff("stage1_entropy", "precision"), diff("stage1_entropy", "diversity")
+        n_prec, n_div = diff("stage1_nll", "precision"), diff("stage1_nll", "diversity")
+        bound = tolerance * t_interval(list(values["stage1_nll"][BASELINE].values())).mean
+        equal = n_prec.within(bound) and n_div.within(bound)
+        intervals = {
+            "entropy precision - ce": d_prec,
+            "entropy diversity - ce": d_div,
+            "nll precision - ce": n_prec,
+            "nll diversity - ce": n_div,
+        }
+        evidence = "; ".join(f"{k}: {_fmt(v)}" for k, v in intervals.items())
+        evidence += f"; equal perplexity needs each NLL interval within +-{bound:.4g}"
+        if not equal:
+            verdict = NOT_RESOLVED
+            evidence += " (not met: the presets are not shown to be at equal perplexity)"
+        elif d_prec.sign() == -1 and d_div.sign() == 1:
+            verdict = SUPPORTED
+        elif d_prec.sign() == 1 or d_div.sign() == -1:
+            verdict = CONTRADICTED
+        else:
+            verdict = NOT_RESOLVED
+        claims.append(_claim("entropy_order", text, verdict, evidence, intervals))
+    # 2-3. The rank-aware presets do what they are for.
+    claims.append(
+        _directional(
+            "tail_penalty_tail_mass",
+            "Stage 1: tail_penalty lowers the mass outside the top-k (vs ce)",
+            diff("stage1_tail_mass", "tail_penalty"),
+            -1,
+            "tail mass tail_penalty - ce",
+            "needs the tail_penalty preset",
+        )
+    )
+    claims.append(
+        _directional(
+            "head_reward_topk_entropy",
+            "Stage 1: head_reward raises the entropy within the top-k (vs ce)",
+            diff("stage1_topk_entropy", "head_reward"),
+            1,
+            "top-k entropy head_reward - ce",
+            "needs the head_reward preset",
+        )
+    )
+    # 4. The precision prior gives the best Pass@k after RL: above every other preset, paired by seed.
+    text = "After RL: the precision prior gives the best Pass@k"
+    others = sorted(p for p in values["rl_pass_at_k"] if p != "precision")
+    if "precision" not in values["rl_pass_at_k"] or not others:
+        claims.append(_claim("precision_best_pass_at_k", text, NOT_TESTED, "needs precision and another preset", {}))
+    else:
+        intervals = {f"Pass@k precision - {q}": diff("rl_pass_at_k", "precision", q) for q in others}
+        signs = [v.sign() for v in intervals.values()]
+        verdict = SUPPORTED if all(s == 1 for s in signs) else CONTRADICTED if -1 in signs else NOT_RESOLVED
+        evidence = "; ".join(f"{k}: {_fmt(v, 100)} points" for k, v in intervals.items())
+        claims.append(_claim("precision_best_pass_at_k", text, verdict, evidence, intervals))
+    # 5. Entropy falls under RL, for every prior.
+    text = "Under RL: the policy entropy falls (every prior)"
+    change = values["rl_entropy_change"]
+    if not change:
+        claims.append(_claim("rl_entropy_falls", text, NOT_TESTED, "no entropy logged during GRPO", {}))
+    else:
+        intervals = {f"entropy change {p}": t_interval(list(v.values()), confidence) for p, v in change.items()}
+        signs = [v.sign() for v in intervals.values()]
+        verdict = SUPPORTED if all(s == -1 for s in signs) else CONTRADICTED if 1 in signs else NOT_RESOLVED
+        evidence = "; ".join(f"{k}: {_fmt(v)}" for k, v in intervals.items())
+        claims.append(_claim("rl_entropy_falls", text, verdict, evidence, intervals))
+    # 6. The high-entropy prior shortens its responses under RL.
+    length = values["rl_length_change"].get("diversity")
+    claims.append(
+        _directional(
+            "rl_high_entropy_length_shortens",
+            "Under RL: the high-entropy (diversity) prior shortens its responses",
+            t_interval(list(length.values()), confidence) if length else None,
+            -1,
+            "length change diversity (tokens)",
+            "needs the diversity preset and logged completion lengths",
+        )
+    )
+    return claims

@@ -1,0 +1,224 @@
+"""The study's report: `report.md` rendered from `results.json` (the claims were judged in `claims.py`, a pure
+function of the cells' numbers; this module only renders them and records the environment).
+
+The report leads with the verdict table, then says what the study's size can resolve, then gives every metric's mean
+and paired difference to ce with their intervals, the figures, what ran, and the environment (torch, BLAS, threads).
+"""
+
+import math
+import os
+import platform
+import re
+import sys
+from pathlib import Path
+
+from .claims import METRICS, NOT_RESOLVED, NOT_TESTED
+from .config import BASELINE
+from .stats import t_interval
+
+# Metrics shown in percent.
+PERCENT = ("stage1_avg_at_n", "stage1_pass_at_k", "rl_avg_at_n", "rl_pass_at_k")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def environment(config, load_before=None) -> dict:
+    """What a rerun needs to repeat the numbers: versions, the BLAS torch was built with, thread settings."""
+    import torch
+    import transformers
+    import trl
+
+    shown = torch.__config__.show()
+    # the BLAS / LAPACK torch was built with, and the math-library versions it reports (MKL, MKL-DNN, OpenBLAS)
+    blas = re.findall(r"\b(?:BLAS_INFO|LAPACK_INFO)=[^,\s]+", shown)
+    blas += [line.strip(" -") for line in shown.splitlines() if re.search(r"Math Kernel|MKL-DNN|OpenBLAS", line)]
+    threads = [line.strip() for line in torch.__config__.parallel_info().splitlines() if "thread" in line.lower()]
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "trl": trl.__version__,
+        "blas": blas,
+        "torch_threads_info": threads,
+        "torch_config": torch.__config__.show(),
+        "parallel_info": torch.__config__.parallel_info(),
+        "cell_threads": config.num_threads if config.builtin else None,
+        "thread_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")},
+        "platform": f"{platform.system()} {platform.machine()} ({cpu_model()})",
+        "cpu_count": os.cpu_count(),
+        "cuda": torch.cuda.is_available(),
+        "load_average_before": list(load_before) if load_before else None,
+        "load_average_after": list(os.getloadavg()),
+    }
+
+
+def cpu_line(results: dict) -> list[str]:
+    """The cells' CPU time (built-in task: each cell is one single-threaded process), when recorded."""
+    cpu = [c["cpu_seconds"] for c in results["cells"] if c.get("cpu_seconds") is not None]
+    if not cpu:
+        return []
+    return [
+        f"- CPU time of the cells: {sum(cpu):.0f} s in all, {min(cpu):.0f}-{max(cpu):.0f} s per cell (on an idle core "
+        f"a cell takes about its CPU time); {results['seconds']:.0f} s wall for this invocation"
+    ]
+
+
+def _interval(d: dict | None, scale: float = 1.0, signed: bool = False) -> str:
+    if d is None:
+        return "-"
+    fmt = "{:+.4g}" if signed else "{:.4g}"
+    mean = fmt.format(scale * d["mean"])
+    if d["low"] is None:
+        return f"{mean} (n={d['n']}: no interval)"
+    return f"{mean} [{fmt.format(scale * d['low'])}, {fmt.format(scale * d['high'])}]"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def resolution(results: dict) -> list[str]:
+    """What this study's size can and cannot resolve, from its numbers: the t quantile of its seed count, and for
+    each unresolved claim how wide its intervals are."""
+    config = results["config"]
+    n = config["num_seeds"]
+    lines = []
+    if n < 2:
+        lines.append(
+            "With one seed no interval exists: every comparison is 'not resolved' (a single run decides nothing)."
+        )
+    else:
+        t = t_interval([0.0, 1.0] + [0.5] * (n - 2), config["confidence"])  # only for its quantile
+        quantile = (t.high - t.mean) / t.sem
+        lines.append(
+            f"{n} seeds per preset: a {100 * config['confidence']:.0f}% interval is the mean +- {quantile:.2f} "
+            "standard "
+            "errors, so a difference is resolved only when it exceeds that many standard errors of its per-seed values."
+        )
+    for claim in results["claims"]:
+        if claim["verdict"] == NOT_RESOLVED:
+            widths = [
+                f"{name} +-{(v['high'] - v['low']) / 2:.3g}"
+                for name, v in claim["intervals"].items()
+                if v["low"] is not None
+            ]
+            lines.append(
+                f"Not resolved: *{claim['claim']}*"
+                + (f" (interval half-widths: {', '.join(widths)})" if widths else "")
+                + "; more seeds or steps would narrow it."
+            )
+        elif claim["verdict"] == NOT_TESTED:
+            lines.append(f"Not tested: *{claim['claim']}* ({claim['evidence']}).")
+    return lines
+
+
+def render_markdown(results: dict, figures: dict) -> str:
+    """The markdown of the report from `results` (see `runner.run_study`) and the figure paths."""
+    config, env = results["config"], results["environment"]
+    presets = list(results["presets"])
+    builtin = config["model_name_or_path"] is None
+    lines = [
+        "# trl_shaped study: the paper's claims across seeds",
+        "",
+        f"{len(presets)} presets x {config['num_seeds']} seeds (from seed {config['seed']}), "
+        + ("built-in arithmetic task" + (" (quick profile)" if config["quick"] else "") if builtin
+           else f"model `{config['model_name_or_path']}` through the recipes")
+        + f", {results['seconds']:.0f} s. Verdicts come from {100 * config['confidence']:.0f}% Student-t intervals "
+        "across seeds of paired differences (same seed: same initialisation, data order and sampling), never from one "
+        "run.",
+        "",
+        "## Verdicts",
+        "",
+    ]  # fmt: skip
+    lines += _table(
+        ["claim", "verdict", "evidence (mean [interval])"],
+        [[c["claim"], f"**{c['verdict']}**", c["evidence"]] for c in results["claims"]],
+    )
+    lines += [
+        "",
+        f"*At equal perplexity* means: the interval of each preset's paired held-out NLL difference to ce lies within "
+        f"+-{100 * config['equal_nll_tolerance']:.0f}% of ce's mean NLL; otherwise the entropy order is not resolved.",
+        "",
+        "## What this size can and cannot resolve",
+        "",
+        *[f"- {line}" for line in resolution(results)],
+        "",
+        "## Every metric: mean and paired difference to ce",
+        "",
+    ]
+    rows = []
+    for metric, description in METRICS.items():
+        scale = 100 if metric in PERCENT else 1
+        for p in presets:
+            mean = results["presets"][p].get(metric)
+            if mean is None:
+                continue
+            diff = results["vs_ce"].get(metric, {}).get(p)
+            rows.append(
+                [
+                    description + (" (%)" if scale == 100 else ""),
+                    p,
+                    _interval(mean, scale),
+                    _interval(diff, scale, True),
+                ]
+            )
+    lines += _table(["metric", "preset", "mean [interval]", f"preset - {BASELINE} [interval]"], rows)
+    lines += [
+        "",
+        "Pass@k uses the largest k <= n/2 of the evaluation (the paper's Pass@64 of 128). RL changes are the mean of "
+        "the last quarter of the logged GRPO steps minus the first quarter.",
+        "",
+        f"![stage 1]({Path(figures['stage1']).name})",
+        "",
+        f"![Pass@k]({Path(figures['pass_at_k']).name})",
+        "",
+        f"![RL curves]({Path(figures['rl_curves']).name})",
+        "",
+        "## What ran",
+        "",
+    ]
+    keys = (
+        ("num_train_problems", "num_test_problems", "tokenizer", "bpe_vocab_size", "hidden_size", "num_layers")
+        + ("sft_steps", "sft_batch_size", "grpo_steps", "grpo_prompts_per_step", "num_generations")
+        + ("eval_num_samples", "eval_temperature", "shaping_top_k", "max_parallel", "num_threads")
+        if builtin
+        else ("model_name_or_path", "stage1_recipe", "rl_recipe", "eval_recipe", "accelerate_config")
+        + ("stage1_args", "rl_args", "eval_args")
+    )
+    lines += [f"- `{k}`: {config[k]}" for k in keys]
+    lines += [
+        "- cells: `cells/<preset>/seed<k>/` (result.json, checkpoints, evaluation samples, log.txt)",
+        *cpu_line(results),
+        "",
+        "## Environment (what a rerun must match to repeat the numbers bit for bit)",
+        "",
+        f"- python {env['python']}, torch {env['torch']}, transformers {env['transformers']}, trl {env['trl']}",
+        f"- {env['platform']}, {env['cpu_count']} CPUs, CUDA {'available' if env['cuda'] else 'not available'}",
+        f"- BLAS: {'; '.join(env['blas']) or 'not reported by torch'}",
+        f"- torch threads per cell: {env['cell_threads']}; thread variables of the runner: {env['thread_env']}",
+        f"- the runner's torch: {'; '.join(env.get('torch_threads_info', []))}",
+        "- load average (1 min) before/after: "
+        + f"{(env['load_average_before'] or [math.nan])[0]:.2f} / {env['load_average_after'][0]:.2f}",
+        "",
+        "The same machine, threads and versions repeat every number bit for bit; another CPU, BLAS or thread count "
+        "changes the floating-point rounding, which training amplifies, so single runs differ there: compare the "
+        "intervals, not one seed. `results.json` holds the full torch configuration and parallel info.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_report(out: Path, results: dict, figures: dict) -> Path:
+    """Write `report.md` into `out`; returns its path."""
+    path = Path(out) / "report.md"
+    path.write_text(render_markdown(results, figures))
+    return path
