@@ -61,6 +61,13 @@ EXPECTED_SIGNATURES = {
     ),
     # Overridden: generates, scores and returns one generation batch (a dict of per-row tensors).
     "trl.trainer.grpo_trainer:GRPOTrainer._generate_and_score_completions": ("self", "inputs"),
+    # Overridden by ShapedSFTTrainer: its dataset checks frame TRL's preparation (also run by `evaluate`).
+    "trl.trainer.sft_trainer:SFTTrainer._prepare_dataset": (
+        "self", "dataset", "processing_class", "args", "packing", "formatting_func", "dataset_name",
+    ),
+    # Overridden and called by checkpoints.SafeCheckpointsMixin: one checkpoint save, and the folder it goes to.
+    "transformers.trainer:Trainer._save_checkpoint": ("self", "model", "trial"),
+    "transformers.trainer:Trainer._get_output_dir": ("self", "trial"),
     # Called to build the dataloader of the extra prompts that dynamic sampling draws.
     "transformers.trainer:Trainer._get_dataloader": (
         "self", "dataset", "description", "batch_size", "sampler_fn", "is_training", "dataloader_key",
