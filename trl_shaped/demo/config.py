@@ -1,7 +1,7 @@
 """`DemoConfig`: the settings of `trl-shaped demo`, a small study on the built-in task.
 
 The demo is a `StudyConfig` (see `trl_shaped.study.config`) with its own report directory: by default ce, precision
-and diversity with four seeds (full profile) or two (`--quick`), on the built-in arithmetic task with a byte-level BPE
+and diversity with six seeds (full profile) or two (`--quick`), on the built-in arithmetic task with a byte-level BPE
 vocabulary of 512 tokens and the paper's k = 100.
 """
 

@@ -2,7 +2,7 @@
 subcommands.
 
 ```bash
-trl-shaped demo            # ce, precision, diversity x 4 seeds on 2 CPU cores
+trl-shaped demo            # ce, precision, diversity x 6 seeds on 2 CPU cores
 trl-shaped demo --quick    # the short form (2 seeds, fewer steps)
 ```
 """
