@@ -137,7 +137,9 @@ def test_dynamic_sampling_refills_from_other_prompts(tmp_path, all_constant):
 
     def reward(completions, prompts, completion_ids, **kwargs):
         dense = varied_reward(completions, completion_ids)
-        rewards = [r if informative_prompt(p) and not all_constant else 0.5 for p, r in zip(prompts, dense, strict=True)]
+        rewards = [
+            r if informative_prompt(p) and not all_constant else 0.5 for p, r in zip(prompts, dense, strict=True)
+        ]
         calls.append((list(prompts), rewards))
         return rewards
 
@@ -158,7 +160,9 @@ def test_dynamic_sampling_refills_from_other_prompts(tmp_path, all_constant):
     assert log["dynamic_sampling/frac_groups_dropped"] == pytest.approx(sum(dropped) / len(groups))
     assert log["dynamic_sampling/rounds"] == len(calls) - 1
     batch = trainer._buffered_inputs[0]
-    final_prompts = {tokenizer.decode(ids[mask.bool()]) for ids, mask in zip(batch["prompt_ids"], batch["prompt_mask"], strict=True)}
+    final_prompts = {
+        tokenizer.decode(ids[mask.bool()]) for ids, mask in zip(batch["prompt_ids"], batch["prompt_mask"], strict=True)
+    }
     if all_constant:
         assert len(calls) == 1 + rounds and log["dynamic_sampling/frac_groups_filled"] == 1.0
         assert (batch["advantages"] == 0).all()

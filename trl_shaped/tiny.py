@@ -110,7 +110,9 @@ def build_tiny_model(
     token_ids = {}
     if tokenizer is not None:
         token_ids = dict(
-            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
         )
     common = dict(
         vocab_size=vocab_size,
