@@ -5,7 +5,6 @@ Imported by tests/test_sft_*.py and by tests/launch/sft_zero.py (which `accelera
 
 import json
 
-import pytest
 import torch
 from datasets import Dataset
 
@@ -16,15 +15,6 @@ from trl_shaped.tiny import build_char_tokenizer, build_tiny_model
 # Lengths differ from row to row, so token counts differ between micro-batches and processes: a normalisation by the
 # wrong count (per micro-batch mean instead of num_items_in_batch) changes the losses and the gradients.
 TEXTS = [f"{a}+{b}={a + b}" + " ok" * (a % 4) for a in range(12) for b in (3, 17, 250)]
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One intra-op thread: these models are tiny, and on a shared CPU several threads mostly wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tokenizer():

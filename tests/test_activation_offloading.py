@@ -15,11 +15,11 @@ as the LM head's forward, which TRL's manager deliberately leaves on the device 
 from unittest import mock
 
 import torch
+from _sft_common import config as sft_config
 from datasets import Dataset
 from trl.models.activation_offloading import get_act_offloading_ctx_manager
 
 from trl_shaped import ShapingConfig, fused_linear_shaped_loss
-from trl_shaped.sft_config import ShapedSFTConfig
 from trl_shaped.sft_trainer import ShapedSFTTrainer
 from trl_shaped.tiny import build_char_tokenizer, build_tiny_model
 
@@ -89,18 +89,8 @@ def run_sft(tmp_path, offload: bool, seen=None):
     try:
         tokenizer = build_char_tokenizer()
         model = build_tiny_model(len(tokenizer), hidden_size=32, num_layers=2, seed=0)
-        args = ShapedSFTConfig(
-            output_dir=str(tmp_path),
-            max_steps=3,
-            per_device_train_batch_size=4,
-            learning_rate=3e-3,
-            logging_steps=1,
-            report_to="none",
-            save_strategy="no",
-            seed=0,
-            bf16=False,
-            disable_tqdm=True,
-            dataloader_num_workers=0,
+        args = sft_config(
+            tmp_path,
             # TRL checkpoints by default; off, every backbone activation goes through the offloading hooks.
             gradient_checkpointing=False,
             shaping_preset="tail_penalty",

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from _grpo_common import arithmetic_prompts, grpo_config, tiny_policy, varied_reward
-from _sft_common import config, single_thread, text_dataset, tokenizer  # noqa: F401
+from _sft_common import config, text_dataset, tokenizer
 from transformers import TrainerState
 from transformers.trainer_utils import get_last_checkpoint
 

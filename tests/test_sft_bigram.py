@@ -7,7 +7,7 @@ Same seed, data and initialisation for every preset; measured on held-out sequen
 
 import numpy as np
 import pytest
-from _sft_common import config, single_thread, tokenizer  # noqa: F401
+from _sft_common import config, tokenizer
 from datasets import Dataset
 
 from trl_shaped.sft_trainer import ShapedSFTTrainer

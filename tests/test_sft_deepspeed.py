@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _sft_common import ZERO_VOCAB, single_thread, tokenizer, zero_parity_run  # noqa: F401
+from _sft_common import ZERO_VOCAB, tokenizer, zero_parity_run
 
 from trl_shaped.tiny import build_tiny_model
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from _sft_common import TEXTS, config, single_thread, step_losses, text_dataset, tokenizer  # noqa: F401
+from _sft_common import TEXTS, config, step_losses, text_dataset, tokenizer
 from datasets import Dataset
 from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM, TrainerCallback
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config

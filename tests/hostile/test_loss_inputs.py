@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _sft_common import config as sft_config
 from datasets import Dataset
 
 from trl_shaped import ShapingConfig, distribution_stats, fused_linear_shaped_loss, shaped_loss
@@ -126,20 +127,7 @@ def tiny_trainer(tmp_path, **shaping):
     tokenizer = build_char_tokenizer()
     model = build_tiny_model(len(tokenizer), hidden_size=32, num_layers=1, seed=0)
     texts = [f"{a}+{b}={a + b}" for a in range(10) for b in (3, 17)]
-    args = ShapedSFTConfig(
-        output_dir=str(tmp_path),
-        max_steps=12,
-        per_device_train_batch_size=4,
-        learning_rate=1e-2,
-        logging_steps=1,
-        report_to="none",
-        save_strategy="no",
-        seed=0,
-        bf16=False,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        **shaping,
-    )
+    args = sft_config(tmp_path, max_steps=12, learning_rate=1e-2, **shaping)
     return ShapedSFTTrainer(
         model=model, args=args, train_dataset=Dataset.from_dict({"text": texts}), processing_class=tokenizer
     )

@@ -5,7 +5,6 @@ import logging
 import math
 
 import pytest
-import torch
 from datasets import Dataset, IterableDataset
 
 from trl_shaped.sft_config import ShapedSFTConfig
@@ -14,14 +13,6 @@ from trl_shaped.tiny import build_char_tokenizer, build_tiny_model
 
 TOK = build_char_tokenizer()
 TEXTS = [f"{a}+{b}={a + b}" for a in range(6) for b in (3, 17)]
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def model():
