@@ -53,11 +53,13 @@ def tiny_model(kind: str = "untied"):
 PARITY_RTOL = 1e-5
 
 
-@pytest.mark.parametrize("kind", ["untied", "tied", "softcap", "moe"])
-def test_ce_preset_reproduces_stock_sft_trainer(tmp_path, kind):
-    # SGD: Adam's first steps move every weight by about lr whatever the gradient's size, so rounding-level gradient
-    # differences on near-zero gradients would show as lr-sized weight differences
-    common = dict(
+def parity_args(tmp_path) -> dict:
+    """Arguments shared by a stock SFTConfig and a ShapedSFTConfig in the parity tests.
+
+    SGD: Adam's first steps move every weight by about lr whatever the gradient's size, so rounding-level gradient
+    differences on near-zero gradients would show as lr-sized weight differences.
+    """
+    return dict(
         output_dir=str(tmp_path),
         max_steps=3,
         per_device_train_batch_size=4,
@@ -70,6 +72,11 @@ def test_ce_preset_reproduces_stock_sft_trainer(tmp_path, kind):
         bf16=False,
         disable_tqdm=True,
     )
+
+
+@pytest.mark.parametrize("kind", ["untied", "tied", "softcap", "moe"])
+def test_ce_preset_reproduces_stock_sft_trainer(tmp_path, kind):
+    common = parity_args(tmp_path)
     stock = SFTTrainer(
         model=tiny_model(kind),
         args=SFTConfig(loss_type="nll", **common),
@@ -107,19 +114,7 @@ def sharegpt_dataset() -> Dataset:
 
 def test_sharegpt_conversations_match_stock_sft_trainer(tmp_path):
     # Issue #13.1: stock SFTTrainer trains on this layout, so ours must, with the same losses at the CE preset
-    common = dict(
-        output_dir=str(tmp_path),
-        max_steps=3,
-        per_device_train_batch_size=4,
-        learning_rate=0.3,
-        optim="sgd",
-        logging_steps=1,
-        report_to="none",
-        save_strategy="no",
-        seed=0,
-        bf16=False,
-        disable_tqdm=True,
-    )
+    common = parity_args(tmp_path)
     stock = SFTTrainer(
         model=tiny_model(),
         args=SFTConfig(loss_type="nll", **common),
