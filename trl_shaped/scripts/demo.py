@@ -1,4 +1,4 @@
-"""`trl-shaped demo`: the built-in two-stage demo (`trl_shaped.demo`), a small study, parsed like the other
+"""`trl-shaped demo`: the built-in two-stage demo (`trl_shaped.study`, profile `DemoConfig`), a small study, parsed like the other
 subcommands.
 
 ```bash
@@ -13,15 +13,15 @@ from trl_shaped.scripts import parse_or_exit
 def make_parser(prog: str | None = None):
     from trl import TrlParser
 
-    from trl_shaped.demo import DemoConfig
+    from trl_shaped.study import DemoConfig
 
     return TrlParser((DemoConfig,), prog=prog)
 
 
 def main(config):
-    from trl_shaped.demo import run_demo
+    from trl_shaped.study import run_study
 
-    report_dir = run_demo(config)
+    report_dir = run_study(config)
     print(f"Demo report: {report_dir}")
     return report_dir
 

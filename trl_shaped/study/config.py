@@ -2,7 +2,7 @@
 
 Two backends, chosen by `model_name_or_path`:
 
-- left `None`: the built-in arithmetic task (`trl_shaped.demo.task`) on a tiny Qwen3 model built locally; the sizes
+- left `None`: the built-in arithmetic task (`trl_shaped.study.task`) on a tiny Qwen3 model built locally; the sizes
   come from a profile (`BUILTIN_PROFILES`, "full" or `quick`) unless given;
 - a hub name or a local path: every stage of every cell runs through the recipes (`trl-shaped sft|grpo|eval --config
   <recipe>` with overrides), under `accelerate launch --config_file <accelerate_config>` when one is given.
@@ -269,3 +269,11 @@ class StudyConfig:
         if not self.builtin and self.accelerate_config is not None:
             return 1  # each cell takes the accelerators
         return max(1, min(num_cells, (os.cpu_count() or 1) // max(1, self.num_threads)))
+
+
+@dataclass
+class DemoConfig(StudyConfig):
+    """The built-in demo (`trl-shaped demo`): a study on the built-in task, every field of `StudyConfig`, with its
+    report in `demo_report/`."""
+
+    output_dir: str = field(default="demo_report", metadata={"help": "Directory of the demo's study and report."})

@@ -14,7 +14,7 @@ evaluation) writes its own record atomically when it finishes and is skipped whe
 training stage restarts from its newest checkpoint that has a `trainer_state.json` (Trainer's
 `resume_from_checkpoint`). So a study killed at any point loses at most the steps since the last checkpoint.
 
-Two backends (`StudyConfig.builtin`). The built-in task runs one process per cell (`python -m trl_shaped.demo.cell`,
+Two backends (`StudyConfig.builtin`). The built-in task runs one process per cell (`python -m trl_shaped.study.builtin_cell`,
 `num_threads` torch threads), `max_parallel` at once. At real scale each stage of a cell is a command through the
 recipes (`python -m trl_shaped sft|grpo|eval --config <recipe> --seed ... --output_dir ...`), under
 `accelerate launch --config_file <accelerate_config>` when one is given; `stage_commands` builds them.
@@ -30,37 +30,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
+from .cells import RESULT, cell_dir, newest_checkpoint, say, write_json_atomic
 from .claims import judge_claims, metric_values, summarize
 from .config import StudyConfig
 
-RESULT = "result.json"
-BUILTIN_CELL_MODULE = "trl_shaped.demo.cell"  # the built-in task's cell worker (run as a module, not imported here)
-
-
-def say(message: str) -> None:
-    print(f"[study] {message}", flush=True)
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    """Write `obj` as JSON so that `path` either does not exist or is complete (temp file + rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
-
-
-def newest_checkpoint(folder: Path) -> str | None:
-    """The `checkpoint-<step>` folder of `folder` with the highest step that has a `trainer_state.json` (a
-    checkpoint interrupted while saving has none), or None."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return None
-    done = [p for p in folder.glob("checkpoint-*") if p.name[11:].isdigit() and (p / "trainer_state.json").is_file()]
-    return str(max(done, key=lambda p: int(p.name[11:]))) if done else None
-
-
-def cell_dir(out: Path, preset: str, seed: int) -> Path:
-    return Path(out) / "cells" / preset / f"seed{seed}"
+BUILTIN_CELL_MODULE = (
+    "trl_shaped.study.builtin_cell"  # the built-in cell's worker, run as `python -m` (a process per cell)
+)
 
 
 def cell_env(config: StudyConfig) -> dict:
@@ -179,7 +155,8 @@ def run_cells(config: StudyConfig, out: Path) -> list[dict]:
     workers = config.parallel(max(1, len(todo)))
     shape = f"{len(config.preset_names())} presets x {config.num_seeds} seeds"
     say(
-        f"{len(cells)} cells ({shape}), {len(cells) - len(todo)} already done; running {len(todo)}, {workers} at a time"
+        "study",
+        f"{len(cells)} cells ({shape}), {len(cells) - len(todo)} already done; running {len(todo)}, {workers} at a time",
     )
     start, finished, failures = time.perf_counter(), [0], []
 
@@ -188,10 +165,10 @@ def run_cells(config: StudyConfig, out: Path) -> list[dict]:
             run_cell(config, *cell, out)
         except Exception as error:  # noqa: BLE001 - reported with the others below
             failures.append(f"{cell[0]} seed {cell[1]}: {error}")
-            say(f"FAILED {cell[0]} seed {cell[1]}: {error}")
+            say("study", f"FAILED {cell[0]} seed {cell[1]}: {error}")
             return
         finished[0] += 1
-        say(f"({finished[0]}/{len(todo)}) {cell[0]} seed {cell[1]} done ({time.perf_counter() - start:.0f}s)")
+        say("study", f"({finished[0]}/{len(todo)}) {cell[0]} seed {cell[1]} done ({time.perf_counter() - start:.0f}s)")
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(one, todo))
@@ -246,5 +223,5 @@ def run_study(config: StudyConfig | None = None) -> Path:
     results = build_results(config, cells, time.perf_counter() - start, environment(config, load_before))
     write_json_atomic(out / "results.json", results)
     write_report(out, results, figures)
-    say(f"done in {results['seconds']:.0f}s; report: {out / 'report.md'}")
+    say("study", f"done in {results['seconds']:.0f}s; report: {out / 'report.md'}")
     return out

@@ -1,5 +1,7 @@
 """One cell of a study on the built-in task: stage 1 with a shaping preset, evaluation, GRPO from the stage-1
-checkpoint, evaluation. `trl_shaped.demo.cell` runs `run_cell` in its own process for `trl_shaped.study.run_study`.
+checkpoint, evaluation. `trl_shaped.study.run_study` runs each cell in its own process:
+
+    python -m trl_shaped.study.builtin_cell <study_config.json> <preset> <seed> <cell_dir>
 
 Everything is built locally: the task (`task.py`), a tokenizer (byte-level BPE trained on the task's text, or one id
 per character) shared by every cell of the study, and a tiny Qwen3-architecture model (`trl_shaped.tiny`). The cell's
@@ -21,6 +23,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -33,9 +36,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, T
 from .. import ShapedGRPOConfig, ShapedGRPOTrainer, ShapedSFTConfig, ShapedSFTTrainer
 from ..evaluation import EvalConfig, evaluate, pass_at_k
 from ..rewards import exact_answer_reward
-from ..study.config import StudyConfig
-from ..study.runner import newest_checkpoint, write_json_atomic
 from ..tiny import build_bpe_tokenizer, build_char_tokenizer, build_tiny_model
+from .cells import newest_checkpoint, say, write_json_atomic
+from .config import StudyConfig
 from .task import ArithmeticTask, build_datasets, solution_strategy, task_alphabet
 
 # Longest completion of the default task ("19+19=38; 38+19=57 #### 57", 26 characters) plus the eos token and
@@ -59,10 +62,6 @@ RL_SETTINGS = (
     "lr_scheduler_type",
     "prior_model_name_or_path",
 )
-
-
-def say(message: str) -> None:
-    print(f"[cell] {message}", flush=True)
 
 
 @contextlib.contextmanager
@@ -356,7 +355,7 @@ def run_cell(config: StudyConfig, preset: str, seed: int, cell: Path) -> dict:
                 cell / "stage1", tokenizer, data, config, seed, cell / "eval_stage1_samples.json"
             ),
         )
-        say(f"{preset} seed {seed} stage 1: Avg@n {eval_stage1['avg_at_n']:.3f}, held-out entropy "
+        say("cell", f"{preset} seed {seed} stage 1: Avg@n {eval_stage1['avg_at_n']:.3f}, held-out entropy "
             f"{(eval_stage1['diagnostics'] or {}).get('entropy', math.nan):.4f}")  # fmt: skip
         rl = _stage(cell, "rl", lambda: train_rl(preset, seed, config, data, tokenizer, cell))
         eval_rl = _stage(
@@ -364,7 +363,7 @@ def run_cell(config: StudyConfig, preset: str, seed: int, cell: Path) -> dict:
             "eval_rl",
             lambda: evaluate_checkpoint(cell / "rl", tokenizer, data, config, seed, cell / "eval_rl_samples.json"),
         )
-        say(f"{preset} seed {seed} after RL: Avg@n {eval_rl['avg_at_n']:.3f}")
+        say("cell", f"{preset} seed {seed} after RL: Avg@n {eval_rl['avg_at_n']:.3f}")
     result = {
         "preset": preset,
         "seed": seed,
@@ -378,3 +377,14 @@ def run_cell(config: StudyConfig, preset: str, seed: int, cell: Path) -> dict:
     }
     write_json_atomic(cell / "result.json", result)
     return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The cell worker's entry point: `<study_config.json> <preset> <seed> <cell_dir>`."""
+    config_path, preset, seed, cell = argv if argv is not None else sys.argv[1:]
+    config = StudyConfig(**json.loads(Path(config_path).read_text()))
+    run_cell(config, preset, int(seed), Path(cell))
+
+
+if __name__ == "__main__":
+    main()
