@@ -9,7 +9,6 @@ import torch
 from .loss_core import (
     REDUCTIONS,
     STAT_NAMES,
-    check_int,
     check_labels,
     check_reduction,
     row_terms,
@@ -17,6 +16,7 @@ from .loss_core import (
     stats_from_terms,
     topk_indices,
 )
+from .validation import check_int
 
 __all__ = ["STAT_NAMES", "distribution_stats", "row_terms", "stats_from_terms"]
 

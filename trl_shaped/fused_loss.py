@@ -28,10 +28,8 @@ from packaging.version import Version
 from .loss_core import (
     CHUNK_LOGITS_BYTES,
     STAT_NAMES,
-    check_int,
     check_labels,
     check_num_items,
-    check_real,
     chunk_logits,
     chunk_loss_and_grad,
     compute_dtype,
@@ -39,6 +37,7 @@ from .loss_core import (
     reduce_loss,
 )
 from .shaping import ShapingConfig, resolve_shaping
+from .validation import check_int, check_real
 
 __all__ = ["CHUNK_LOGITS_BYTES", "chunk_logits", "default_chunk_size", "fused_linear_shaped_loss"]
 
@@ -268,13 +267,13 @@ def fused_linear_shaped_loss(
         raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
     if chunk_size is not None:
         chunk_size = check_int("chunk_size", chunk_size, minimum=1)
-    logit_scale = check_real("logit_scale", logit_scale, "any finite float")
+    logit_scale = check_real("logit_scale", logit_scale)
     softcap = final_logit_softcapping
     if softcap is not None:
         # bool is rejected: `final_logit_softcapping=True` would otherwise be read as a cap of 1.0.
-        softcap = check_real("final_logit_softcapping", softcap, "None or a finite float > 0")
-        if softcap <= 0:
-            raise ValueError(f"final_logit_softcapping must be None or a finite float > 0, got {softcap!r}")
+        softcap = check_real(
+            "final_logit_softcapping", softcap, minimum=0, open_minimum=True, allowed="None or a finite real number > 0"
+        )
     flat_hidden = hidden.reshape(-1, hidden.shape[-1])
     flat_labels = labels.reshape(-1)
     # Labels and the divisor are checked here, before any logits are computed.

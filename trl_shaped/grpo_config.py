@@ -1,13 +1,13 @@
 """`ShapedGRPOConfig`: TRL's `GRPOConfig` plus the stage-1 prior, drift diagnostics, DAPO dynamic sampling and the
 optional auxiliary shaped loss."""
 
-import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 from trl import GRPOConfig
 
 from .shaping_args import ShapingArguments
+from .validation import check_int, check_real
 
 
 @dataclass
@@ -122,15 +122,13 @@ class ShapedGRPOConfig(ShapingArguments, GRPOConfig):
     )
 
     def __post_init__(self):
-        _check_int("diagnostics_steps", self.diagnostics_steps, 0)
-        _check_int("diagnostics_top_k", self.diagnostics_top_k, 1)
-        _check_int("max_resample_rounds", self.max_resample_rounds, 0)
-        _check_int("aux_max_length", self.aux_max_length, 1)
+        self.diagnostics_steps = check_int("diagnostics_steps", self.diagnostics_steps, minimum=0)
+        self.diagnostics_top_k = check_int("diagnostics_top_k", self.diagnostics_top_k, minimum=1)
+        self.max_resample_rounds = check_int("max_resample_rounds", self.max_resample_rounds, minimum=0)
+        self.aux_max_length = check_int("aux_max_length", self.aux_max_length, minimum=1)
         if self.aux_batch_size is not None:
-            _check_int("aux_batch_size", self.aux_batch_size, 1)
-        coef = self.shaping_aux_coef
-        if isinstance(coef, bool) or not isinstance(coef, (int, float)) or not math.isfinite(coef) or coef < 0:
-            raise ValueError(f"shaping_aux_coef must be a finite float >= 0, got {coef!r}")
+            self.aux_batch_size = check_int("aux_batch_size", self.aux_batch_size, minimum=1, note="or None")
+        self.shaping_aux_coef = check_real("shaping_aux_coef", self.shaping_aux_coef, minimum=0)
         if not isinstance(self.dynamic_sampling, bool):
             raise ValueError(f"dynamic_sampling must be True or False, got {self.dynamic_sampling!r}")
         super().__post_init__()  # ShapingArguments validates the shaping fields, then GRPOConfig its own
@@ -143,8 +141,3 @@ class ShapedGRPOConfig(ShapingArguments, GRPOConfig):
         the caller.
         """
         return cls(**{**cls.PAPER_RECIPE, **overrides})
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")

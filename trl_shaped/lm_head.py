@@ -10,7 +10,6 @@ exposes the same path to any trainer (ShapedSFTTrainer's loss, the GRPO auxiliar
 """
 
 import functools
-import math
 import types
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ from transformers.utils import ModelOutput
 
 from .fused_loss import fused_linear_shaped_loss
 from .shaping import ShapingConfig
+from .validation import check_real
 
 
 @dataclass
@@ -41,14 +41,10 @@ class ShapedCausalLMOutput(ModelOutput):
     aux_loss: torch.Tensor | None = None
 
 
-def _config_number(text_config, name: str, value) -> float:
+def _config_number(text_config, name: str, value, **bounds) -> float:
     # A bool is an int to Python: `final_logit_softcapping=True` would otherwise cap the logits at +-1.0 silently.
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(
-            f"the model config's {name} must be a finite number, got {value!r} of type {type(value).__name__} "
-            f"(model_type {getattr(text_config, 'model_type', None)!r}); fix `{name}` in the model's config"
-        )
-    return float(value)
+    where = f"{name} in the model config (model_type {getattr(text_config, 'model_type', None)!r})"
+    return check_real(where, value, **bounds)
 
 
 def logit_transform(text_config) -> tuple[float, float | None]:
@@ -80,11 +76,14 @@ def logit_transform(text_config) -> tuple[float, float | None]:
         scale = divisor if text_config.model_type == "hyperclovax" else 1 / divisor
     softcap = getattr(text_config, "final_logit_softcapping", None)
     if softcap is not None:
-        softcap = _config_number(text_config, "final_logit_softcapping", softcap)
-        if softcap <= 0:
-            raise ValueError(
-                f"the model config's final_logit_softcapping must be None (no softcap) or a number > 0, got {softcap}"
-            )
+        softcap = _config_number(
+            text_config,
+            "final_logit_softcapping",
+            softcap,
+            minimum=0,
+            open_minimum=True,
+            allowed="None (no softcap) or a finite real number > 0",
+        )
     return (1.0 if scale is None else scale), softcap
 
 

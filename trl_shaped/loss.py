@@ -19,9 +19,9 @@ Decisions (the paper leaves them open; see `loss_core` for each):
     * Ties at the k-th place: K_t is ranked by the float32 logits; among tokens whose logit equals the k-th largest,
       the lower token ids enter K_t first. K_t always holds exactly min(k, V) tokens; `top_k >= V` makes every
       negative token a head token.
-    * beta >= -1 (`MIN_BETA`, checked by `ShapingConfig`): below, w_y is unbounded as p_y -> 1. In the linear form
-      1 - p_y is floored at `ONE_MINUS_P_FLOOR` (1e-6) before it is raised to a negative beta, which caps the
-      weight at 1e-6 ** beta (<= 1e6); the power form takes its limits at p_y in {0, 1} (w_y <= e).
+    * beta >= -1 (`MIN_BETA`): why, and the bounds it gives, in `ShapingConfig`'s docstring. In the linear form
+      1 - p_y is floored at `ONE_MINUS_P_FLOOR` before it is raised to a negative beta; the power form takes its
+      limits at p_y in {0, 1}.
     * Masked tokens: a -inf logit of a non-target token contributes nothing (finite loss and gradient, like
       F.cross_entropy); a -inf target logit gives an infinite loss and a finite gradient, as F.cross_entropy does.
 """

@@ -1,5 +1,6 @@
-"""The functional core of the shaped loss: every per-token formula, on plain tensors, importing nothing of the package.
+"""The functional core of the shaped loss: every per-token formula, on plain tensors.
 
+It imports nothing of the package but the leaf module of argument checks (`validation.py`).
 The reference loss (`loss.py`), the diagnostics (`diagnostics.py`) and the chunked autograd Function
 (`fused_loss.py`) are built from these pieces and import only from here, so one formula has one implementation.
 Read top to bottom: argument checks, softmax parts, the head set K_t, the positive weight, per-row sums, the loss
@@ -10,54 +11,26 @@ tail_reward, positive_form, needs_topk); this module validates numbers but does 
 """
 
 import math
-import numbers
 
 import torch
+
+from .validation import check_choice, check_real
 
 # --- argument checks ------------------------------------------------------------------------------------------------
 
 REDUCTIONS = ("mean", "sum", "none")
 
-# Smallest beta accepted for either positive form. Below -1 the ground-truth token's weight grows without bound as
-# p_y -> 1 (power form: w_y ~ exp((1 - p_y) ** (1 + beta)); linear form: the loss term -w_y log p_y ~ (1 - p_y) **
-# (1 + beta)), so the more confident the model, the larger its update: a run diverges. At beta >= -1 the power
-# weight is at most e (reached as p_y -> 1 at beta = -1) and every logit gradient is at most ~1.2 in size.
+# Smallest beta accepted for either positive form. Why, and the bounds it gives: `ShapingConfig`'s docstring and
+# docs/method.md ("The range of beta").
 MIN_BETA = -1.0
 
 # Smallest value of 1 - p_y raised to a negative beta in the linear form, w_y = (1 - p_y) ** beta, which is infinite
-# at p_y == 1 (float32 rounds p_y to exactly 1 once 1 - p_y < 6e-8). The cap 1e-6 ** beta (<= 1e6 at beta >= -1)
-# keeps the weight finite; the loss term w_y * (-log p_y) and the gradient w_y * (1 - p_y) stay below ~1 anyway.
+# at p_y == 1 (float32 rounds p_y to exactly 1 once 1 - p_y < 6e-8): the weight is capped at 1e-6 ** beta.
 ONE_MINUS_P_FLOOR = 1e-6
 
 
-def check_real(name: str, value, allowed: str = "any finite number", minimum: float | None = None) -> float:
-    """`value` as a Python float, or a ValueError naming `name` and `allowed`.
-
-    Python and NumPy reals and integers are accepted; bool (an int subclass: `beta=True` is surely a mistake),
-    strings, None, NaN and infinities are not, nor values below `minimum`.
-    """
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(
-            f"{name} must be a finite real number ({allowed}), got {value!r} of type {type(value).__name__}"
-        )
-    value = float(value)
-    if not math.isfinite(value) or (minimum is not None and value < minimum):
-        raise ValueError(f"{name} must be a finite real number ({allowed}), got {value!r}")
-    return value
-
-
-def check_int(name: str, value, minimum: int = 1) -> int:
-    """`value` as a Python int >= `minimum` (Python or NumPy integers, not bool nor float), else a ValueError."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r} of type {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
-    return int(value)
-
-
 def check_reduction(reduction: str, allowed=REDUCTIONS):
-    if reduction not in allowed:
-        raise ValueError(f"reduction must be one of {list(allowed)}, got {reduction!r}")
+    check_choice("reduction", reduction, allowed)
 
 
 def check_labels(labels: torch.Tensor, vocab_size: int, ignore_index: int) -> torch.Tensor:
@@ -85,7 +58,9 @@ def check_num_items(num_items_in_batch, num_valid: int) -> float | None:
         if value.numel() != 1 or value.dtype == torch.bool:
             raise ValueError(f"num_items_in_batch must be a number or a one-element tensor, got {value!r}")
         value = value.item()
-    value = check_real("num_items_in_batch", value, "> 0, the number of scored tokens", minimum=0.0)
+    value = check_real(
+        "num_items_in_batch", value, minimum=0.0, allowed="a finite number > 0, the number of scored tokens"
+    )
     if value == 0 and num_valid > 0:
         raise ValueError(f"num_items_in_batch must be > 0 (the number of scored tokens), got 0 for {num_valid} tokens")
     return value
@@ -198,7 +173,7 @@ def positive_weight(logp_y: torch.Tensor, config) -> torch.Tensor:
     if beta < 0:
         exponent = torch.where(logp_y == 0, 1.0 if beta == -1.0 else 0.0, exponent)
     exponent = torch.where(logp_y == -math.inf, 0.0, exponent)
-    # At beta >= -1 the exponent is at most 1 (w_y <= e); the clamp only guards against rounding near p_y == 1.
+    # At beta >= MIN_BETA the exponent is at most 1 (w_y <= e); the clamp only guards against rounding near p_y == 1.
     return exponent.clamp_max_(1.0).exp_()
 
 

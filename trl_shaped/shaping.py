@@ -4,10 +4,10 @@
 so a bad value fails at construction with the field's name and the allowed range.
 """
 
-import dataclasses
 from dataclasses import dataclass, field
 
-from .loss_core import MIN_BETA, ONE_MINUS_P_FLOOR, check_int, check_real
+from .loss_core import MIN_BETA, ONE_MINUS_P_FLOOR
+from .validation import check_choice, check_int, check_real
 
 __all__ = [
     "MIN_BETA",
@@ -16,13 +16,12 @@ __all__ = [
     "POSITIVE_FORMS",
     "ShapingConfig",
     "resolve_shaping",
-    "shaping_fields",
 ]
 
 POSITIVE_FORMS = ("power", "linear")
 BETA_RANGE = (
-    f"a finite float >= {MIN_BETA:g}: below, the ground-truth token's weight grows without bound as p_y -> 1 "
-    "and training diverges"
+    f">= {MIN_BETA:g} (a finite real number; below, the weight of a confident ground-truth token is unbounded and "
+    "training diverges: see ShapingConfig)"
 )
 
 
@@ -35,11 +34,15 @@ class ShapingConfig:
     Args:
         beta (`float`): positive reward scaling. < 0 amplifies the reward of the ground-truth token (precision,
             lower entropy), > 0 attenuates it (diversity, higher entropy). A finite number >= -1 (`MIN_BETA`), for
-            both forms: below -1 the weight of a confident ground-truth token is unbounded as p_y -> 1 (power form:
-            about exp((1 - p_y) ** (1 + beta)); linear form: a loss term about (1 - p_y) ** (1 + beta)), so a run
-            diverges. At beta >= -1 the power weight is at most e (as p_y -> 1 at beta = -1); the linear weight
-            (1 - p_y) ** beta is capped at `ONE_MINUS_P_FLOOR` ** beta (at most 1e6), while its loss term and logit
-            gradient stay below about 1. Every accepted value gives a finite loss and gradient for p_y in [0, 1].
+            both forms; this is the one docstring that states why (docs/method.md, "The range of beta", derives
+            it). Below -1 the weight of a confident ground-truth token is unbounded as p_y -> 1 (power form: about
+            exp((1 - p_y) ** (1 + beta)); linear form: a loss term about (1 - p_y) ** (1 + beta)), so the more
+            confident the model, the larger its update, and a run diverges. At beta >= -1 the power weight is at
+            most e (as p_y -> 1 at beta = -1) and each logit-gradient component of the ground-truth term,
+            w_y (1 - p_y) or w_y p_a, is at most about 1.2 (1.196, at p_y near 0.2 when beta = -1); in the linear
+            form the weight (1 - p_y) ** beta is capped at `ONE_MINUS_P_FLOOR` ** beta (at most 1e6) while that
+            component stays at most 1. The head and tail rewards add |reward| * p_a terms. Every accepted value
+            gives a finite loss and gradient for p_y in [0, 1].
         top_k (`int`): size of the head set K_t (the k most probable tokens under the detached policy).
             An integer >= 1; values >= the vocabulary size make every negative token a head token.
         head_reward (`float`): reward of negative tokens inside K_t (the paper's lambda-tilde). Any finite number;
@@ -60,12 +63,11 @@ class ShapingConfig:
 
     def __post_init__(self):
         # object.__setattr__ because the dataclass is frozen; normalising ints to floats keeps equality simple.
-        object.__setattr__(self, "beta", check_real("beta", self.beta, BETA_RANGE, minimum=MIN_BETA))
-        object.__setattr__(self, "head_reward", check_real("head_reward", self.head_reward, "any finite float"))
-        object.__setattr__(self, "tail_reward", check_real("tail_reward", self.tail_reward, "any finite float"))
+        object.__setattr__(self, "beta", check_real("beta", self.beta, minimum=MIN_BETA, allowed=BETA_RANGE))
+        object.__setattr__(self, "head_reward", check_real("head_reward", self.head_reward))
+        object.__setattr__(self, "tail_reward", check_real("tail_reward", self.tail_reward))
         object.__setattr__(self, "top_k", check_int("top_k", self.top_k, minimum=1))
-        if self.positive_form not in POSITIVE_FORMS:
-            raise ValueError(f"positive_form must be one of {list(POSITIVE_FORMS)}, got {self.positive_form!r}")
+        check_choice("positive_form", self.positive_form, POSITIVE_FORMS)
 
     @property
     def is_cross_entropy(self) -> bool:
@@ -119,8 +121,3 @@ def resolve_shaping(config: ShapingConfig | None = None, **kwargs) -> ShapingCon
                 "pass either config= or the loose shaping arguments"
             )
     return config
-
-
-def shaping_fields() -> tuple[str, ...]:
-    """Names of the ShapingConfig fields, in order (the trainer configs prefix them with `shaping_`)."""
-    return tuple(f.name for f in dataclasses.fields(ShapingConfig))

@@ -31,9 +31,8 @@ class ShapingArguments:
             `"head_reward"`. It fills the `shaping_*` fields that are not set explicitly.
         shaping_beta (`float`, *optional*):
             Positive reward scaling. Negative values amplify the ground-truth token's reward (precision: lower
-            entropy); positive values attenuate it (diversity: higher entropy). Must be >= -1: below, the weight of
-            the ground-truth token is unbounded as p_y -> 1. Defaults to `0.0` when neither set nor filled by a
-            preset.
+            entropy); positive values attenuate it (diversity: higher entropy). Must be >= -1 (why: `ShapingConfig`).
+            Defaults to `0.0` when neither set nor filled by a preset. Not GRPO's `beta`, TRL's KL coefficient.
         shaping_top_k (`int`, *optional*):
             Size k of the head set: the k most probable tokens under the current (detached) policy. An integer >= 1.
             Defaults to `100`.
@@ -59,8 +58,8 @@ class ShapingArguments:
         default=None,
         metadata={
             "help": "Positive reward scaling: < 0 amplifies the ground-truth reward (precision, lower entropy), > 0 "
-            "attenuates it (diversity, higher entropy); must be >= -1 (below, the weight is unbounded as p_y -> 1). "
-            "Default 0.0 unless a preset sets it."
+            "attenuates it (diversity, higher entropy); must be >= -1 (see ShapingConfig). Default 0.0 unless a "
+            "preset sets it. Not GRPO's `beta` (the KL coefficient)."
         },
     )
     shaping_top_k: int | None = field(

@@ -87,8 +87,8 @@ def test_every_accepted_beta_is_finite_for_target_probs_zero_to_one(config):
     loss = shaped_loss(z, labels, config=config, reduction="none")
     (grad,) = torch.autograd.grad(loss.sum(), z)
     assert torch.isfinite(loss).all() and torch.isfinite(grad).all()
-    # Bounded, not merely finite: every logit gradient of a row is below ~1.2 in size at beta >= -1 (w_y <= e in
-    # the power form; (1 - p_y) ** (1 + beta) <= 1 in the linear one), plus the rewards' |r| p_a terms.
+    # Bounded, not merely finite: the ground-truth term's logit-gradient components are at most about 1.2 at
+    # beta >= -1 (the bound in ShapingConfig's docstring), plus the rewards' |r| p_a terms.
     assert grad.abs().max() < 2.0
 
     # The fused loss: the same logits as hidden @ I (weight = identity), so the logits are exactly those above.

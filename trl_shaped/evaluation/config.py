@@ -1,13 +1,23 @@
 """`EvalConfig`: the settings of `evaluate` and `trl-shaped eval`, checked when the config is built."""
 
-import math
-import numbers
 from dataclasses import dataclass, field
 
-from .metrics import as_integer
+from ..validation import check_choice, check_int, check_real
 from .vllm_sampling import INSTALL_HINT, vllm_available
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
+# (field, minimum, may be None)
+_INTEGER_FIELDS = (
+    ("num_samples", 1, False),
+    ("max_new_tokens", 1, False),
+    ("batch_size", 1, False),
+    ("diagnostics_top_k", 1, False),
+    ("diagnostics_batch_size", 1, False),
+    ("seed", 0, False),
+    ("max_problems", 1, True),
+    ("diagnostics_max_length", 2, True),
+    ("vllm_max_model_len", 2, True),
+)
 
 
 @dataclass
@@ -87,27 +97,18 @@ class EvalConfig:
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
 
     def __post_init__(self):
-        self.num_samples = as_integer("num_samples", self.num_samples, minimum=1)
-        self.max_new_tokens = as_integer("max_new_tokens", self.max_new_tokens, minimum=1)
-        self.batch_size = as_integer("batch_size", self.batch_size, minimum=1)
-        self.diagnostics_top_k = as_integer("diagnostics_top_k", self.diagnostics_top_k, minimum=1)
-        self.diagnostics_batch_size = as_integer("diagnostics_batch_size", self.diagnostics_batch_size, minimum=1)
-        self.seed = as_integer("seed", self.seed, minimum=0)
-        if self.max_problems is not None:
-            self.max_problems = as_integer("max_problems", self.max_problems, minimum=1, where="or None")
-        if self.diagnostics_max_length is not None:
-            self.diagnostics_max_length = as_integer(
-                "diagnostics_max_length", self.diagnostics_max_length, minimum=2, where="or None"
-            )
-        if self.vllm_max_model_len is not None:
-            self.vllm_max_model_len = as_integer("vllm_max_model_len", self.vllm_max_model_len, minimum=2)
-        self.temperature = _real("temperature", self.temperature, lambda v: v >= 0, ">= 0")
-        self.top_p = _real("top_p", self.top_p, lambda v: 0 < v <= 1, "in (0, 1]")
-        self.vllm_gpu_memory_utilization = _real(
-            "vllm_gpu_memory_utilization", self.vllm_gpu_memory_utilization, lambda v: 0 < v <= 1, "in (0, 1]"
+        # Integral floats (5.0, as YAML may hand them over) count as integers; the optional fields may be None.
+        for name, minimum, optional in _INTEGER_FIELDS:
+            value = getattr(self, name)
+            if value is not None or not optional:
+                note = "or None" if optional else ""
+                setattr(self, name, check_int(name, value, minimum=minimum, note=note, integral_float=True))
+        self.temperature = check_real("temperature", self.temperature, minimum=0)
+        self.top_p = check_real("top_p", self.top_p, minimum=0, maximum=1, open_minimum=True)
+        self.vllm_gpu_memory_utilization = check_real(
+            "vllm_gpu_memory_utilization", self.vllm_gpu_memory_utilization, minimum=0, maximum=1, open_minimum=True
         )
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+        check_choice("dtype", self.dtype, DTYPES)
         if self.use_vllm and not vllm_available():
             raise ValueError(
                 f"use_vllm=True needs vLLM, which is not installed: {INSTALL_HINT} on a machine with a supported GPU, "
@@ -124,7 +125,7 @@ class EvalConfig:
         values = list(self.pass_k)
         if not values:
             raise ValueError(f"pass_k must hold at least one k in [1, num_samples={n}] (or be None), got []")
-        non_integral = [k for k in values if _not_integral(k)]
+        non_integral = [k for k in values if not _is_integer(k)]
         if non_integral:
             raise ValueError(f"pass_k values must be integers in [1, num_samples={n}], got {non_integral}")
         bad = [k for k in values if not 1 <= int(k) <= n]
@@ -133,13 +134,9 @@ class EvalConfig:
         return sorted({int(k) for k in values})
 
 
-def _not_integral(value) -> bool:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return True
-    return not isinstance(value, numbers.Integral) and not (math.isfinite(value) and float(value).is_integer())
-
-
-def _real(name: str, value, ok, allowed: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or not ok(value):
-        raise ValueError(f"{name} must be {allowed} (a finite number), got {value!r}")
-    return float(value)
+def _is_integer(value) -> bool:
+    try:
+        check_int("k", value, integral_float=True)
+    except ValueError:
+        return False
+    return True

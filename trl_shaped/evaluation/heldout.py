@@ -14,6 +14,7 @@ import torch
 
 from trl_shaped import distribution_stats
 
+from ..validation import check_int
 from .sampling import render_prompt
 
 STATS = ("nll", "entropy", "topk_entropy", "topk_mass", "tail_mass", "target_prob", "target_in_topk", "top1_accuracy")
@@ -58,8 +59,7 @@ def text_sums(
 
     if prompts is not None and len(prompts) != len(texts):
         raise ValueError(f"prompts and texts must have the same length, got {len(prompts)} and {len(texts)}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    check_int("batch_size", batch_size, minimum=1)
     sequences = [
         diagnostic_sequence(tokenizer, text, None if prompts is None else prompts[i], max_length)
         for i, text in enumerate(texts)

@@ -7,37 +7,16 @@ cons_at_n(answers, correct) -> float        1.0 when the majority answer is corr
 score_completions(completions, answers, pass_k=...) -> dict   Avg@n, Cons@n, Pass@k and per-problem records
 """
 
-import math
-import numbers
 from collections import Counter
 from collections.abc import Sequence
 
 from trl_shaped.rewards import exact_answer_reward, extract_answer, normalize_answer
+from trl_shaped.validation import check_int
 
 
-def as_integer(name: str, value, *, minimum: int | None = None, maximum: int | None = None, where: str = "") -> int:
-    """`value` as an `int`, or a ValueError that names `name` and the allowed range.
-
-    Integral floats (5.0, as YAML or NumPy may hand them over) are accepted; booleans, strings, 1.5, NaN and inf are
-    not. `where` is appended to the range in the message (e.g. "num_samples=4" for a bound taken from another field).
-    """
-    if minimum is not None and maximum is not None:
-        bounds = f"in [{minimum}, {maximum}]"
-    else:
-        bounds = f">= {minimum}" if minimum is not None else f"<= {maximum}" if maximum is not None else ""
-    note = "an integer" + (f"; {where}" if where else "")
-    allowed = f"{bounds} ({note})" if bounds else note
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be {allowed}, got {value!r} ({type(value).__name__})")
-    if isinstance(value, numbers.Integral):
-        result = int(value)
-    elif math.isfinite(float(value)) and float(value).is_integer():
-        result = int(value)
-    else:
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
-    if (minimum is not None and result < minimum) or (maximum is not None and result > maximum):
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
-    return result
+def _integer(name: str, value, *, note: str = "", **bounds) -> int:
+    # Integral floats (5.0, as YAML or NumPy may hand them over) count as integers here.
+    return check_int(name, value, note=note, integral_float=True, **bounds)
 
 
 def is_correct(completion, answer) -> bool:
@@ -70,9 +49,9 @@ def pass_at_k(n: int, c: int, k: int) -> float:
         c (`int`): correct samples, 0 <= c <= n.
         k (`int`): the budget, 1 <= k <= n.
     """
-    n = as_integer("n", n, minimum=1)
-    c = as_integer("c", c, minimum=0, maximum=n, where=f"n={n}")
-    k = as_integer("k", k, minimum=1, maximum=n, where=f"n={n}")
+    n = _integer("n", n, minimum=1)
+    c = _integer("c", c, minimum=0, maximum=n, note=f"n={n}")
+    k = _integer("k", k, minimum=1, maximum=n, note=f"n={n}")
     if n - c < k:  # every k-subset contains a correct sample
         return 1.0
     prob_all_wrong = 1.0
@@ -138,7 +117,7 @@ def score_completions(
             f"completions must hold the same number of completions per problem ({n}, as problem 0), "
             f"problems {uneven[:5]} differ"
         )
-    ks = [as_integer("pass_k values", k, minimum=1, maximum=n, where=f"num_samples={n}") for k in pass_k]
+    ks = [_integer("pass_k values", k, minimum=1, maximum=n, note=f"num_samples={n}") for k in pass_k]
     per_problem = []
     for samples, gold in zip(completions, answers, strict=True):
         correct = [is_correct(s, gold) for s in samples]

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
+from ..validation import check_int, check_real
+
 # Uniforms are drawn this many at a time per row: one generator call per row every BLOCK steps, not every step.
 UNIFORM_BLOCK = 64
 
@@ -75,18 +77,14 @@ class PerRowSampler(LogitsProcessor):
         return chosen.scatter_(-1, tokens, 0.0)
 
 
-def check_sampling(num_samples, temperature, top_p, max_new_tokens, batch_size) -> None:
+def check_sampling(num_samples, temperature, top_p, max_new_tokens, batch_size, seed) -> None:
     """The ValueErrors of bad sampling settings, each naming the argument and its allowed range."""
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
-    if not temperature >= 0:  # also rejects NaN
-        raise ValueError(f"temperature must be >= 0, got {temperature!r}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    check_int("num_samples", num_samples, minimum=1)
+    check_real("temperature", temperature, minimum=0)
+    check_real("top_p", top_p, minimum=0, maximum=1, open_minimum=True)
+    check_int("max_new_tokens", max_new_tokens, minimum=1)
+    check_int("batch_size", batch_size, minimum=1)
+    check_int("seed", seed, minimum=0)
 
 
 def prompts_per_call(num_samples: int, temperature: float, batch_size: int) -> int:
@@ -137,9 +135,7 @@ def sample_completions(
     """
     from tqdm.auto import tqdm
 
-    check_sampling(num_samples, temperature, top_p, max_new_tokens, batch_size)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    check_sampling(num_samples, temperature, top_p, max_new_tokens, batch_size, seed)
     greedy = temperature == 0
     per_prompt = 1 if greedy else num_samples
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

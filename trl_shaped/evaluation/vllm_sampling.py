@@ -102,9 +102,7 @@ def sample_completions_vllm(
         prompts, num_samples, temperature, top_p, max_new_tokens, seed, first_index, progress, return_lengths:
             as in `sample_completions`.
     """
-    check_sampling(num_samples, temperature, top_p, max_new_tokens, 1)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    check_sampling(num_samples, temperature, top_p, max_new_tokens, 1, seed)
     vllm = import_vllm()
     greedy = temperature == 0
     per_prompt = 1 if greedy else num_samples
