@@ -2,6 +2,8 @@
 
 import json
 import math
+import subprocess
+import sys
 from fractions import Fraction
 
 import numpy as np
@@ -359,3 +361,17 @@ def test_pass_at_k_bands_and_bars_with_error_bars_are_drawn(tmp_path):
     with pytest.raises(ValueError, match=r"runs without the metrics to plot: \{'precision': \['tail_mass'\]\}"):
         plot_metric_bars(runs | {"precision": {"entropy": 1.0}} | {"ce": {"tail_mass": 0.1}}, tmp_path / "x.png",
                          ["tail_mass"])  # fmt: skip
+
+
+def test_plots_leave_the_callers_matplotlib_backend_alone(tmp_path):
+    # A notebook user's backend must survive a plot: the figures are built without pyplot.
+    code = (
+        "import sys, matplotlib\n"
+        "matplotlib.use('svg')\n"
+        "from trl_shaped.evaluation import plot_pass_at_k\n"
+        f"path = plot_pass_at_k({{'ce': {{'pass_at_k': {{'1': 0.5, '2': 0.7}}}}}}, {str(tmp_path / 'p.png')!r})\n"
+        "assert path.read_bytes()[:8] == b'\\x89PNG\\r\\n\\x1a\\n'\n"
+        "print(matplotlib.get_backend(), 'matplotlib.pyplot' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["svg", "False"]

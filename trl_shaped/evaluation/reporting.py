@@ -86,19 +86,22 @@ def write_results(results: dict, output_dir: str | os.PathLike, *, name: str = "
     return paths
 
 
-def _pyplot():
-    import matplotlib
+def new_figure(figsize: tuple[float, float], nrows: int = 1, ncols: int = 1):
+    """A matplotlib `Figure` and its axes (as `pyplot.subplots` returns them), built without pyplot.
 
-    matplotlib.use("Agg")  # files only: works without a display
-    import matplotlib.pyplot as plt
+    No global figure registry and no backend switch: a notebook user's backend stays as it was, and the figure is
+    freed with its last reference.
+    """
+    from matplotlib.figure import Figure
 
-    return plt
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols)
 
 
-def _save(fig, plt, path) -> Path:
+def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """`fig` written to `path` (the format from its suffix) after a tight layout."""
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    fig.savefig(path, dpi=dpi)
     return Path(path)
 
 
@@ -122,8 +125,7 @@ def plot_curves(
         log2_x (`bool`): log2 x axis (Pass@k against k).
         marker (`str`, *optional*): matplotlib marker of the points.
     """
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = new_figure((5.5, 3.8))
     for i, (label, curve) in enumerate(curves.items()):
         x, y = list(curve["x"]), list(curve["y"])
         if len(x) != len(y):
@@ -140,7 +142,7 @@ def plot_curves(
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, plt, path)
+    return save_figure(fig, path)
 
 
 def plot_pass_at_k(runs: dict, path: str | os.PathLike, *, title: str = "Pass@k") -> Path:
@@ -185,14 +187,13 @@ def plot_metric_bars(
         metrics: the metric keys to draw, or a dict key -> legend label.
         ylabel, title (`str`): axis label and title.
     """
-    plt = _pyplot()
     names = dict(metrics) if isinstance(metrics, dict) else {m: m for m in metrics}
     labels = list(runs)
     missing = {label: [m for m in names if m not in runs[label]] for label in labels}
     missing = {label: m for label, m in missing.items() if m}
     if missing:
         raise ValueError(f"runs without the metrics to plot: {missing}")
-    fig, ax = plt.subplots(figsize=(max(4, 1.3 * len(labels) + 2), 3.6))
+    fig, ax = new_figure((max(4, 1.3 * len(labels) + 2), 3.6))
     width = 0.8 / len(names)
     for j, (metric, legend) in enumerate(names.items()):
         xs = [i + (j - (len(names) - 1) / 2) * width for i in range(len(labels))]
@@ -209,7 +210,7 @@ def plot_metric_bars(
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend()
-    return _save(fig, plt, path)
+    return save_figure(fig, path)
 
 
 def plot_entropy_per_preset(runs: dict, path: str | os.PathLike) -> Path:

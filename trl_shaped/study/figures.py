@@ -11,21 +11,13 @@ import json
 import math
 from pathlib import Path
 
+from ..evaluation.reporting import new_figure, save_figure
 from .claims import series
 from .config import ALL_PRESETS, BASELINE
 from .stats import paired_difference, t_interval
 
 STAGE1_KEYS = ("nll", "entropy", "topk_entropy", "tail_mass")
 RL_KEYS = {"reward": "reward", "entropy": "entropy (nats/token)", "completions/mean_length": "length (tokens)"}
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display needed
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _band(values: list[float], confidence: float) -> dict:
@@ -81,9 +73,8 @@ def figure_data(cells: list[dict], confidence: float = 0.95) -> dict:
 
 
 def _plot_stage1(data: dict, path: Path) -> None:
-    plt = _pyplot()
     presets = list(data["stage1"])
-    fig, grid = plt.subplots(2, len(STAGE1_KEYS), figsize=(4 * len(STAGE1_KEYS), 6.8))
+    fig, grid = new_figure((4 * len(STAGE1_KEYS), 6.8), 2, len(STAGE1_KEYS))
     for ax, key in zip(grid[1], STAGE1_KEYS, strict=True):
         others = [p for p in presets if key in data["stage1_vs_ce"].get(p, {})]
         for i, preset in enumerate(others):
@@ -120,14 +111,11 @@ def _plot_stage1(data: dict, path: Path) -> None:
             ax.set_ylim(min(flat) - span, max(flat) + span)
         ax.grid(alpha=0.3, axis="y")
     fig.suptitle(f"mean over seeds, {100 * data['confidence']:.0f}% interval, one dot per seed", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def _plot_pass_at_k(data: dict, path: Path) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    fig, ax = new_figure((6, 4.2))
     for i, (preset, stages) in enumerate(data["pass_at_k"].items()):
         for stage, style in (("eval_stage1", "--"), ("eval_rl", "-")):
             bands = stages[stage]
@@ -145,14 +133,11 @@ def _plot_pass_at_k(data: dict, path: Path) -> None:
     ax.set_title(f"Pass@k before (dashed) and after (solid) RL, {100 * data['confidence']:.0f}% bands")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def _plot_rl(data: dict, path: Path) -> None:
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(RL_KEYS), figsize=(4.4 * len(RL_KEYS), 3.6))
+    fig, axes = new_figure((4.4 * len(RL_KEYS), 3.6), 1, len(RL_KEYS))
     for ax, (key, title) in zip(axes, RL_KEYS.items(), strict=True):
         for i, (preset, curves) in enumerate(data["rl_curves"].items()):
             bands = curves[key]
@@ -168,9 +153,7 @@ def _plot_rl(data: dict, path: Path) -> None:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def write_figures(out: Path, cells: list[dict], confidence: float = 0.95) -> dict:
