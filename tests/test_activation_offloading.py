@@ -1,4 +1,4 @@
-"""The fused loss under saved-tensor hooks, the mechanism of TRL's `activation_offloading` (issue 12, item 8).
+"""The fused loss under saved-tensor hooks, the mechanism of TRL's `activation_offloading`.
 
 The chunked Function computes its gradients in the forward pass and keeps them for the backward one. They go through
 `ctx.save_for_backward`, so saved-tensor hooks see them: TRL's offloading can move them off the device between the

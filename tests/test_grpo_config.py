@@ -58,7 +58,7 @@ def test_bad_values_fail_at_construction(field, value):
 
 
 def test_sync_ref_model_is_accepted_with_trl_semantics():
-    # TRL's reference syncing (#13.2): the config keeps the TR-DPO knobs as GRPOConfig does
+    # TRL's reference syncing: the config keeps the TR-DPO knobs as GRPOConfig does
     config = ShapedGRPOConfig(**CPU, sync_ref_model=True, beta=0.1, ref_model_sync_steps=4, ref_model_mixup_alpha=0.5)
     assert config.sync_ref_model is True and (config.ref_model_sync_steps, config.ref_model_mixup_alpha) == (4, 0.5)
     assert "stage-1 prior" in ShapedGRPOConfig.__dataclass_fields__["sync_ref_model"].metadata["help"]

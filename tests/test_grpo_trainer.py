@@ -20,7 +20,7 @@ from trl import GRPOTrainer
 
 from trl_shaped import ShapedGRPOTrainer, shaped_loss
 from trl_shaped.compat import REF_ADAPTER, use_adapter
-from trl_shaped.sft_trainer import shaped_causal_lm_loss
+from trl_shaped.lm_head import shaped_causal_lm_loss
 from trl_shaped.tiny import build_char_tokenizer
 
 LORA = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)

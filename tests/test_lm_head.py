@@ -135,13 +135,3 @@ def test_patch_is_idempotent_unwraps_peft_and_keeps_the_plain_forward():
     torch.testing.assert_close(loss.detach(), reference, rtol=1e-5, atol=1e-6)
     with pytest.raises(TypeError, match="shaped_lm_head"):
         model(input_ids=ids, labels=ids, shaped_lm_head={"beta": 0.5})
-
-
-def test_old_import_paths_still_resolve():
-    # The names lived in sft_trainer.py before; the README's users and grpo_trainer.py may still import them there
-    from trl_shaped import lm_head, paper, sft_trainer
-
-    assert sft_trainer.add_shaped_lm_head is lm_head.add_shaped_lm_head
-    assert sft_trainer.shaped_causal_lm_loss is lm_head.shaped_causal_lm_loss
-    assert sft_trainer.ShapedCausalLMOutput is lm_head.ShapedCausalLMOutput
-    assert sft_trainer.PAPER is paper.PAPER and paper.PAPER["id"] == "2512.22955"

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from trl_shaped import PAPER_PRESETS, ShapingConfig, shaped_loss
-from trl_shaped.loss import shaped_weights, topk_indices, topk_mask
-from trl_shaped.shaping import ONE_MINUS_P_FLOOR
+from trl_shaped.loss import shaped_weights
+from trl_shaped.loss_core import ONE_MINUS_P_FLOOR, topk_indices, topk_mask
 from trl_shaped.tiny import build_tiny_model
 
 SMALL_K = 3

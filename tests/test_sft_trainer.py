@@ -113,7 +113,7 @@ def sharegpt_dataset() -> Dataset:
 
 
 def test_sharegpt_conversations_match_stock_sft_trainer(tmp_path):
-    # Issue #13.1: stock SFTTrainer trains on this layout, so ours must, with the same losses at the CE preset
+    # Stock SFTTrainer trains on this layout, so ours must, with the same losses at the CE preset
     common = parity_args(tmp_path)
     stock = SFTTrainer(
         model=tiny_model(),

@@ -1,7 +1,7 @@
 """Distribution diagnostics of docs/method.md (entropy, top-k mass, ...) at the scored positions of full logits.
 
 The per-row sums are `loss_core.row_terms` and `loss_core.stats_from_terms`, the same functions the fused loss runs
-on each chunk of logits for its diagnostics and its loss value, so the two cannot drift. They stay importable here.
+on each chunk of logits for its diagnostics and its loss value, so the two cannot drift.
 """
 
 import torch
@@ -18,7 +18,7 @@ from .loss_core import (
 )
 from .validation import check_int
 
-__all__ = ["STAT_NAMES", "distribution_stats", "row_terms", "stats_from_terms"]
+__all__ = ["STAT_NAMES", "distribution_stats"]
 
 
 def distribution_stats(

@@ -11,7 +11,7 @@ and the loss is l = -sum_a sg(w_a) log p_a, whose logit gradient is -(w - p * su
 w = onehot(y), so l = -log p_y and the gradient is the cross-entropy's.
 
 The shared pieces (softmax parts, K_t, the positive weight, label checks, reduction) live in `loss_core`, which the
-chunked `fused_linear_shaped_loss` and `distribution_stats` use too; they stay importable from here. `shaped_loss`
+chunked `fused_linear_shaped_loss` and `distribution_stats` use too. `shaped_loss`
 itself stays the literal formula (dense weights, autograd through log_softmax), so that the tests compare the
 chunked closed forms against it.
 
@@ -32,37 +32,17 @@ import torch
 import torch.nn.functional as F
 
 from .loss_core import (
-    MIN_BETA,
-    ONE_MINUS_P_FLOOR,
-    REDUCTIONS,
     check_labels,
     check_num_items,
     check_reduction,
     compute_dtype,
     positive_weight,
     reduce_loss,
-    softmax_parts,
     topk_indices,
-    topk_mask,
 )
 from .shaping import ShapingConfig, resolve_shaping
 
-# The core's pieces stay importable from here, where they lived before `loss_core` existed.
-__all__ = [
-    "MIN_BETA",
-    "ONE_MINUS_P_FLOOR",
-    "REDUCTIONS",
-    "check_labels",
-    "check_reduction",
-    "compute_dtype",
-    "positive_weight",
-    "reduce_loss",
-    "shaped_loss",
-    "shaped_weights",
-    "softmax_parts",
-    "topk_indices",
-    "topk_mask",
-]
+__all__ = ["shaped_loss", "shaped_weights"]
 
 
 def shaped_weights(

@@ -20,21 +20,13 @@ from trl.data_utils import is_conversational, is_conversational_from_value
 
 from .checkpoints import SafeCheckpointsMixin
 from .diagnostics import STAT_NAMES
-from .lm_head import ShapedCausalLMOutput, add_shaped_lm_head, shaped_causal_lm_loss
+from .lm_head import add_shaped_lm_head
 from .paper import PAPER
 from .shaping import ShapingConfig
 
 logger = logging.get_logger(__name__)
 
-# The names that lived here before `lm_head.py` and `paper.py` moved out, re-exported for existing imports.
-__all__ = [
-    "PAPER",
-    "ShapedCausalLMOutput",
-    "ShapedSFTTrainer",
-    "add_shaped_lm_head",
-    "check_sft_dataset",
-    "shaped_causal_lm_loss",
-]
+__all__ = ["ShapedSFTTrainer", "check_sft_dataset"]
 
 
 def _dataset_argument(name: str) -> str:

@@ -1,4 +1,4 @@
-"""Evaluation probed as a careless or hostile user would (issue #11 items 4 and 7).
+"""Evaluation probed as a careless or hostile user would: bad arguments, bad data, nothing to score.
 
 Each bad input raises a ValueError before any compute, and the message names the argument (and its range); a set
 with no scored diagnostic token reports NaN (null in the JSON) with one warning, never nll 0 / perplexity 1.
@@ -162,7 +162,7 @@ def test_evaluate_bad_column_values_are_named_before_sampling(tiny, row, message
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# No scored token: NaN and one warning, never a perfect model (issue #11 item 4)
+# No scored token: NaN and one warning, never a perfect model
 # ---------------------------------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""Hostile inputs to the losses (issue 11, items 1, 2 and the loss parts of 7): every accepted setting stays finite,
+"""Hostile inputs to the losses: every accepted setting stays finite,
 every bad one fails before any compute with a message that names the argument and its allowed range."""
 
 import dataclasses
@@ -19,7 +19,7 @@ from trl_shaped.tiny import build_char_tokenizer, build_tiny_model
 
 BETAS = [-50.0, -1.5, -1.0, -0.99, -0.5, 0.0, 0.5, 50.0]
 FORMS = ["power", "linear"]
-# Target probabilities of the issue's grid; 0 is a -inf target logit, which has its own test below.
+# Target probabilities from 0 to 1; 0 is a -inf target logit, which has its own test below.
 TARGET_PROBS = [1e-30, 0.5, 1 - 1e-7, 1.0]
 VOCAB = 6
 
@@ -47,7 +47,7 @@ def grid_batch(dtype=torch.float32):
     return logits, labels
 
 
-# --- issue 11.1: the range of beta --------------------------------------------------------------------------------
+# --- the range of beta --------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -79,7 +79,7 @@ CONFIGS = [
 @pytest.mark.parametrize("config", CONFIGS)
 def test_every_accepted_beta_is_finite_for_target_probs_zero_to_one(config):
     logits, labels = grid_batch()
-    # The grid really spans the issue's p_y values (float32 rounds 1 - 1e-7 to 1 - 1.19e-7).
+    # The grid really spans these p_y values (float32 rounds 1 - 1e-7 to 1 - 1.19e-7).
     p_y = logits.softmax(-1)[:, 0]
     assert p_y[0] < 1e-29 and abs(p_y[1] - 0.5) < 1e-6 and 0 < 1 - p_y[2] < 2e-7 and p_y[3] == 1.0
 
@@ -113,7 +113,7 @@ def test_every_accepted_beta_is_finite_for_target_probs_zero_to_one(config):
 
 @pytest.mark.parametrize("form", FORMS)
 def test_gradient_norm_at_the_most_negative_beta_stays_bounded(form):
-    # The issue: the linear form at beta = -50 gave an infinite gradient norm. Its smallest accepted beta is -1;
+    # Unchecked, the linear form at beta = -50 gave an infinite gradient norm. Its smallest accepted beta is -1;
     # over many target probabilities near 1 the gradient norm stays below that of plain CE with p_y = 0.
     p = torch.tensor([1 - 10.0**-e for e in range(1, 8)] + [1.0])
     logits = torch.stack([logits_for_target_prob(float(x)) for x in p]).requires_grad_()
@@ -135,7 +135,7 @@ def tiny_trainer(tmp_path, **shaping):
 
 @pytest.mark.parametrize("form", FORMS)
 def test_training_at_the_most_extreme_accepted_beta_keeps_weights_finite(tmp_path, form):
-    # The issue's run: shaping_beta=-2.0 reached a loss of 7.7e18 and NaN weights by step 9. At -1, a learning rate
+    # Unchecked, a run at shaping_beta=-2.0 reached a loss of 7.7e18 and NaN weights by step 9. At -1, a learning rate
     # of 1e-2 drives p_y towards 1 on this tiny data, which is where the weight would blow up.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -152,7 +152,7 @@ def test_training_at_the_most_extreme_accepted_beta_keeps_weights_finite(tmp_pat
     assert losses[-1] < losses[0]
 
 
-# --- issue 11.2: -inf logits --------------------------------------------------------------------------------------
+# --- -inf logits --------------------------------------------------------------------------------------------------
 
 
 def masked_batch(n=8, vocab=30, seed=0):
@@ -172,7 +172,7 @@ def test_masked_column_defaults_equal_cross_entropy_bit_exact():
     z_ref = logits.clone().requires_grad_()
     ref = F.cross_entropy(z_ref, labels, reduction="none")
     (grad_ref,) = torch.autograd.grad(ref.sum(), z_ref)
-    assert torch.isfinite(ref).all()  # what the issue compares against (1.97 in its probe)
+    assert torch.isfinite(ref).all()  # what the shaped losses are compared against
     torch.testing.assert_close(loss, ref, rtol=0, atol=0)
     torch.testing.assert_close(grad, grad_ref, rtol=0, atol=0)
     assert (grad[:, masked] == 0).all()
@@ -287,7 +287,7 @@ def test_masked_target_gives_infinite_loss_like_cross_entropy():
         assert fused.item() == math.inf and torch.isfinite(g_h).all() and torch.isfinite(g_w).all()
 
 
-# --- issue 11.7: the loss parts -------------------------------------------------------------------------------------
+# --- bad arguments to the losses ----------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("config", [ShapingConfig(), ShapingConfig(beta=-0.5, top_k=3, tail_reward=-0.2)])

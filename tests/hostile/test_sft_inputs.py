@@ -1,4 +1,4 @@
-"""Hostile inputs to ShapedSFTTrainer (issue #11 items 4, 5 and 7, issue #13 item 1): each bad input fails before
+"""Hostile inputs to ShapedSFTTrainer: each bad input fails before
 training with a ValueError that names the argument, and a run with nothing to score logs no fake perfect model."""
 
 import logging
@@ -50,7 +50,7 @@ def text(n=None):
     return Dataset.from_dict({"text": TEXTS[:n]})
 
 
-# --- #11.5: datasets SFTTrainer cannot prepare -------------------------------------------------------------------
+# --- datasets SFTTrainer cannot prepare ---------------------------------------------------------------------------
 
 
 def _empty_stream():
@@ -153,7 +153,7 @@ def test_untrainable_layouts_say_what_is_needed(tmp_path, rows, match):
     assert str(error.value).startswith("train_dataset")
 
 
-# --- #13.1: every layout stock SFTTrainer accepts passes the up-front check -----------------------------------------
+# --- every layout stock SFTTrainer accepts passes the up-front check -----------------------------------------------
 
 
 def test_sharegpt_conversations_train(tmp_path):
@@ -169,7 +169,7 @@ def test_sharegpt_conversations_train(tmp_path):
     assert all(math.isfinite(e["loss"]) for e in t.state.log_history if "loss" in e)
 
 
-# --- #11.7: a bool softcap in the model config ---------------------------------------------------------------------
+# --- a bool softcap in the model config ---------------------------------------------------------------------------
 
 
 def test_bool_softcap_in_model_config_is_refused(tmp_path):
@@ -179,7 +179,7 @@ def test_bool_softcap_in_model_config_is_refused(tmp_path):
         trainer(tmp_path, text(), model=bad)
 
 
-# --- #11.4: a logging window with no scored token -----------------------------------------------------------------
+# --- a logging window with no scored token -----------------------------------------------------------------------
 
 DIAGNOSTICS = ("nll", "perplexity", "entropy", "topk_entropy", "topk_mass", "tail_mass", "mean_token_accuracy")
 
