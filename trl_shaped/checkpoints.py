@@ -22,7 +22,6 @@ its own run or of the runs it resumed, and writes the card to `MODEL_CARD_NAME` 
 import functools
 import hashlib
 import json
-import logging
 import os
 import re
 import shutil
@@ -30,7 +29,9 @@ import tempfile
 import uuid
 from pathlib import Path
 
-logger = logging.getLogger(__name__)
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 MANIFEST_NAME = "_trl_shaped_run.json"
 MODEL_CARD_NAME = "MODEL_CARD.md"  # where the card goes when output_dir's README.md is not ours

@@ -1,7 +1,8 @@
 """`evaluate`: sample, score and diagnose a model on a list of problems, across processes when launched."""
 
-import logging
 from dataclasses import asdict
+
+from transformers.utils import logging
 
 from .config import EvalConfig
 from .heldout import combine_text_sums, text_sums
@@ -10,7 +11,7 @@ from .sampling import prompts_per_call, sample_completions
 from .sharding import block_range, current_shard, gather_in_order
 from .vllm_sampling import build_vllm_engine, sample_completions_vllm
 
-logger = logging.getLogger(__name__)
+logger = logging.get_logger(__name__)
 
 
 def evaluate(model, tokenizer, problems, config: EvalConfig, *, llm=None, shard: bool | None = None) -> dict:
