@@ -29,22 +29,27 @@ def _parse(script, yaml_name, *extra):
 
 
 def test_every_yaml_is_covered():
-    tested = {f"stage1_{p}.yaml" for p in PAPER_PRESETS} | {
-        "rl_paper.yaml", "sft_lora_gsm8k.yaml", "eval_paper.yaml", "tiny_sft.yaml", "tiny_grpo.yaml",
+    tested = {
+        "stage1.yaml", "rl_paper.yaml", "sft_lora_gsm8k.yaml", "eval_paper.yaml", "tiny_sft.yaml", "tiny_grpo.yaml",
         "tiny_eval.yaml", "demo.yaml", "demo_quick.yaml", "demo_all_presets.yaml", "study_tiny.yaml", "study_qwen3.yaml",
     }  # fmt: skip
     assert {p.name for p in RECIPES.glob("*.yaml")} == tested
 
 
 @pytest.mark.parametrize("preset", sorted(PAPER_PRESETS))
-def test_stage1_recipes_are_the_paper_presets_with_its_optimiser(preset):
-    _, args, model_args, _ = _parse("sft", f"stage1_{preset}.yaml", *NO_GPU)
+def test_stage1_recipe_takes_each_paper_preset_with_its_optimiser(preset):
+    _, args, model_args, _ = _parse("sft", "stage1.yaml", "--shaping_preset", preset, *NO_GPU)
     assert args.shaping == PAPER_PRESETS[preset]
     assert args.optim == "adamw_torch" and args.weight_decay == 0.1 and args.max_grad_norm == 1.0
     assert args.lr_scheduler_type == "warmup_stable_decay" and args.learning_rate == 3e-4
     assert 0 < args.warmup_steps < 1  # a ratio of the run
     assert args.lr_scheduler_kwargs["min_lr_ratio"] == 0.1  # 3e-4 -> 3e-5, as the paper's mid-training ends
-    assert args.output_dir.endswith(f"stage1_{preset}") and model_args.model_name_or_path
+    assert model_args.model_name_or_path == "Qwen/Qwen3-0.6B-Base"
+
+
+def test_stage1_recipe_alone_is_cross_entropy():
+    _, args, _, _ = _parse("sft", "stage1.yaml", *NO_GPU)
+    assert args.shaping == PAPER_PRESETS["ce"] and args.output_dir == "runs/stage1"
 
 
 def test_rl_recipe_is_the_paper_recipe():

@@ -23,7 +23,7 @@ def real_scale(**kwargs):
     defaults = dict(
         presets="precision,diversity",
         model_name_or_path="Qwen/Qwen3-0.6B-Base",
-        stage1_recipe=str(RECIPES / "stage1_{preset}.yaml"),
+        stage1_recipe=str(RECIPES / "stage1.yaml"),
         rl_recipe=str(RECIPES / "rl_paper.yaml"),
         eval_recipe=str(RECIPES / "eval_paper.yaml"),
     )
@@ -162,7 +162,7 @@ def test_study_recipes_parse(monkeypatch):
     (qwen,) = make_parser().parse_args_and_config(["--config", str(RECIPES / "study_qwen3.yaml"), "--num_seeds", "5"])
     assert not qwen.builtin and qwen.num_seeds == 5 and qwen.parallel(15) == 1
     commands = dict(stage_commands(qwen, "head_reward", 42, Path("cell")))
-    assert commands["stage1"][:3] == ["sft", "--config", "recipes/stage1_head_reward.yaml"]
+    assert commands["stage1"][:5] == ["sft", "--config", "recipes/stage1.yaml", "--shaping_preset", "head_reward"]
     assert commands["stage1"][-2:] == ["--max_steps", "5000"]
 
 

@@ -1,6 +1,6 @@
 """`trl-shaped` (also `python -m trl_shaped`): the command line.
 
-    trl-shaped sft  --config recipes/stage1_precision.yaml --model_name_or_path Qwen/Qwen3-0.6B-Base
+    trl-shaped sft  --config recipes/stage1.yaml --shaping_preset precision --output_dir runs/stage1_precision
     trl-shaped grpo --config recipes/rl_paper.yaml --model_name_or_path runs/stage1_precision
     trl-shaped eval --model_name_or_path runs/rl_precision --dataset_name data/test.jsonl
     trl-shaped demo --quick

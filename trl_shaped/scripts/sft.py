@@ -1,8 +1,9 @@
 """Stage 1: shaped SFT / continued pre-training with `ShapedSFTTrainer` (TRL's `trl/scripts/sft.py` layout).
 
 ```bash
-trl-shaped sft --config recipes/stage1_precision.yaml --model_name_or_path Qwen/Qwen3-0.6B-Base
-accelerate launch --config_file accelerate_configs/zero2.yaml recipes/sft.py --config recipes/stage1_precision.yaml
+trl-shaped sft --config recipes/stage1.yaml --shaping_preset precision --output_dir runs/stage1_precision
+accelerate launch --config_file accelerate_configs/zero2.yaml recipes/sft.py --config recipes/stage1.yaml \\
+    --shaping_preset precision --output_dir runs/stage1_precision
 ```
 """
 

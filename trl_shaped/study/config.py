@@ -178,7 +178,11 @@ class StudyConfig:
         metadata={"help": "Real scale: base model of stage 1 (hub name or local path). None: the built-in task."},
     )
     stage1_recipe: str = field(
-        default="recipes/stage1_{preset}.yaml", metadata={"help": "Real scale: stage-1 recipe ({preset} replaced)."}
+        default="recipes/stage1.yaml",
+        metadata={
+            "help": "Real scale: the stage-1 recipe, run with --shaping_preset <preset>; a {preset} in the path is "
+            "replaced, for per-preset files."
+        },
     )
     rl_recipe: str = field(default="recipes/rl_paper.yaml", metadata={"help": "Real scale: GRPO recipe."})
     eval_recipe: str = field(default="recipes/eval_paper.yaml", metadata={"help": "Real scale: evaluation recipe."})
