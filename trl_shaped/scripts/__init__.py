@@ -1,7 +1,8 @@
 """The `main` functions behind `trl-shaped sft|grpo|eval|demo` and `recipes/*.py` (TRL's script layout).
 
-Each module has `make_parser(prog)`, `main(...)` and `run(argv)`; `parse_or_exit` turns a bad `--config` file or
-a bad value into the parser's usage message and exit status 2 instead of a traceback. A process that `accelerate
+Each module has `make_parser(prog)` (a `make_trl_parser` of its dataclasses), `main(...)` taking the parsed
+dataclasses, and `run(argv, prog)`, which is `run_script(make_parser, main, argv, prog)`; `parse_or_exit` turns a bad
+`--config` file or a bad value into the parser's usage message and exit status 2 instead of a traceback. A process that `accelerate
 launch` started ends through `end_launched_process`.
 """
 
@@ -66,6 +67,19 @@ def parse_or_exit(parser, argv=None) -> tuple:
         return parser.parse_args_and_config(argv)
     except ValueError as error:  # raised by the config dataclasses' validation, before any compute
         parser.error(str(error))
+
+
+def make_trl_parser(dataclass_types: tuple, prog: str | None = None):
+    """TRL's `TrlParser` over `dataclass_types`, imported when a script runs (`trl-shaped --help` stays fast)."""
+    from trl import TrlParser
+
+    return TrlParser(dataclass_types, prog=prog)
+
+
+def run_script(make_parser, main, argv=None, prog: str | None = None):
+    """The `run` of every script: parse `argv` (`--config file.yaml` plus overrides) with `make_parser(prog)`, and
+    call `main` with the parsed dataclasses."""
+    return main(*parse_or_exit(make_parser(prog), argv))
 
 
 def train_and_save(trainer, script_args, training_args):

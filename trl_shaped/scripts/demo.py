@@ -7,15 +7,13 @@ trl-shaped demo --quick    # the short form (2 seeds, fewer steps)
 ```
 """
 
-from trl_shaped.scripts import parse_or_exit
+from trl_shaped.scripts import make_trl_parser, run_script
 
 
 def make_parser(prog: str | None = None):
-    from trl import TrlParser
-
     from trl_shaped.study import DemoConfig
 
-    return TrlParser((DemoConfig,), prog=prog)
+    return make_trl_parser((DemoConfig,), prog)
 
 
 def main(config):
@@ -28,8 +26,7 @@ def main(config):
 
 def run(argv=None, prog: str | None = None):
     """Parse `argv` (`--config file.yaml` plus overrides) and run the demo; returns the report directory."""
-    (config,) = parse_or_exit(make_parser(prog), argv)
-    return main(config)
+    return run_script(make_parser, main, argv, prog)
 
 
 if __name__ == "__main__":

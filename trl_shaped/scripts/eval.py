@@ -15,14 +15,12 @@ import torch
 
 from trl_shaped.evaluation import EvalConfig, evaluate, markdown_summary, write_results
 from trl_shaped.evaluation.sharding import current_shard, launched, partial_state
-from trl_shaped.scripts import parse_or_exit
+from trl_shaped.scripts import make_trl_parser, run_script
 from trl_shaped.scripts.data import load_split
 
 
 def make_parser(prog: str | None = None):
-    from trl import TrlParser
-
-    return TrlParser((EvalConfig,), prog=prog)
+    return make_trl_parser((EvalConfig,), prog)
 
 
 def load_problems(config: EvalConfig):
@@ -50,7 +48,7 @@ def load_model(config: EvalConfig):
     return model.to(device).eval(), tokenizer
 
 
-def evaluate_main(config: EvalConfig) -> dict:
+def main(config: EvalConfig) -> dict:
     """Load the model (hub name or local path), tokenizer and dataset of `config`, evaluate, and write the files
     (on the main process only when launched).
 
@@ -79,14 +77,9 @@ def evaluate_main(config: EvalConfig) -> dict:
     return results
 
 
-def main(config: EvalConfig) -> dict:
-    return evaluate_main(config)
-
-
 def run(argv=None, prog: str | None = None):
     """Parse `argv` (`--config file.yaml` plus overrides), evaluate, and write the files."""
-    (config,) = parse_or_exit(make_parser(prog), argv)
-    return main(config)
+    return run_script(make_parser, main, argv, prog)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ accelerate launch --config_file accelerate_configs/zero2.yaml recipes/sft.py --c
 ```
 """
 
-from trl_shaped.scripts import end_launched_process, parse_or_exit, train_and_save
+from trl_shaped.scripts import end_launched_process, make_trl_parser, run_script, train_and_save
 from trl_shaped.scripts.data import ShapedScriptArguments
 from trl_shaped.scripts.loading import trainer_inputs
 
@@ -22,17 +22,16 @@ def main(script_args, training_args, model_args, dataset_args=None):
 
 
 def make_parser(prog: str | None = None):
-    from trl import DatasetMixtureConfig, ModelConfig, TrlParser
+    from trl import DatasetMixtureConfig, ModelConfig
 
     from trl_shaped import ShapedSFTConfig
 
-    return TrlParser((ShapedScriptArguments, ShapedSFTConfig, ModelConfig, DatasetMixtureConfig), prog=prog)
+    return make_trl_parser((ShapedScriptArguments, ShapedSFTConfig, ModelConfig, DatasetMixtureConfig), prog)
 
 
 def run(argv=None, prog: str | None = None):
     """Parse `argv` (`--config file.yaml` plus overrides) and train."""
-    script_args, training_args, model_args, dataset_args = parse_or_exit(make_parser(prog), argv)
-    return main(script_args, training_args, model_args, dataset_args)
+    return run_script(make_parser, main, argv, prog)
 
 
 if __name__ == "__main__":

@@ -1,21 +1,19 @@
 """`trl-shaped study`: presets x seeds of the two-stage pipeline with intervals and verdicts (`trl_shaped.study`).
 
 ```bash
-trl-shaped study --config recipes/study_demo.yaml                 # the built-in task
+trl-shaped study --config recipes/study_tiny.yaml                 # the built-in task
 trl-shaped study --config recipes/study_qwen3.yaml --num_seeds 5  # real scale, through the recipes
 ```
 Rerunning the same command resumes: finished cells are skipped, an interrupted one restarts from its checkpoint.
 """
 
-from trl_shaped.scripts import parse_or_exit
+from trl_shaped.scripts import make_trl_parser, run_script
 
 
 def make_parser(prog: str | None = None):
-    from trl import TrlParser
-
     from trl_shaped.study import StudyConfig
 
-    return TrlParser((StudyConfig,), prog=prog)
+    return make_trl_parser((StudyConfig,), prog)
 
 
 def main(config):
@@ -28,8 +26,7 @@ def main(config):
 
 def run(argv=None, prog: str | None = None):
     """Parse `argv` (`--config file.yaml` plus overrides) and run the study; returns the study directory."""
-    (config,) = parse_or_exit(make_parser(prog), argv)
-    return main(config)
+    return run_script(make_parser, main, argv, prog)
 
 
 if __name__ == "__main__":
