@@ -242,7 +242,8 @@ class ShapedSFTTrainer(SafeCheckpointsMixin, SFTTrainer):
             sums[key] = sums.get(key, 0.0) + value
 
     def _count_train_tokens(self, inputs: dict) -> None:
-        # As SFTTrainer: input tokens (padding excluded), or the packed row length under padding-free
+        # SFTTrainer's rule (inline in its compute_loss, which this class replaces: there is no method to call): input
+        # tokens (padding excluded), or the packed row length under padding-free
         if "attention_mask" in inputs:
             local = inputs["attention_mask"].sum()
         else:

@@ -3,6 +3,11 @@
 A dataset is named the way `datasets.load_dataset` takes it (a hub name or a local directory), or is a single data
 file (.json/.jsonl/.csv/.parquet/.txt), or is given as `dataset_data_files` (a file, or split=file pairs) so that
 local data need no loading script.
+
+TRL's dataset mixture (`datasets:` in a YAML config, `trl.get_dataset`) is used as it is when given
+(`loading.load_script_datasets`). It is not enough for data files alone: it concatenates every entry into one
+"train" split (or a random train/test split), while these scripts take named splits from files (`train=`, `test=`,
+and GRPO's auxiliary `aux=`).
 """
 
 import os
