@@ -102,7 +102,7 @@ def _fused_forward(
         )
         if softcap_grad and want_grad:
             # d softcap / d pre-cap = 1 - tanh^2 = 1 - (z / c)^2, kept before z is consumed.
-            chain = (z / softcap).square_().neg_().add_(1.0).mul_(logit_scale)
+            softcap_slope = (z / softcap).square_().neg_().add_(1.0).mul_(logit_scale)
         loss_rows, grad, stats = chunk_loss_and_grad(z, y, config, want_grad, want_stats, exp_buf[:size])
         loss_sum += loss_rows.sum()
         if want_stats:
@@ -110,8 +110,8 @@ def _fused_forward(
         if not want_grad:
             continue
         if softcap_grad:
-            grad.mul_(chain)
-            del chain
+            grad.mul_(softcap_slope)
+            del softcap_slope
         elif logit_scale != 1.0:
             grad.mul_(logit_scale)
         grad_in = grad if mm_buf is None else mm_buf[:size].copy_(grad)

@@ -43,8 +43,8 @@ class ShapedCausalLMOutput(ModelOutput):
 
 def _config_number(text_config, name: str, value, **bounds) -> float:
     # A bool is an int to Python: `final_logit_softcapping=True` would otherwise cap the logits at +-1.0 silently.
-    where = f"{name} in the model config (model_type {getattr(text_config, 'model_type', None)!r})"
-    return check_real(where, value, **bounds)
+    described = f"{name} in the model config (model_type {getattr(text_config, 'model_type', None)!r})"
+    return check_real(described, value, **bounds)
 
 
 def logit_transform(text_config) -> tuple[float, float | None]:

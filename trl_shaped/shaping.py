@@ -42,7 +42,8 @@ class ShapingConfig:
             w_y (1 - p_y) or w_y p_a, is at most about 1.2 (1.196, at p_y near 0.2 when beta = -1); in the linear
             form the weight (1 - p_y) ** beta is capped at `ONE_MINUS_P_FLOOR` ** beta (at most 1e6) while that
             component stays at most 1. The head and tail rewards add |reward| * p_a terms. Every accepted value
-            gives a finite loss and gradient for p_y in [0, 1].
+            gives a finite loss and gradient for p_y in [0, 1]. Not the `beta` of `ShapedGRPOConfig`, which is
+            TRL's KL coefficient; the trainer configs call this knob `shaping_beta`.
         top_k (`int`): size of the head set K_t (the k most probable tokens under the detached policy).
             An integer >= 1; values >= the vocabulary size make every negative token a head token.
         head_reward (`float`): reward of negative tokens inside K_t (the paper's lambda-tilde). Any finite number;

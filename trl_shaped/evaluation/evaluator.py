@@ -50,14 +50,14 @@ def evaluate(model, tokenizer, problems, config: EvalConfig, *, llm=None, shard:
     with_reference = config.diagnostics and config.completion_column in rows[0]
     if with_reference:
         _check_column([r.get(config.completion_column) for r in rows], config.completion_column, str, "a string")
-    where = current_shard(shard)
+    process = current_shard(shard)
 
     block = prompts_per_call(config.num_samples, config.temperature, config.batch_size)
-    mine = block_range(len(rows), block, where)
-    if where.num_processes > 1:
+    own_problems = block_range(len(rows), block, process)
+    if process.num_processes > 1:
         logger.info(
             "evaluate: process %d of %d samples problems [%d, %d) of %d",
-            where.process_index, where.num_processes, mine.start, mine.stop, len(rows),
+            process.process_index, process.num_processes, own_problems.start, own_problems.stop, len(rows),
         )  # fmt: skip
     sampling = dict(
         num_samples=config.num_samples,
@@ -65,8 +65,8 @@ def evaluate(model, tokenizer, problems, config: EvalConfig, *, llm=None, shard:
         top_p=config.top_p,
         max_new_tokens=config.max_new_tokens,
         seed=config.seed,
-        first_index=mine.start,
-        progress=config.progress and where.is_main,
+        first_index=own_problems.start,
+        progress=config.progress and process.is_main,
         return_lengths=True,
     )
     if config.use_vllm:
@@ -82,12 +82,12 @@ def evaluate(model, tokenizer, problems, config: EvalConfig, *, llm=None, shard:
                 max_model_len=config.vllm_max_model_len,
                 trust_remote_code=config.trust_remote_code,
             )
-        local = sample_completions_vllm(llm, tokenizer, prompts[mine.start : mine.stop], **sampling)
+        local = sample_completions_vllm(llm, tokenizer, prompts[own_problems.start : own_problems.stop], **sampling)
     else:
         local = sample_completions(
-            model, tokenizer, prompts[mine.start : mine.stop], batch_size=config.batch_size, **sampling
+            model, tokenizer, prompts[own_problems.start : own_problems.stop], batch_size=config.batch_size, **sampling
         )
-    sampled = gather_in_order(list(zip(*local, strict=True)), where, len(rows))
+    sampled = gather_in_order(list(zip(*local, strict=True)), process, len(rows))
     completions, lengths = [c for c, _ in sampled], [n for _, n in sampled]
 
     results = score_completions(completions, [str(r[config.answer_column]) for r in rows], pass_k=config.pass_k)
@@ -98,18 +98,18 @@ def evaluate(model, tokenizer, problems, config: EvalConfig, *, llm=None, shard:
 
     results["diagnostics"] = None
     if with_reference:
-        mine = block_range(len(rows), config.diagnostics_batch_size, where)
+        own_texts = block_range(len(rows), config.diagnostics_batch_size, process)
         local_sums = text_sums(
             model,
             tokenizer,
-            [r[config.completion_column] for r in rows[mine.start : mine.stop]],
-            prompts=prompts[mine.start : mine.stop],
+            [r[config.completion_column] for r in rows[own_texts.start : own_texts.stop]],
+            prompts=prompts[own_texts.start : own_texts.stop],
             top_k=config.diagnostics_top_k,
             batch_size=config.diagnostics_batch_size,
             max_length=config.diagnostics_max_length,
         )
-        sums = gather_in_order(local_sums, where, len(rows))
-        results["diagnostics"] = combine_text_sums(sums, warn=where.is_main)
+        sums = gather_in_order(local_sums, process, len(rows))
+        results["diagnostics"] = combine_text_sums(sums, warn=process.is_main)
     settings = {k: v for k, v in asdict(config).items() if k not in ("output_dir", "progress")}
     return {"run_name": config.run_name, "settings": settings, **results}
 

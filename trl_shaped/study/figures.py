@@ -39,17 +39,19 @@ def figure_data(cells: list[dict], confidence: float = 0.95) -> dict:
     for preset, group in by_preset.items():
         diags = [c["eval_stage1"].get("diagnostics") or {} for c in group]
         data["stage1"][preset] = {
-            key: _band([d[key] for d in diags], confidence) for key in STAGE1_KEYS if all(key in d for d in diags)
+            key: _band([diag[key] for diag in diags], confidence)
+            for key in STAGE1_KEYS
+            if all(key in diag for diag in diags)
         }
         if preset != BASELINE and BASELINE in by_preset:
             data["stage1_vs_ce"][preset] = {}
             for key in STAGE1_KEYS:
-                mine = {c["seed"]: (c["eval_stage1"].get("diagnostics") or {}).get(key) for c in group}
+                ours = {c["seed"]: (c["eval_stage1"].get("diagnostics") or {}).get(key) for c in group}
                 base = {c["seed"]: (c["eval_stage1"].get("diagnostics") or {}).get(key) for c in by_preset[BASELINE]}
-                common = [s for s in mine if s in base and mine[s] is not None and base[s] is not None]
-                if common:
-                    diff = paired_difference({s: mine[s] for s in common}, {s: base[s] for s in common}, confidence)
-                    values = [mine[s] - base[s] for s in sorted(common)]
+                seeds = [s for s in ours if s in base and ours[s] is not None and base[s] is not None]
+                if seeds:
+                    diff = paired_difference({s: ours[s] for s in seeds}, {s: base[s] for s in seeds}, confidence)
+                    values = [ours[s] - base[s] for s in sorted(seeds)]
                     data["stage1_vs_ce"][preset][key] = {
                         "mean": diff.mean,
                         "low": diff.low,
@@ -65,9 +67,9 @@ def figure_data(cells: list[dict], confidence: float = 0.95) -> dict:
         data["rl_curves"][preset] = {}
         for key in RL_KEYS:
             per_seed = [dict(zip(*series(c["rl"]["log_history"], key), strict=True)) for c in group]
-            steps = sorted(set.intersection(*(set(s) for s in per_seed))) if per_seed else []
+            steps = sorted(set.intersection(*(set(curve) for curve in per_seed))) if per_seed else []
             data["rl_curves"][preset][key] = {
-                str(step): _band([s[step] for s in per_seed], confidence) for step in steps
+                str(step): _band([curve[step] for curve in per_seed], confidence) for step in steps
             }
     return data
 
