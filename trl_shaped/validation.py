@@ -11,13 +11,18 @@ import numbers
 __all__ = ["check_choice", "check_int", "check_real"]
 
 
+def _number(value) -> str:
+    # integers as written (1000000, not 1e+06); floats without trailing zeros (-1, not -1.0)
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
 def _bounds(minimum, maximum, open_minimum: bool) -> str:
     low = ">" if open_minimum else ">="
     if minimum is not None and maximum is not None:
-        return f"in {'(' if open_minimum else '['}{minimum:g}, {maximum:g}]"
+        return f"in {'(' if open_minimum else '['}{_number(minimum)}, {_number(maximum)}]"
     if minimum is not None:
-        return f"{low} {minimum:g}"
-    return f"<= {maximum:g}" if maximum is not None else ""
+        return f"{low} {_number(minimum)}"
+    return f"<= {_number(maximum)}" if maximum is not None else ""
 
 
 def _error(name: str, allowed: str, value, with_type: bool) -> ValueError:
