@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..validation import check_int
+
 
 @dataclass(frozen=True)
 class Shard:
@@ -56,8 +58,7 @@ def current_shard(shard: bool | None = None) -> Shard:
 def block_range(num_items: int, block_size: int, shard: Shard) -> range:
     """The items [start, stop) of this process: whole blocks [b * block_size, (b + 1) * block_size), a contiguous run
     of them per process; may be empty when there are fewer blocks than processes."""
-    if block_size < 1:
-        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    check_int("block_size", block_size, minimum=1)
     num_blocks = -(-num_items // block_size)
     per_process, extra = divmod(num_blocks, shard.num_processes)
     first = shard.process_index * per_process + min(shard.process_index, extra)
