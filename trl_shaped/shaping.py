@@ -6,17 +6,10 @@ so a bad value fails at construction with the field's name and the allowed range
 
 from dataclasses import dataclass, field
 
-from .loss_core import MIN_BETA, ONE_MINUS_P_FLOOR
+from .loss_core import MIN_BETA
 from .validation import check_choice, check_int, check_real
 
-__all__ = [
-    "MIN_BETA",
-    "ONE_MINUS_P_FLOOR",
-    "PAPER_PRESETS",
-    "POSITIVE_FORMS",
-    "ShapingConfig",
-    "resolve_shaping",
-]
+__all__ = ["PAPER_PRESETS", "POSITIVE_FORMS", "ShapingConfig", "resolve_shaping"]
 
 POSITIVE_FORMS = ("power", "linear")
 BETA_RANGE = (
