@@ -14,11 +14,6 @@ from trl_shaped.rewards import exact_answer_reward, extract_answer, normalize_an
 from trl_shaped.validation import check_int
 
 
-def _integer(name: str, value, *, note: str = "", **bounds) -> int:
-    # Integral floats (5.0, as YAML or NumPy may hand them over) count as integers here.
-    return check_int(name, value, note=note, integral_float=True, **bounds)
-
-
 def is_correct(completion, answer) -> bool:
     """Whether `completion` answers `answer` correctly: the one judge of correctness in this package.
 
@@ -49,9 +44,10 @@ def pass_at_k(n: int, c: int, k: int) -> float:
         c (`int`): correct samples, 0 <= c <= n.
         k (`int`): the budget, 1 <= k <= n.
     """
-    n = _integer("n", n, minimum=1)
-    c = _integer("c", c, minimum=0, maximum=n, note=f"n={n}")
-    k = _integer("k", k, minimum=1, maximum=n, note=f"n={n}")
+    # Integral floats (5.0, as YAML or NumPy may hand them over) count as integers.
+    n = check_int("n", n, minimum=1, integral_float=True)
+    c = check_int("c", c, minimum=0, maximum=n, note=f"n={n}", integral_float=True)
+    k = check_int("k", k, minimum=1, maximum=n, note=f"n={n}", integral_float=True)
     if n - c < k:  # every k-subset contains a correct sample
         return 1.0
     prob_all_wrong = 1.0
@@ -117,7 +113,10 @@ def score_completions(
             f"completions must hold the same number of completions per problem ({n}, as problem 0), "
             f"problems {uneven[:5]} differ"
         )
-    ks = [_integer("pass_k values", k, minimum=1, maximum=n, note=f"num_samples={n}") for k in pass_k]
+    ks = [
+        check_int("pass_k values", k, minimum=1, maximum=n, note=f"num_samples={n}", integral_float=True)
+        for k in pass_k
+    ]
     per_problem = []
     for samples, gold in zip(completions, answers, strict=True):
         correct = [is_correct(s, gold) for s in samples]
