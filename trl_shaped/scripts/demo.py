@@ -2,12 +2,12 @@
 subcommands.
 
 ```bash
-trl-shaped demo            # ce, precision, diversity x 6 seeds on 2 CPU cores
-trl-shaped demo --quick    # the short form (2 seeds, fewer steps)
+trl-shaped demo            # ce, precision, diversity x 6 seeds on 2 CPU cores: demo_report/
+trl-shaped demo --quick    # the short form (2 seeds, fewer steps): demo_report_quick/
 ```
 """
 
-from trl_shaped.scripts import parse_or_exit
+from trl_shaped.scripts import parse_or_exit, study_errors_exit
 
 
 def make_parser(prog: str | None = None):
@@ -28,8 +28,10 @@ def main(config):
 
 def run(argv=None, prog: str | None = None):
     """Parse `argv` (`--config file.yaml` plus overrides) and run the demo; returns the report directory."""
-    (config,) = parse_or_exit(make_parser(prog), argv)
-    return main(config)
+    parser = make_parser(prog)
+    (config,) = parse_or_exit(parser, argv)
+    with study_errors_exit(parser.prog):
+        return main(config)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,15 @@
 """`trl-shaped study`: presets x seeds of the two-stage pipeline with intervals and verdicts (`trl_shaped.study`).
 
 ```bash
-trl-shaped study --config recipes/study_demo.yaml                 # the built-in task
+trl-shaped study --config recipes/study_tiny.yaml                 # the built-in task
 trl-shaped study --config recipes/study_qwen3.yaml --num_seeds 5  # real scale, through the recipes
 ```
 Rerunning the same command resumes: finished cells are skipped, an interrupted one restarts from its checkpoint.
+A rerun with other settings in the same `--output_dir` stops before any compute and names them (exit status 2);
+`--overwrite true` recomputes exactly the cells that differ.
 """
 
-from trl_shaped.scripts import parse_or_exit
+from trl_shaped.scripts import parse_or_exit, study_errors_exit
 
 
 def make_parser(prog: str | None = None):
@@ -28,8 +30,10 @@ def main(config):
 
 def run(argv=None, prog: str | None = None):
     """Parse `argv` (`--config file.yaml` plus overrides) and run the study; returns the study directory."""
-    (config,) = parse_or_exit(make_parser(prog), argv)
-    return main(config)
+    parser = make_parser(prog)
+    (config,) = parse_or_exit(parser, argv)
+    with study_errors_exit(parser.prog):
+        return main(config)
 
 
 if __name__ == "__main__":
