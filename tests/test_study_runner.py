@@ -279,6 +279,37 @@ def test_the_built_in_tokenizer_refuses_other_settings(tmp_path):
         shared_tokenizer(tiny(num_train_problems=50), data, tmp_path / "tokenizer")
 
 
+TINY_ARGS = ["--presets", "ce", "--num_seeds", "1", "--num_train_problems", "24", "--num_test_problems", "4",
+             "--sft_steps", "4", "--grpo_steps", "1", "--eval_num_samples", "2", "--num_generations", "2",
+             "--grpo_prompts_per_step", "2", "--hidden_size", "16", "--num_layers", "1", "--tokenizer", "char",
+             "--shaping_top_k", "4", "--checkpoints_per_stage", "2"]  # fmt: skip
+
+
+@pytest.mark.slow  # three processes start torch and transformers
+def test_two_processes_on_one_study_train_each_cell_once(tmp_path):
+    out = tmp_path / "study"
+    argv = [sys.executable, "-m", "trl_shaped", "study", *TINY_ARGS, "--output_dir", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]  # fmt: skip
+    outputs = [proc.communicate(timeout=900)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    cell = out / "cells" / "ce" / "seed0"
+    assert _attempts(cell) == ["stage1 resumed_from=None", "rl resumed_from=None"]  # one start per stage
+    waited = [o for o in outputs if "ce seed 0: another process is running this cell; waiting" in o]
+    assert len(waited) == 1, outputs
+    # the cut result.json of the finished cell is rebuilt from its stage records, with no training
+    result = json.loads((cell / RESULT).read_text())
+    (cell / RESULT).write_text((cell / RESULT).read_text()[:100])
+    again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0 and "result.json is damaged" in again.stdout, again.stdout[-3000:] + again.stderr
+    assert _attempts(cell) == ["stage1 resumed_from=None", "rl resumed_from=None"]
+    rebuilt = json.loads((cell / RESULT).read_text())
+    assert {k: rebuilt[k] for k in ("stage1", "eval_stage1", "rl", "eval_rl")} == {
+        k: result[k] for k in ("stage1", "eval_stage1", "rl", "eval_rl")
+    }
+
+
 def _attempts(cell: Path) -> list[str]:
     return (cell / "attempts.log").read_text().splitlines()
 
