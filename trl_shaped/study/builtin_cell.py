@@ -15,6 +15,8 @@ Layout of a cell directory (each stage's record is written atomically when the s
     eval_stage1_samples.json  eval_rl_samples.json   every sampled completion
     attempts.log                                one line per training stage started (and what it resumed from)
     result.json                                 everything above but the samples: written last
+    study_config.json  fingerprint.json         written by the runner: the settings this cell runs with, and what
+                                                determines it (trl_shaped/study/cells.py)
 """
 
 import contextlib
