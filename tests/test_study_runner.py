@@ -249,6 +249,38 @@ def test_a_lock_held_by_a_killed_process_blocks_nobody(tmp_path):
     lock.release()
 
 
+def test_a_second_caller_waits_for_the_running_cell_and_reads_its_result(tmp_path, fake_cells, capsys):
+    import threading
+
+    out = tmp_path / "study"
+    config = tiny(output_dir=str(out))
+    cell = cell_dir(out, "ce", 0)
+    (tmp_path / "fingerprint.json").write_text(json.dumps(cell_fingerprint(config, "ce")))
+    (tmp_path / "result.json").write_text(json.dumps({"preset": "ce", "seed": 0, "by": "the other process"}))
+    # another process runs the cell: it holds the lock until told to finish, then writes the cell's files and exits
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import shutil, sys; from pathlib import Path; from trl_shaped.study.cells import "
+         "cell_lock; cell, files = Path(sys.argv[1]), Path(sys.argv[2]); lock = cell_lock(cell); lock.acquire(); "
+         "print('held', flush=True); sys.stdin.readline(); cell.mkdir(parents=True); "
+         "[shutil.copy(files / n, cell / n) for n in ('fingerprint.json', 'result.json')]", str(cell), str(tmp_path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert holder.stdout.readline().strip() == "held"
+    returned = []
+    caller = threading.Thread(target=lambda: returned.append(runner.run_cell(config, "ce", 0, out)))
+    caller.start()
+    printed = ""
+    while "waiting" not in printed:
+        assert caller.is_alive()
+        printed += capsys.readouterr().out
+        time.sleep(0.05)
+    assert "[study] ce seed 0: another process is running this cell; waiting for it to finish" in printed
+    holder.communicate("go\n", timeout=60)
+    caller.join(timeout=60)
+    assert returned == [{"preset": "ce", "seed": 0, "by": "the other process"}]
+    assert _starts(out, "ce", 0) == 0  # read back, not run again
+
+
 def test_a_damaged_result_is_rebuilt_and_a_damaged_stage_record_recomputed(tmp_path, fake_cells, capsys):
     out = tmp_path / "study"
     run_cells(tiny(output_dir=str(out)), out)
