@@ -179,11 +179,14 @@ def fingerprint_changes(recorded: dict | None, current: dict) -> list[str]:
     """`field: old -> new` for every entry that differs; a missing record is one change."""
     if recorded is None:
         return [f"no readable {FINGERPRINT} (computed before fingerprints were recorded, or the file is damaged)"]
-    missing = "<absent>"
+
+    def show(values: dict, name: str) -> str:
+        return repr(values[name]) if name in values else "(not recorded)"
+
     return [
-        f"{name}: {recorded.get(name, missing)!r} -> {current.get(name, missing)!r}"
+        f"{name}: {show(recorded, name)} -> {show(current, name)}"
         for name in sorted(set(recorded) | set(current))
-        if recorded.get(name, missing) != current.get(name, missing)
+        if name not in recorded or name not in current or recorded[name] != current[name]
     ]
 
 

@@ -270,11 +270,14 @@ def run_cells(config: StudyConfig, out: Path) -> list[dict]:
         "study",
         f"{len(cells)} cells ({shape}), {len(cells) - len(todo)} already done; running {len(todo)}, {workers} at a time",
     )
-    start, finished, failures = time.perf_counter(), [0], []
+    start, finished, failures, refused = time.perf_counter(), [0], [], []
 
     def one(cell):
         try:
             run_cell(config, *cell, out)
+        except StaleCells as error:  # another process wrote the cell with other settings since the check above
+            refused.append(error)
+            return
         except Exception as error:  # noqa: BLE001 - reported with the others below
             failures.append(f"{cell[0]} seed {cell[1]}: {error}")
             say("study", f"FAILED {cell[0]} seed {cell[1]}: {error}")
@@ -284,6 +287,8 @@ def run_cells(config: StudyConfig, out: Path) -> list[dict]:
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(one, todo))
+    if refused:
+        raise refused[0]
     if failures:
         raise StudyError(f"{len(failures)} cell(s) failed (rerun to resume them):\n" + "\n".join(failures))
     # Never mix: every cell reported was computed with this run's settings (another process may have overwritten one)
