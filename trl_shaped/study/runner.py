@@ -242,11 +242,14 @@ def run_cell(config: StudyConfig, preset: str, seed: int, out: Path) -> dict:
         lock.release()
 
 
-def run_cells(config: StudyConfig, out: Path) -> list[dict]:
-    """Every cell of the study, `config.parallel` at a time; raises after all have run if any failed.
+def prepare_cells(config: StudyConfig, out: Path) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """Before any compute: the study's cells and those to run. Every existing cell's fingerprint (and the built-in
+    tokenizer's) is compared with this run's: when one differs this raises `StaleCells` (one line naming the
+    settings) unless `config.overwrite`, which marks exactly those for recomputing (and removes a stale tokenizer).
+    A damaged `result.json` is moved aside (its cell is run again: the stages it recorded are read back).
 
-    Before any compute, every existing cell's fingerprint is compared with this run's: when one differs the study
-    stops (`StaleCells`, one line naming the settings) unless `config.overwrite`, which recomputes those cells only.
+    Returns:
+        `(cells, todo)`: every (preset, seed) of the study, and those without a valid result of these settings.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -264,6 +267,26 @@ def run_cells(config: StudyConfig, out: Path) -> list[dict]:
         for c in cells
         if f"{c[0]} seed {c[1]}" in stale_names or read_record(cell_dir(out, *c) / RESULT, "study") is None
     ]
+    return cells, todo
+
+
+def collect_results(config: StudyConfig, out: Path, cells: list[tuple[str, int]]) -> list[dict]:
+    """The results of `cells`, all finished; raises `StaleCells` if one was meanwhile recomputed with other settings
+    (by another process with `overwrite`): results never mix cells of different settings."""
+    stale = stale_cells(config, out, cells)
+    if stale:
+        raise StaleCells(_refusal(Path(out), stale))
+    return [read_json(cell_dir(out, *c) / RESULT) for c in cells]
+
+
+def run_cells(config: StudyConfig, out: Path) -> list[dict]:
+    """Every cell of the study, `config.parallel` at a time; raises after all have run if any failed.
+
+    Before any compute the cells' fingerprints are checked (`prepare_cells`): a study whose directory holds cells of
+    other settings stops (`StaleCells`) unless `config.overwrite`, which recomputes those cells only.
+    """
+    out = Path(out)
+    cells, todo = prepare_cells(config, out)
     workers = config.parallel(max(1, len(todo)))
     shape = f"{len(config.preset_names())} presets x {config.num_seeds} seeds"
     say(
@@ -291,11 +314,7 @@ def run_cells(config: StudyConfig, out: Path) -> list[dict]:
         raise refused[0]
     if failures:
         raise StudyError(f"{len(failures)} cell(s) failed (rerun to resume them):\n" + "\n".join(failures))
-    # Never mix: every cell reported was computed with this run's settings (another process may have overwritten one)
-    stale = stale_cells(config, out, cells)
-    if stale:
-        raise StaleCells(_refusal(out, stale))
-    return [read_json(cell_dir(out, *c) / RESULT) for c in cells]
+    return collect_results(config, out, cells)
 
 
 def build_results(config: StudyConfig, cells: list[dict], seconds: float, env: dict) -> dict:
