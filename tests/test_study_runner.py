@@ -224,7 +224,7 @@ def test_the_fingerprint_covers_the_task_the_version_and_at_real_scale_the_recip
     (tmp_path / "precision.yaml").write_text("max_steps: 20\n")
     assert cell_fingerprint(config, "ce") == before["ce"]
     changed = {k for k, v in cell_fingerprint(config, "precision").items() if before["precision"][k] != v}
-    assert changed == {"stage1_recipe contents"}
+    assert changed == {"stage1 recipe contents"}
 
 
 def test_a_lock_held_by_a_killed_process_blocks_nobody(tmp_path):

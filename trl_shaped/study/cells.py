@@ -154,14 +154,21 @@ def cell_fingerprint(config, preset: str) -> dict:
     if config.builtin:
         fingerprint.update(_task_settings(config))
     else:
-        recipes = {
-            "stage1_recipe": config.stage1_recipe.format(preset=preset),
-            "rl_recipe": config.rl_recipe,
-            "eval_recipe": config.eval_recipe,
-            "accelerate_config": config.accelerate_config,
-        }
-        fingerprint.update({f"{name} contents": _file_hash(path) for name, path in recipes.items()})
+        fingerprint.update({f"{name} contents": _file_hash(path) for name, path in _run_files(config, preset).items()})
     return json.loads(json.dumps(fingerprint, default=str))  # as it reads back from disk
+
+
+def _run_files(config, preset: str) -> dict:
+    """Real scale: the files a cell's commands read, by what they are: each stage's `--config` recipe and the
+    launcher's `--config_file`, taken from the commands the runner builds (so they are the ones used)."""
+    from .runner import launcher, stage_commands
+
+    def after(argv, flag):
+        return argv[argv.index(flag) + 1] if flag in argv else None
+
+    files = {f"{stage} recipe": after(argv, "--config") for stage, argv in stage_commands(config, preset, 0, Path("c"))}
+    files["accelerate_config"] = after(launcher(config), "--config_file")
+    return files
 
 
 def tokenizer_fingerprint(config) -> dict:
