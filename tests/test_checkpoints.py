@@ -164,6 +164,25 @@ def test_resume_values_that_cannot_resume_fail_clearly(tmp_path):
     assert trainer.state.global_step == 0
 
 
+def test_a_newest_checkpoint_the_manifest_marks_incomplete_is_passed_over(tmp_path):
+    # Both folders have a valid trainer_state.json; the manifest says the run stopped while saving checkpoint-4
+    # (e.g. another process's shard or a file written after the state was missing): the one rule the trainers and the
+    # study runner share takes checkpoint-2
+    for step in (2, 4):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    runs = {
+        "checkpoint-2": {"run": "a", "complete": True, "seq": 1},
+        "checkpoint-4": {"run": "a", "complete": False, "seq": 2},
+    }
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps({"runs": {"a": {"parent": None}}, "checkpoints": runs}))
+    assert get_last_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-4")  # transformers' rule
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+    assert resolve_resume(True, tmp_path) == str(tmp_path / "checkpoint-2")
+    with pytest.raises(ValueError, match="stopped while saving it.*newest complete checkpoint there is .*checkpoint-2"):
+        resolve_resume(str(tmp_path / "checkpoint-4"), tmp_path)
+
+
 def _user_files(output_dir: Path) -> dict:
     """A user's README.md and their own `checkpoint-100` folder (which sorts oldest by mtime)."""
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,6 @@
-"""Every file, folder and command that README.md, recipes/README.md and docs/*.md name exists in the repository.
+"""Every file, folder and command that README.md, recipes/README.md and docs/*.md name exists in the repository, and
+so does every one that the package's docstrings (and the recipes' scripts) and the comments of the recipe and
+accelerate YAML files name; a recipe whose comment says it is "the same as" a command parses to the same config.
 
 A path counts when it starts in a source folder of the repository (`recipes/...`, `../accelerate_configs/`), when it
 is a markdown link target, or when a code span holds a bare script or config name (`tiny_sft.yaml`, looked up next
@@ -6,10 +8,13 @@ to the page, then at the root). Paths under folders the docs tell you to create 
 placeholders (`<file>.yaml`) are not checked. Braces expand (`stage1_{ce,precision}.yaml`) and globs must match.
 
 A command is a line of a fenced block or a code span that starts with `trl-shaped`, `bash`, `python` or
-`accelerate launch`: its script and config arguments must exist, and a `trl-shaped` subcommand must be one of
-`trl_shaped.cli.SUBCOMMANDS` (read from the code, so a new subcommand is known without editing this file).
+`accelerate launch` (in a docstring or a comment, any line that does): its script and config arguments must exist,
+and a `trl-shaped` subcommand must be one of `trl_shaped.cli.SUBCOMMANDS` (read from the code, so a new subcommand is
+known without editing this file). Paths in a docstring may also be relative to the package (`study/task.py`).
 """
 
+import ast
+import dataclasses
 import itertools
 import re
 import shlex
@@ -21,6 +26,9 @@ from trl_shaped.cli import SUBCOMMANDS
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", ROOT / "recipes" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+# Files whose docstrings (Python) or comments (YAML) are documentation too.
+CODE_DOCS = sorted([*(ROOT / "trl_shaped").rglob("*.py"), *(ROOT / "recipes").glob("*.py")])
+YAML_DOCS = sorted([*(ROOT / "recipes").glob("*.yaml"), *(ROOT / "accelerate_configs").glob("*.yaml")])
 
 # The repository's source folders and top-level files: a path starting anywhere else names something to be created.
 SOURCE_DIRS = ("trl_shaped", "recipes", "accelerate_configs", "benchmarks", "tests", "scripts", "docs", ".ci")
@@ -31,7 +39,7 @@ COMMANDS = ("trl-shaped", "bash", "python", "accelerate launch")
 _SEGMENT = r"(?:[\w.*-]|\{[\w.,-]+\})+"
 _ROOTED = re.compile(
     rf"(?<![\w./-])((?:\.\./)*(?:{'|'.join(re.escape(d) for d in SOURCE_DIRS)})(?:/{_SEGMENT})*/?"
-    rf"|(?:\.\./)*(?:{'|'.join(re.escape(f) for f in SOURCE_FILES)}))(?![\w/])"
+    rf"|(?:\.\./)*(?:{'|'.join(re.escape(f) for f in SOURCE_FILES)}))(?![\w/<])"  # `<`: a placeholder goes on
 )
 _LINK = re.compile(r"\]\(([^)\s#]+)(?:#[^)]*)?\)")
 _FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
@@ -65,10 +73,11 @@ def _check_path(path: str, page: Path, bases: list[Path] | None = None) -> str |
     return f"{page.relative_to(ROOT)}: {path!r} does not exist"
 
 
-def _commands(text: str) -> list[str]:
-    """Command lines of the fenced blocks (continuations joined, comments dropped) and of the code spans."""
+def _commands(text: str, every_line: bool = False) -> list[str]:
+    """Command lines of the fenced blocks (continuations joined, comments dropped) and of the code spans; with
+    `every_line` (a docstring or a comment) of every line."""
     lines = []
-    for block in _FENCE.findall(text):
+    for block in [text] if every_line else _FENCE.findall(text):
         for line in block.replace("\\\n", " ").splitlines():
             lines.append(line.split(" #")[0].strip())
     lines += [span.strip() for span in _SPAN.findall(text)]
@@ -98,24 +107,70 @@ def _check_command(command: str, page: Path) -> list[str]:
     return found
 
 
-def problems(page: Path, text: str) -> list[str]:
-    """Every missing path and bad command that `text` (the content of `page`) names."""
-    found = [_check_path(path, page) for path in _ROOTED.findall(text)]
+def problems(page: Path, text: str, code: bool = False) -> list[str]:
+    """Every missing path and bad command that `text` (the content of `page`) names; `code`: `text` is a docstring
+    or a comment of `page` (commands on any line, paths also relative to the package)."""
+    package = [ROOT, ROOT / "trl_shaped"] if code else None
+    found = [_check_path(path, page, package) for path in _ROOTED.findall(text)]
     for target in _LINK.findall(text):
         if not re.match(r"[a-z]+:", target):  # http(s):, mailto: are not files
             found.append(_check_path(target, page, [page.parent]))  # relative to the page, as markdown reads it
     for span in _SPAN.findall(text):
         if _BARE.fullmatch(span.strip()):
             found.append(_check_path(span.strip(), page, [page.parent, ROOT]))
-    for command in _commands(text):
+    for command in _commands(text, every_line=code):
         found += _check_command(command, page)
     return sorted({p for p in found if p})
+
+
+def docstrings(path: Path) -> str:
+    """The module, class and function docstrings of the Python file `path`."""
+    tree = ast.parse(path.read_text())
+    nodes = [tree, *(n for n in ast.walk(tree) if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)))]
+    return "\n\n".join(doc for doc in map(ast.get_docstring, nodes) if doc)
+
+
+def comments(path: Path) -> str:
+    """The comment text of the YAML file `path` (full-line and trailing comments, `#` removed)."""
+    return "\n".join(line.split("#", 1)[1] for line in path.read_text().splitlines() if "#" in line)
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_named_paths_and_commands_exist(page):
     found = problems(page, page.read_text())
     assert not found, "\n".join(found)
+
+
+@pytest.mark.parametrize("path", CODE_DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_docstrings_name_paths_and_commands_that_exist(path):
+    found = problems(path, docstrings(path), code=True)
+    assert not found, "\n".join(found)
+
+
+@pytest.mark.parametrize("path", YAML_DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_yaml_comments_name_paths_and_commands_that_exist(path):
+    found = problems(path, comments(path), code=True)
+    assert not found, "\n".join(found)
+
+
+_SAME_AS = re.compile(r"(trl-shaped \S+ [^(\n]*?)\s*\(the same as:? (trl-shaped [^)\n]+)\)")
+
+
+def _parsed(command: str) -> list[dict]:
+    import importlib
+
+    words = shlex.split(command)
+    parser = importlib.import_module(f"trl_shaped.scripts.{words[1]}").make_parser()
+    return [dataclasses.asdict(group) for group in parser.parse_args_and_config(words[2:])]
+
+
+def test_recipes_equal_the_commands_their_comments_say_they_equal(monkeypatch):
+    monkeypatch.chdir(ROOT)  # the recipes name files relative to the repository root
+    claims = [(path, m) for path in YAML_DOCS for m in _SAME_AS.finditer(comments(path))]
+    assert claims  # recipes/demo_quick.yaml makes one
+    for path, match in claims:
+        recipe, command = match.groups()
+        assert _parsed(recipe) == _parsed(command), f"{path.relative_to(ROOT)}: `{recipe}` != `{command}`"
 
 
 def test_the_docs_folder_has_the_method_page():
@@ -151,3 +206,20 @@ def test_the_checker_finds_what_is_missing():
         assert f"'{present}' does not exist" not in found, (present, found)
     assert "scripts/test.sh" not in found  # the comment of a command line is not part of it
     assert len(found.splitlines()) == 8, found
+
+
+def test_the_checker_reads_docstrings_and_yaml_comments(tmp_path):
+    module = tmp_path / "module.py"
+    module.write_text(
+        '"""Run:\n\n    trl-shaped study --config recipes/study_nowhere.yaml\n"""\n\n\n'
+        'def f():\n    """See scripts/loading.py and scripts/missing.py."""\n    return "recipes/not_a_docstring.yaml"\n'
+    )
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("# trl-shaped nosuch --config recipes/tiny_sft.yaml\nseed: 1  # see recipes/gone.yaml\n")
+    # named as files of the repository (where the checker looks), read from tmp_path
+    found = problems(ROOT / "trl_shaped" / "module.py", docstrings(module), code=True)
+    found = "\n".join(found + problems(ROOT / "recipes" / "recipe.yaml", comments(recipe), code=True))
+    for missing in ("recipes/study_nowhere.yaml", "scripts/missing.py", "no subcommand 'nosuch'", "recipes/gone.yaml"):
+        assert missing in found, (missing, found)
+    assert "not_a_docstring" not in found and "loading.py" not in found, found  # code is not docs; package-relative
+    assert len(found.splitlines()) == 4, found

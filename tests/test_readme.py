@@ -20,4 +20,6 @@ def test_readme_trainer_example_runs(tmp_path, monkeypatch):
     assert namespace["args"].shaping.beta == -0.25
     logged = [h for h in history if "loss" in h]
     assert logged and all(key in logged[-1] for key in ("nll", "entropy", "tail_mass", "perplexity"))
-    assert (tmp_path / "outputs" / "readme_example").is_dir()
+    # it saved the model where the second example (stage 2) loads it
+    (stage2,) = re.findall(r'model="([^"]+)"', _python_blocks()[1])
+    assert (tmp_path / stage2 / "config.json").is_file() and (tmp_path / stage2 / "tokenizer_config.json").is_file()

@@ -1,5 +1,7 @@
-"""The study runner: command lines of real-scale cells, checkpoint choice, and one tiny study end to end that is
-killed mid-cell and resumed (finished cells are not retrained, the interrupted one resumes from its checkpoint)."""
+"""The study runner: command lines of real-scale cells, checkpoint choice, the cells' fingerprints (a rerun with other
+settings is refused, `overwrite` recomputes only what differs), the per-cell lock (a killed holder blocks nobody,
+two processes on one study train each cell once), damaged cell files, and one tiny study end to end that is killed
+mid-cell and resumed (finished cells are not retrained, the interrupted one resumes from its checkpoint)."""
 
 import importlib
 import json
@@ -12,8 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from trl_shaped.study.config import StudyConfig
-from trl_shaped.study.runner import launcher, newest_checkpoint, stage_commands
+from trl_shaped.checkpoints import MANIFEST_NAME, last_complete_checkpoint, resolve_resume
+from trl_shaped.study import cells as cells_module
+from trl_shaped.study import runner
+from trl_shaped.study.cells import RESULT, StaleCells, cell_dir, cell_fingerprint, cell_lock, tokenizer_fingerprint
+from trl_shaped.study.config import STUDY_LEVEL_FIELDS, StudyConfig
+from trl_shaped.study.runner import BUILTIN_CELL_MODULE, launcher, run_cells, run_stage, stage_commands
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
@@ -77,14 +83,263 @@ def test_launcher_and_config_errors(tmp_path):
         StudyConfig(max_parallel=0)
 
 
-def test_newest_checkpoint_skips_one_interrupted_while_saving(tmp_path):
-    assert newest_checkpoint(tmp_path / "missing") is None
-    for step, complete in ((5, True), (10, True), (15, False), (9, True)):
-        folder = tmp_path / f"checkpoint-{step}"
-        folder.mkdir()
-        if complete:
-            (folder / "trainer_state.json").write_text("{}")
-    assert newest_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")
+def _checkpoint(folder: Path, step: int, complete: bool) -> Path:
+    """A `checkpoint-<step>` folder with its trainer state, recorded in the run manifest as complete or not."""
+    path = folder / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    (path / "trainer_state.json").write_text(json.dumps({"global_step": step, "log_history": [{"step": step}]}))
+    manifest = folder / MANIFEST_NAME
+    data = json.loads(manifest.read_text()) if manifest.is_file() else {"runs": {}, "checkpoints": {}, "seq": 0}
+    data["checkpoints"][path.name] = {"run": "r", "complete": complete, "seq": step}
+    manifest.write_text(json.dumps(data))
+    return path
+
+
+def test_a_stage_resumes_from_the_newest_complete_checkpoint_not_a_newer_incomplete_one(tmp_path, monkeypatch):
+    # checkpoint-4 has a trainer_state.json but its run stopped while saving it (the manifest says so): the rerun
+    # resumes from checkpoint-2, which the trainer's own rule (resolve_resume) accepts
+    cell = tmp_path / "cells" / "ce" / "seed0"
+    older = _checkpoint(cell / "stage1", 2, complete=True)
+    _checkpoint(cell / "stage1", 4, complete=False)
+    assert last_complete_checkpoint(cell / "stage1") == str(older)
+    commands = []
+
+    def fake_run(argv, log, env):  # the training run: it ends with a complete checkpoint-6
+        commands.append(argv)
+        if len(commands) == 1:
+            _checkpoint(cell / "stage1", 6, complete=True)
+
+    monkeypatch.setattr(runner, "_run", fake_run)
+    record = run_stage(real_scale(), "stage1", ["sft", "--output_dir", str(cell / "stage1")], cell)
+    assert commands[0][-2:] == ["--resume_from_checkpoint", str(older)]
+    assert resolve_resume(commands[0][-1], cell / "stage1") == str(older)
+    assert record["resumed_from"] == str(older) and record["log_history"] == [{"step": 6}]
+    assert json.loads((cell / "stage1.json").read_text()) == record
+    # the record is read back, not rerun; a damaged (cut) record is moved aside and the stage runs again
+    assert run_stage(real_scale(), "stage1", ["sft"], cell) == record and len(commands) == 1
+    (cell / "stage1.json").write_text('{"seconds": 1.5, "resumed_fr')
+    run_stage(real_scale(), "stage1", ["sft"], cell)
+    assert len(commands) == 2 and commands[1][-1] == str(cell / "stage1" / "checkpoint-6")
+    assert (cell / "stage1.json.damaged").read_text() == '{"seconds": 1.5, "resumed_fr'
+
+
+def tiny(**kwargs) -> StudyConfig:
+    values = dict(presets="ce", num_seeds=1, num_train_problems=40, num_test_problems=6, sft_steps=4, grpo_steps=1,
+                  eval_num_samples=2, num_generations=2, grpo_prompts_per_step=2, tokenizer="char", shaping_top_k=4)  # fmt: skip
+    return StudyConfig(**{**values, **kwargs})
+
+
+@pytest.fixture
+def fake_cells(monkeypatch):
+    """The built-in cell worker replaced by one that records its start in the cell's attempts.log and writes a result
+    holding the settings it read: the runner's decisions without training."""
+
+    def fake_run(argv, log, env):
+        assert argv[1:3] == ["-m", BUILTIN_CELL_MODULE]
+        config_path, preset, seed, cell = argv[3:]
+        config = json.loads(Path(config_path).read_text())
+        with open(Path(cell) / "attempts.log", "a") as stream:
+            stream.write("start\n")
+        result = {"preset": preset, "seed": int(seed), "sft_steps": config["sft_steps"]}
+        (Path(cell) / RESULT).write_text(json.dumps(result))
+
+    monkeypatch.setattr(runner, "_run", fake_run)
+
+
+def _starts(out: Path, preset: str, seed: int) -> int:
+    log = cell_dir(out, preset, seed) / "attempts.log"
+    return len(log.read_text().splitlines()) if log.is_file() else 0
+
+
+def test_a_rerun_with_other_settings_is_refused_and_overwrite_recomputes_only_what_differs(
+    tmp_path, fake_cells, capsys
+):
+    out = tmp_path / "study"
+    cells = run_cells(tiny(num_seeds=2, output_dir=str(out)), out)
+    assert [c["sft_steps"] for c in cells] == [4, 4] and _starts(out, "ce", 0) == _starts(out, "ce", 1) == 1
+    # other settings, same directory: refused before any compute, in one line naming the field and the ways on
+    with pytest.raises(StaleCells) as refused:
+        run_cells(tiny(num_seeds=2, sft_steps=6, output_dir=str(out)), out)
+    message = str(refused.value)
+    assert "\n" not in message and "sft_steps: 4 -> 6" in message and "ce seed 0, ce seed 1" in message
+    assert "--output_dir" in message and "--overwrite true" in message
+    assert _starts(out, "ce", 0) == _starts(out, "ce", 1) == 1
+    # the command line prints that line alone and exits 2
+    from trl_shaped.scripts.study import run
+
+    argv = ["--presets", "ce", "--num_seeds", "2", "--num_train_problems", "40", "--num_test_problems", "6",
+            "--sft_steps", "6", "--grpo_steps", "1", "--eval_num_samples", "2", "--num_generations", "2",
+            "--grpo_prompts_per_step", "2", "--tokenizer", "char", "--shaping_top_k", "4", "--output_dir", str(out)]  # fmt: skip
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run(argv, prog="trl-shaped study")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"trl-shaped study: error: {message}"]
+    # study-level fields change no cell: more seeds, other intervals, another parallelism reuse the finished ones
+    assert "sft_steps" not in STUDY_LEVEL_FIELDS and "confidence" in STUDY_LEVEL_FIELDS
+    run_cells(tiny(num_seeds=3, confidence=0.9, max_parallel=1, output_dir=str(out)), out)
+    assert [_starts(out, "ce", s) for s in (0, 1, 2)] == [1, 1, 1]
+    # overwrite: seed 0 with 6 steps (seeds 1 and 2 are not part of this run), then back to 4 steps for all three:
+    # only seed 0 differs, and only seed 0 is recomputed
+    cells = run_cells(tiny(num_seeds=1, sft_steps=6, overwrite=True, output_dir=str(out)), out)
+    assert cells[0]["sft_steps"] == 6 and [_starts(out, "ce", s) for s in (0, 1, 2)] == [1, 1, 1]  # cleared, rerun
+    with pytest.raises(StaleCells, match=r"\(ce seed 0: sft_steps: 6 -> 4\)"):
+        run_cells(tiny(num_seeds=3, output_dir=str(out)), out)
+    cells = run_cells(tiny(num_seeds=3, overwrite=True, output_dir=str(out)), out)
+    assert [c["sft_steps"] for c in cells] == [4, 4, 4]
+    assert [_starts(out, "ce", s) for s in (0, 1, 2)] == [1, 1, 1]  # seed 0: its folder cleared, one start since
+    assert json.loads((cell_dir(out, "ce", 1) / "fingerprint.json").read_text()) == cell_fingerprint(tiny(), "ce")
+
+
+def test_cells_and_tokenizers_without_a_fingerprint_count_as_differing(tmp_path, fake_cells):
+    out = tmp_path / "study"
+    legacy = cell_dir(out, "ce", 0)
+    legacy.mkdir(parents=True)
+    (legacy / RESULT).write_text(json.dumps({"preset": "ce", "seed": 0, "sft_steps": 4}))  # before fingerprints
+    (out / "tokenizer").mkdir()
+    (out / "tokenizer" / "tokenizer.json").write_text("{}")
+    with pytest.raises(StaleCells, match=r"ce seed 0, the tokenizer: no readable fingerprint.json") as refused:
+        run_cells(tiny(output_dir=str(out)), out)
+    assert "--overwrite true" in str(refused.value)
+    run_cells(tiny(output_dir=str(out), overwrite=True), out)
+    assert not (out / "tokenizer").exists() and _starts(out, "ce", 0) == 1  # rebuilt by the next cell; recomputed
+
+
+def test_the_fingerprint_covers_the_task_the_version_and_at_real_scale_the_recipes(tmp_path, monkeypatch):
+    config = tiny()
+    fingerprint = cell_fingerprint(config, "ce")
+    assert fingerprint["trl_shaped_version"] and fingerprint["task.max_operand"] == 19
+    assert not set(fingerprint) & set(STUDY_LEVEL_FIELDS)
+    # the task the cell actually builds is the one fingerprinted
+    monkeypatch.setattr(cells_module, "SOLUTIONS_PER_PROBLEM", 5)
+    assert cell_fingerprint(config, "ce")["task.solutions_per_problem"] == 5
+    assert cells_module.builtin_task_args(config)["solutions_per_problem"] == 5
+    assert tokenizer_fingerprint(config)["task.solutions_per_problem"] == 5
+    # real scale: a recipe's contents, for the presets that use it
+    for preset in ("ce", "precision"):
+        (tmp_path / f"{preset}.yaml").write_text("max_steps: 10\n")
+    config = real_scale(presets="precision", stage1_recipe=str(tmp_path / "{preset}.yaml"))
+    before = {p: cell_fingerprint(config, p) for p in ("ce", "precision")}
+    (tmp_path / "precision.yaml").write_text("max_steps: 20\n")
+    assert cell_fingerprint(config, "ce") == before["ce"]
+    changed = {k for k, v in cell_fingerprint(config, "precision").items() if before["precision"][k] != v}
+    assert changed == {"stage1 recipe contents"}
+
+
+def test_a_lock_held_by_a_killed_process_blocks_nobody(tmp_path):
+    from filelock import Timeout
+
+    cell = tmp_path / "cells" / "ce" / "seed0"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from trl_shaped.study.cells import cell_lock; "
+         "lock = cell_lock(sys.argv[1]); lock.acquire(); print('held', flush=True); time.sleep(600)", str(cell)],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(Timeout):
+            cell_lock(cell).acquire(timeout=0)  # held by the live process
+    finally:
+        holder.kill()  # SIGKILL: no clean-up runs in the holder
+        holder.wait()
+    lock = cell_lock(cell)
+    lock.acquire(timeout=0)  # the kernel released the flock with the process
+    assert lock.is_locked
+    lock.release()
+
+
+def test_a_second_caller_waits_for_the_running_cell_and_reads_its_result(tmp_path, fake_cells, capsys):
+    import threading
+
+    out = tmp_path / "study"
+    config = tiny(output_dir=str(out))
+    cell = cell_dir(out, "ce", 0)
+    (tmp_path / "fingerprint.json").write_text(json.dumps(cell_fingerprint(config, "ce")))
+    (tmp_path / "result.json").write_text(json.dumps({"preset": "ce", "seed": 0, "by": "the other process"}))
+    # another process runs the cell: it holds the lock until told to finish, then writes the cell's files and exits
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import shutil, sys; from pathlib import Path; from trl_shaped.study.cells import "
+         "cell_lock; cell, files = Path(sys.argv[1]), Path(sys.argv[2]); lock = cell_lock(cell); lock.acquire(); "
+         "print('held', flush=True); sys.stdin.readline(); cell.mkdir(parents=True); "
+         "[shutil.copy(files / n, cell / n) for n in ('fingerprint.json', 'result.json')]", str(cell), str(tmp_path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert holder.stdout.readline().strip() == "held"
+    returned = []
+    caller = threading.Thread(target=lambda: returned.append(runner.run_cell(config, "ce", 0, out)))
+    caller.start()
+    printed = ""
+    while "waiting" not in printed:
+        assert caller.is_alive()
+        printed += capsys.readouterr().out
+        time.sleep(0.05)
+    assert "[study] ce seed 0: another process is running this cell; waiting for it to finish" in printed
+    holder.communicate("go\n", timeout=60)
+    caller.join(timeout=60)
+    assert returned == [{"preset": "ce", "seed": 0, "by": "the other process"}]
+    assert _starts(out, "ce", 0) == 0  # read back, not run again
+
+
+def test_a_damaged_result_is_rebuilt_and_a_damaged_stage_record_recomputed(tmp_path, fake_cells, capsys):
+    out = tmp_path / "study"
+    run_cells(tiny(output_dir=str(out)), out)
+    result = cell_dir(out, "ce", 0) / RESULT
+    result.write_text(result.read_text()[:10])  # cut, as a full disk or an interrupted copy leaves it
+    capsys.readouterr()
+    (cell,) = run_cells(tiny(output_dir=str(out)), out)
+    assert cell == {"preset": "ce", "seed": 0, "sft_steps": 4} and _starts(out, "ce", 0) == 2
+    assert f"{result} is damaged (not valid JSON" in capsys.readouterr().out
+    assert (result.parent / "result.json.damaged").is_file()
+    # the built-in cell's stage records: a damaged one is recomputed, an intact one read back
+    from trl_shaped.study.builtin_cell import _stage
+
+    (result.parent / "stage1.json").write_text('{"seconds": 3')
+    assert _stage(result.parent, "stage1", lambda: {"seconds": 4}) == {"seconds": 4}
+    assert _stage(result.parent, "stage1", lambda: pytest.fail("recomputed")) == {"seconds": 4}
+
+
+def test_the_built_in_tokenizer_refuses_other_settings(tmp_path):
+    from trl_shaped.study.builtin_cell import shared_tokenizer, task_data
+
+    config = tiny()
+    data = task_data(config)
+    tokenizer = shared_tokenizer(config, data, tmp_path / "tokenizer")
+    assert json.loads((tmp_path / "tokenizer" / "fingerprint.json").read_text()) == tokenizer_fingerprint(config)
+    assert shared_tokenizer(config, data, tmp_path / "tokenizer").get_vocab() == tokenizer.get_vocab()
+    with pytest.raises(RuntimeError, match="built with other settings.*num_train_problems: 40 -> 50"):
+        shared_tokenizer(tiny(num_train_problems=50), data, tmp_path / "tokenizer")
+
+
+TINY_ARGS = ["--presets", "ce", "--num_seeds", "1", "--num_train_problems", "24", "--num_test_problems", "4",
+             "--sft_steps", "4", "--grpo_steps", "1", "--eval_num_samples", "2", "--num_generations", "2",
+             "--grpo_prompts_per_step", "2", "--hidden_size", "16", "--num_layers", "1", "--tokenizer", "char",
+             "--shaping_top_k", "4", "--checkpoints_per_stage", "2"]  # fmt: skip
+
+
+@pytest.mark.slow  # three processes start torch and transformers
+def test_two_processes_on_one_study_train_each_cell_once(tmp_path):
+    out = tmp_path / "study"
+    argv = [sys.executable, "-m", "trl_shaped", "study", *TINY_ARGS, "--output_dir", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]  # fmt: skip
+    outputs = [proc.communicate(timeout=900)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    cell = out / "cells" / "ce" / "seed0"
+    assert _attempts(cell) == ["stage1 resumed_from=None", "rl resumed_from=None"]  # one start per stage
+    waited = [o for o in outputs if "ce seed 0: another process is running this cell; waiting" in o]
+    assert len(waited) == 1, outputs
+    # the cut result.json of the finished cell is rebuilt from its stage records, with no training
+    result = json.loads((cell / RESULT).read_text())
+    (cell / RESULT).write_text((cell / RESULT).read_text()[:100])
+    again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0 and "result.json is damaged" in again.stdout, again.stdout[-3000:] + again.stderr
+    assert _attempts(cell) == ["stage1 resumed_from=None", "rl resumed_from=None"]
+    rebuilt = json.loads((cell / RESULT).read_text())
+    assert {k: rebuilt[k] for k in ("stage1", "eval_stage1", "rl", "eval_rl")} == {
+        k: result[k] for k in ("stage1", "eval_stage1", "rl", "eval_rl")
+    }
 
 
 def _attempts(cell: Path) -> list[str]:
@@ -108,7 +363,7 @@ def test_a_killed_study_resumes_without_retraining_finished_cells(tmp_path):
     proc = subprocess.Popen(argv + ["--max_parallel", "1"], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
-        while newest_checkpoint(second / "stage1") is None:
+        while last_complete_checkpoint(second / "stage1") is None:
             assert proc.poll() is None, "the study ended before the kill"
             time.sleep(0.05)
     finally:

@@ -1,7 +1,7 @@
 """trl_shaped: rank-aware reward-shaped next-token prediction for Hugging Face TRL.
 
-Stage 1 trains with the shaped loss (``ShapedSFTTrainer``); stage 2 runs GRPO from that prior and keeps it
-as its reference (``ShapedGRPOTrainer``). Public names are imported lazily so that ``import trl_shaped`` stays
+Stage 1 trains with the shaped loss (``ShapedSFTTrainer``); stage 2 runs GRPO from that prior and measures the
+policy's drift from it (``ShapedGRPOTrainer``; with ``beta > 0`` the prior is also the KL reference). Public names are imported lazily so that ``import trl_shaped`` stays
 cheap and the loss can be used without importing the trainers.
 """
 

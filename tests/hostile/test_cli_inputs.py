@@ -121,3 +121,44 @@ def test_the_console_command_exits_2_with_one_line(tmp_path):
         .splitlines()[-1]
         .startswith(f"trl-shaped grpo: error: argument --config: '{tmp_path / 'bad.yaml'}' is not valid YAML at line 2")
     )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "argument --model_name_or_path is required: a hub name or a local model directory"),
+        (["--model_name_or_path", "m"], "argument --dataset_name is required: a hub name, a local directory or a data"),
+        (["--model_name_or_path", "m", "--dataset_name", ""], "argument --dataset_name is required"),
+    ],
+)
+def test_eval_without_a_model_or_a_dataset_is_a_usage_error(args, message, capsys):
+    line = _usage_error(["eval", *args], capsys)
+    assert line.startswith("trl-shaped eval: error: ") and message in line
+
+
+@pytest.mark.parametrize("subcommand", ["sft", "grpo"])
+def test_a_resume_value_that_cannot_resume_is_a_usage_error(subcommand, tmp_path, capsys):
+    run = ["--model_name_or_path", "m", "--output_dir", str(tmp_path / "run"), "--bf16", "false"]
+    partial = tmp_path / "run" / "checkpoint-4"
+    partial.mkdir(parents=True)  # a save that never finished: no trainer_state.json
+    cases = {
+        str(tmp_path / "nowhere"): "is not a checkpoint-<step> folder",
+        str(partial): "has no trainer_state.json",
+        "true": "no complete checkpoint in output_dir",
+        "last": "no complete checkpoint in output_dir",
+    }
+    for value, message in cases.items():
+        line = _usage_error([subcommand, *run, "--resume_from_checkpoint", value], capsys)
+        assert line.startswith(f"trl-shaped {subcommand}: error: argument --resume_from_checkpoint: "), line
+        assert message in line, line
+
+
+def test_the_console_command_reports_eval_without_a_dataset_in_one_line():
+    done = subprocess.run(
+        [sys.executable, "-m", "trl_shaped", "eval", "--model_name_or_path", "m"],
+        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
+    )  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert (
+        done.stderr.strip().splitlines()[-1].startswith("trl-shaped eval: error: argument --dataset_name is required")
+    )

@@ -6,6 +6,7 @@ dataclasses, and `run(argv, prog)`, which is `run_script(make_parser, main, argv
 launch` started ends through `end_launched_process`.
 """
 
+import contextlib
 import logging
 import os
 import sys
@@ -56,17 +57,52 @@ def config_file_problem(argv: list[str]) -> str | None:
     return None
 
 
-def parse_or_exit(parser, argv=None) -> tuple:
-    """`parser.parse_args_and_config(argv)`, with a bad `--config` file or a config's ValueError (a bad value)
-    reported as a usage error (message on stderr, exit status 2) before anything is loaded."""
+def parse_or_exit(parser, argv=None, required: dict[str, str] | None = None) -> tuple:
+    """`parser.parse_args_and_config(argv)`, with every problem found before anything is loaded reported as a usage
+    error (the parser's usage and one `error:` line on stderr, exit status 2) instead of a traceback: a bad `--config`
+    file, a config's ValueError (a bad value), a `required` argument left unset, and a `--resume_from_checkpoint`
+    that cannot resume (resolved here to a complete checkpoint folder, `trl_shaped.checkpoints.resolve_resume`).
+
+    Args:
+        parser (`TrlParser`): the subcommand's parser.
+        argv (`list[str]`, *optional*): the arguments (default: `sys.argv[1:]`).
+        required (`dict[str, str]`, *optional*): argument name -> what it must name, for arguments a dataclass leaves
+            optional that the subcommand cannot run without.
+    """
     argv = split_config_flag(list(sys.argv[1:] if argv is None else argv))
     problem = config_file_problem(argv)
     if problem is not None:
         parser.error(problem)
     try:
-        return parser.parse_args_and_config(argv)
+        parsed = parser.parse_args_and_config(argv)
     except ValueError as error:  # raised by the config dataclasses' validation, before any compute
         parser.error(str(error))
+    for name, what in (required or {}).items():
+        if all(getattr(group, name, None) in (None, "") for group in parsed):
+            parser.error(f"argument --{name} is required: {what}")
+    for group in parsed:
+        if getattr(group, "resume_from_checkpoint", None) not in (None, False) and hasattr(group, "output_dir"):
+            from trl_shaped.checkpoints import resolve_resume
+
+            try:
+                group.resume_from_checkpoint = resolve_resume(group.resume_from_checkpoint, group.output_dir)
+            except ValueError as error:
+                parser.error(f"argument --resume_from_checkpoint: {error}")
+    return parsed
+
+
+@contextlib.contextmanager
+def study_errors_exit(prog: str):
+    """Around a study: a study that cannot go on as asked (`trl_shaped.study.cells.StudyError`) ends the command
+    with its message alone on stderr, no traceback: exit status 2 for a rerun refused before any compute (cells
+    computed with other settings: the message names them and the ways on), 1 for failed cells."""
+    from trl_shaped.study.cells import StaleCells, StudyError
+
+    try:
+        yield
+    except StudyError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr, flush=True)
+        sys.exit(2 if isinstance(error, StaleCells) else 1)
 
 
 def make_trl_parser(dataclass_types: tuple, prog: str | None = None):
@@ -76,10 +112,21 @@ def make_trl_parser(dataclass_types: tuple, prog: str | None = None):
     return TrlParser(dataclass_types, prog=prog)
 
 
-def run_script(make_parser, main, argv=None, prog: str | None = None):
+def run_script(make_parser, main, argv=None, prog: str | None = None, *, required=None, study: bool = False):
     """The `run` of every script: parse `argv` (`--config file.yaml` plus overrides) with `make_parser(prog)`, and
-    call `main` with the parsed dataclasses."""
-    return main(*parse_or_exit(make_parser(prog), argv))
+    call `main` with the parsed dataclasses.
+
+    Args:
+        required (`dict[str, str]`, *optional*): arguments the subcommand cannot run without (see `parse_or_exit`).
+        study (`bool`): `main` runs a study: its refusals and failed cells end the command with one line
+            (`study_errors_exit`).
+    """
+    parser = make_parser(prog)
+    parsed = parse_or_exit(parser, argv, required=required)
+    if not study:
+        return main(*parsed)
+    with study_errors_exit(parser.prog):
+        return main(*parsed)
 
 
 def train_and_save(trainer, script_args, training_args):

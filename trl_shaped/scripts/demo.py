@@ -2,8 +2,8 @@
 subcommands.
 
 ```bash
-trl-shaped demo            # ce, precision, diversity x 6 seeds on 2 CPU cores
-trl-shaped demo --quick    # the short form (2 seeds, fewer steps)
+trl-shaped demo            # ce, precision, diversity x 6 seeds on 2 CPU cores: demo_report/
+trl-shaped demo --quick    # the short form (2 seeds, fewer steps): demo_report_quick/
 ```
 """
 
@@ -26,7 +26,7 @@ def main(config):
 
 def run(argv=None, prog: str | None = None):
     """Parse `argv` (`--config file.yaml` plus overrides) and run the demo; returns the report directory."""
-    return run_script(make_parser, main, argv, prog)
+    return run_script(make_parser, main, argv, prog, study=True)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,12 @@ from trl_shaped.evaluation.sharding import current_shard, launched, partial_stat
 from trl_shaped.scripts import make_trl_parser, run_script
 from trl_shaped.scripts.data import load_split
 
+# What the command line cannot run without (EvalConfig leaves them optional: `evaluate` takes a model and rows).
+REQUIRED = {
+    "model_name_or_path": "a hub name or a local model directory",
+    "dataset_name": "a hub name, a local directory or a data file",
+}
+
 
 def make_parser(prog: str | None = None):
     return make_trl_parser((EvalConfig,), prog)
@@ -79,7 +85,7 @@ def main(config: EvalConfig) -> dict:
 
 def run(argv=None, prog: str | None = None):
     """Parse `argv` (`--config file.yaml` plus overrides), evaluate, and write the files."""
-    return run_script(make_parser, main, argv, prog)
+    return run_script(make_parser, main, argv, prog, required=REQUIRED)
 
 
 if __name__ == "__main__":

@@ -74,7 +74,8 @@ def resolve_reward_funcs(names: list[str]) -> list:
 
 
 def main(script_args, training_args, model_args, dataset_args=None):
-    """Run GRPO from `model_args.model_name_or_path` (the stage-1 checkpoint, also the reference) and save it."""
+    """Run GRPO from `model_args.model_name_or_path` (the stage-1 checkpoint: the drift diagnostics' prior, and the KL
+    reference when beta > 0) and save it."""
     from trl_shaped import ShapedGRPOTrainer
 
     reward_funcs = resolve_reward_funcs(script_args.reward_funcs)

@@ -15,6 +15,8 @@ Layout of a cell directory (each stage's record is written atomically when the s
     eval_stage1_samples.json  eval_rl_samples.json   every sampled completion
     attempts.log                                one line per training stage started (and what it resumed from)
     result.json                                 everything above but the samples: written last
+    study_config.json  fingerprint.json         written by the runner: the settings this cell runs with, and what
+                                                determines it (trl_shaped/study/cells.py)
 """
 
 import contextlib
@@ -34,12 +36,22 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerCallback
 
 from .. import ShapedGRPOConfig, ShapedGRPOTrainer, ShapedSFTConfig, ShapedSFTTrainer
+from ..checkpoints import last_complete_checkpoint
 from ..evaluation import EvalConfig, evaluate, pass_at_k
 from ..rewards import exact_answer_reward
 from ..tiny import build_bpe_tokenizer, build_char_tokenizer, build_tiny_model
-from .cells import newest_checkpoint, say, write_json_atomic
+from .cells import (
+    FINGERPRINT,
+    builtin_task_args,
+    fingerprint_changes,
+    read_record,
+    recorded_fingerprint,
+    say,
+    tokenizer_fingerprint,
+    write_json_atomic,
+)
 from .config import StudyConfig
-from .task import ArithmeticTask, build_datasets, solution_strategy, task_alphabet
+from .task import build_datasets, solution_strategy, task_alphabet
 
 # Longest completion of the default task ("19+19=38; 38+19=57 #### 57", 26 characters) plus the eos token and
 # room for a few mistakes (a BPE token covers at least one character).
@@ -120,16 +132,23 @@ def _settings(args, names) -> dict:
 
 def task_data(config: StudyConfig):
     """The study's task: the same problems in every cell (they come from the first seed)."""
-    return build_datasets(
-        ArithmeticTask(), num_train=config.num_train_problems, num_test=config.num_test_problems, seed=config.seed
-    )
+    return build_datasets(**builtin_task_args(config))
 
 
 def shared_tokenizer(config: StudyConfig, data, folder: Path):
-    """The study's tokenizer, built once and saved to `folder`: the first cell to get here builds it (BPE trained on
-    the stage-1 text) and moves it into place atomically; every cell then loads the saved one."""
+    """The study's tokenizer, built once and saved to `folder` with its fingerprint: the first cell to get here builds
+    it (BPE trained on the stage-1 text) and moves it into place atomically; every cell then loads the saved one,
+    after checking that it was built with this study's settings."""
     folder = Path(folder)
-    if not folder.is_dir():
+    fingerprint = tokenizer_fingerprint(config)
+    if folder.is_dir():
+        changes = fingerprint_changes(recorded_fingerprint(folder), fingerprint)
+        if changes:
+            raise RuntimeError(
+                f"the tokenizer in {folder} was built with other settings ({'; '.join(changes)}): delete it, or run "
+                "the study with --overwrite true"
+            )
+    else:
         if config.tokenizer == "char":
             tokenizer = build_char_tokenizer(task_alphabet())
         else:
@@ -137,6 +156,7 @@ def shared_tokenizer(config: StudyConfig, data, folder: Path):
             tokenizer = build_bpe_tokenizer(corpus, vocab_size=config.bpe_vocab_size)
         tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
         tokenizer.save_pretrained(tmp)
+        write_json_atomic(tmp / FINGERPRINT, fingerprint)
         try:
             os.rename(tmp, folder)
         except OSError:  # another cell was first: use its tokenizer
@@ -151,9 +171,9 @@ def _log_attempt(cell: Path, stage: str, resumed: str | None) -> None:
 
 def train_stage1(preset: str, seed: int, config: StudyConfig, data, tokenizer, cell: Path) -> dict:
     """Stage 1: shaped SFT of a fresh tiny model (initialised from `seed`) with `preset`, resumed from the newest
-    checkpoint in `cell/stage1` if an earlier attempt left one; saves the model to `cell/stage1`."""
+    complete checkpoint in `cell/stage1` if an earlier attempt left one; saves the model to `cell/stage1`."""
     out = cell / "stage1"
-    resumed = newest_checkpoint(out)
+    resumed = last_complete_checkpoint(out)
     _log_attempt(cell, "stage1", resumed)
     model = build_tiny_model(
         len(tokenizer),
@@ -200,7 +220,7 @@ def train_stage1(preset: str, seed: int, config: StudyConfig, data, tokenizer, c
 def train_rl(preset: str, seed: int, config: StudyConfig, data, tokenizer, cell: Path) -> dict:
     """Stage 2: GRPO from the stage-1 checkpoint, which stays the prior; resumed like stage 1; saves to `cell/rl`."""
     out, stage1_dir = cell / "rl", str(cell / "stage1")
-    resumed = newest_checkpoint(out)
+    resumed = last_complete_checkpoint(out)
     _log_attempt(cell, "rl", resumed)
     steps = config.grpo_steps
     args = ShapedGRPOConfig(
@@ -330,10 +350,12 @@ def evaluate_checkpoint(folder: Path, tokenizer, data, config: StudyConfig, seed
 
 
 def _stage(cell: Path, name: str, compute) -> dict:
-    """The record of stage `name`: read back when an earlier attempt finished it, else computed and saved."""
+    """The record of stage `name`: read back when an earlier attempt finished it, else computed and saved (also when
+    the record is damaged: `cells.read_record` moves it aside)."""
     path = cell / f"{name}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
+    record = read_record(path)
+    if record is not None:
+        return record
     record = compute()
     write_json_atomic(path, record)
     return record

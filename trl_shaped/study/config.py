@@ -41,6 +41,19 @@ BUILTIN_PROFILES = {
         "eval_num_samples": 8,
     },
 }
+# The StudyConfig fields that do not change any cell: how many cells, where they go, how they are run and reported.
+# Every other field is part of a cell's fingerprint (trl_shaped/study/cells.py), so a new field counts as changing
+# the cells unless it is named here.
+STUDY_LEVEL_FIELDS = (
+    "presets",  # which cells; the cell's own preset is part of its place (cells/<preset>/)
+    "num_seeds",  # which cells; the cell's own seed is part of its place (seed<k>/)
+    "output_dir",
+    "max_parallel",
+    "confidence",
+    "equal_nll_tolerance",
+    "quick",  # selects a profile; the values it resolves to are fields of their own
+    "overwrite",
+)
 POSITIVE_FIELDS = (
     "num_seeds",
     "num_train_problems",
@@ -96,6 +109,8 @@ class StudyConfig:
         stage1_dataset, rl_dataset, eval_dataset (`str`, *optional*): real scale: `--dataset_name` overrides.
         stage1_args, rl_args, eval_args (`str`): real scale: further command-line overrides of each stage.
         accelerate_config (`str`, *optional*): real scale: run each stage under `accelerate launch` with this file.
+        overwrite (`bool`): recompute the cells of `output_dir` that were computed with other settings (without it,
+            such a rerun stops before any compute and names the settings that differ).
     """
 
     presets: str = field(
@@ -198,6 +213,14 @@ class StudyConfig:
         default=None, metadata={"help": "Real scale: run each stage under `accelerate launch --config_file` this."}
     )
 
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "Recompute the cells of output_dir whose settings differ from this run's (only those). Without "
+            "it a rerun with other settings stops before any compute and names the settings that differ."
+        },
+    )
+
     def __post_init__(self):
         self.preset_names()  # validates
         if self.builtin:
@@ -278,6 +301,14 @@ class StudyConfig:
 @dataclass
 class DemoConfig(StudyConfig):
     """The built-in demo (`trl-shaped demo`): a study on the built-in task, every field of `StudyConfig`, with its
-    report in `demo_report/`."""
+    report in `demo_report/` (`demo_report_quick/` for the quick profile, so that the two never share cells)."""
 
-    output_dir: str = field(default="demo_report", metadata={"help": "Directory of the demo's study and report."})
+    output_dir: str | None = field(
+        default=None,
+        metadata={"help": "Directory of the demo's study and report (default: demo_report, demo_report_quick quick)."},
+    )
+
+    def __post_init__(self):
+        if self.output_dir is None:
+            self.output_dir = "demo_report_quick" if self.quick else "demo_report"
+        super().__post_init__()

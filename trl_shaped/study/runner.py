@@ -1,18 +1,28 @@
 """`run_study`: every cell (preset, seed) of a study in its own process, cached on disk, then the statistics, the
 claims' verdicts, the figures and the report.
 
-Layout of `config.output_dir`:
+Layout of `config.output_dir` (the cell's files: `trl_shaped/study/cells.py`):
 
-    study_config.json                     the StudyConfig the cells read (built-in task)
+    study_config.json                     the StudyConfig of the last run (a record; each cell keeps its own copy)
+    cells/<preset>/seed<k>/fingerprint.json   what the cell was computed with, written before it computes
     cells/<preset>/seed<k>/result.json    a finished cell: written atomically, LAST; its presence means "done"
     cells/<preset>/seed<k>/log.txt        the cell's output (every attempt, appended)
     cells/<preset>/seed<k>/stage1/, rl/   checkpoints (checkpoint-<step>/ while training, the model at the end)
+    cells/<preset>/seed<k>.lock           the lock of the process running the cell
     results.json, figures.json, report.md, *.png
 
 Caching and resume. A cell whose `result.json` exists is skipped. Inside a cell each stage (stage 1, evaluation, GRPO,
 evaluation) writes its own record atomically when it finishes and is skipped when that record exists; an interrupted
-training stage restarts from its newest checkpoint that has a `trainer_state.json` (Trainer's
-`resume_from_checkpoint`). So a study killed at any point loses at most the steps since the last checkpoint.
+training stage restarts from its newest complete checkpoint (`trl_shaped.checkpoints.last_complete_checkpoint`). So a
+study killed at any point loses at most the steps since the last checkpoint. A damaged record or `result.json` (not
+valid JSON) is moved aside to `<name>.damaged` and recomputed, `result.json` from the stage records.
+
+Settings. A rerun whose settings differ from those a cell (or the built-in task's tokenizer) was computed with stops
+before any compute with one line naming them (old -> new); `--overwrite true` recomputes exactly the cells that
+differ, another `--output_dir` starts afresh. Results never mix cells of different settings.
+
+Several processes. `run_cell` holds the cell's lock while it runs it: a second process running the same study (a
+requeued cluster job, a duplicated command) says so, waits, and reads the finished result instead of training again.
 
 Two backends (`StudyConfig.builtin`). The built-in task runs one process per cell (`python -m trl_shaped.study.builtin_cell`,
 `num_threads` torch threads), `max_parallel` at once. At real scale each stage of a cell is a command through the
@@ -20,9 +30,9 @@ recipes (`python -m trl_shaped sft|grpo|eval --config <recipe> --seed ... --outp
 `accelerate launch --config_file <accelerate_config>` when one is given; `stage_commands` builds them.
 """
 
-import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -30,7 +40,25 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
-from .cells import RESULT, cell_dir, newest_checkpoint, say, write_json_atomic
+from ..checkpoints import last_complete_checkpoint
+from .cells import (
+    FINGERPRINT,
+    RESULT,
+    StaleCells,
+    StudyError,
+    acquire_cell,
+    cell_dir,
+    cell_fingerprint,
+    cell_lock,
+    clear_folder,
+    read_json,
+    read_record,
+    recorded_fingerprint,
+    say,
+    stale_changes,
+    tokenizer_fingerprint,
+    write_json_atomic,
+)
 from .claims import judge_claims, metric_values, summarize
 from .config import StudyConfig
 
@@ -106,12 +134,15 @@ def _run(argv: list[str], log: Path, env: dict) -> None:
 
 
 def run_stage(config: StudyConfig, stage: str, argv: list[str], cell: Path) -> dict:
-    """Real scale: run one stage unless its record exists; returns the record (`<stage>.json` in the cell)."""
+    """Real scale: run one stage unless its record exists; returns the record (`<stage>.json` in the cell). A training
+    stage resumes from its newest complete checkpoint (`trl_shaped.checkpoints.last_complete_checkpoint`, the rule
+    the trainers apply to `--resume_from_checkpoint true`)."""
     record_path = cell / f"{stage}.json"
-    if record_path.is_file():
-        return json.loads(record_path.read_text())
+    record = read_record(record_path)
+    if record is not None:
+        return record
     training = stage in ("stage1", "rl")
-    resumed = newest_checkpoint(cell / stage) if training else None
+    resumed = last_complete_checkpoint(cell / stage) if training else None
     if resumed:
         argv = argv + ["--resume_from_checkpoint", resumed]
     start = time.perf_counter()
@@ -119,50 +150,157 @@ def run_stage(config: StudyConfig, stage: str, argv: list[str], cell: Path) -> d
     record = {"seconds": time.perf_counter() - start, "resumed_from": resumed, "command": argv}
     if training:
         # the trainer saves a last checkpoint at the end of a step-saving run: its state has the whole log history
-        last = newest_checkpoint(cell / stage)
-        state = json.loads((Path(last) / "trainer_state.json").read_text()) if last else {}
-        record["log_history"] = state.get("log_history", [])
+        last = last_complete_checkpoint(cell / stage)
+        state = read_json(Path(last) / "trainer_state.json") if last else None
+        record["log_history"] = (state or {}).get("log_history", [])
     else:
-        result = json.loads((cell / stage / "eval.json").read_text())
+        result = read_json(cell / stage / "eval.json")
+        if result is None:
+            raise RuntimeError(
+                f"the evaluation ended without writing {cell / stage / 'eval.json'}; see {cell / 'log.txt'}"
+            )
         record.update({k: v for k, v in result.items() if k != "per_problem"})
     write_json_atomic(record_path, record)
     return record
 
 
-def run_cell(config: StudyConfig, preset: str, seed: int, out: Path) -> dict:
-    """Run (or resume) one cell and return its result; a finished cell is read back, not rerun."""
-    cell = cell_dir(out, preset, seed)
-    if (cell / RESULT).is_file():
-        return json.loads((cell / RESULT).read_text())
-    cell.mkdir(parents=True, exist_ok=True)
+def _refusal(out: Path, stale: list[tuple[str, list[str]]]) -> str:
+    """The one line a rerun with other settings stops with: which cells, which settings (old -> new), the ways on."""
+    names = [name for name, _ in stale]
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    changes = "; ".join(dict.fromkeys(change for _, found in stale for change in found))
+    return (
+        f"{out} holds results computed with other settings ({shown}: {changes}). Nothing was run: choose another "
+        "--output_dir, or rerun with --overwrite true to recompute exactly what differs."
+    )
+
+
+def stale_cells(config: StudyConfig, out: Path, cells: list[tuple[str, int]]) -> list[tuple[str, list[str]]]:
+    """What of `out` was computed with other settings than `config`'s: (name, changes) per differing cell, and the
+    built-in task's shared tokenizer. Reads fingerprints only (no compute)."""
+    stale = []
+    for preset, seed in cells:
+        changes = stale_changes(cell_dir(out, preset, seed), cell_fingerprint(config, preset))
+        if changes:
+            stale.append((f"{preset} seed {seed}", changes))
     if config.builtin:
-        argv = [sys.executable, "-m", BUILTIN_CELL_MODULE, str(Path(out) / "study_config.json"), preset, str(seed)]
-        argv.append(str(cell))
-        _run(argv, cell / "log.txt", cell_env(config))  # the worker writes result.json
-        return json.loads((cell / RESULT).read_text())
-    records = {
-        stage: run_stage(config, stage, argv, cell) for stage, argv in stage_commands(config, preset, seed, cell)
-    }
-    result = {"preset": preset, "seed": seed, **records}
-    write_json_atomic(cell / RESULT, result)
-    return result
+        changes = stale_changes(Path(out) / "tokenizer", tokenizer_fingerprint(config))
+        if changes:
+            stale.append(("the tokenizer", changes))
+    return stale
+
+
+def run_cell(config: StudyConfig, preset: str, seed: int, out: Path) -> dict:
+    """Run (or resume) one cell and return its result; a finished cell is read back, not rerun.
+
+    The one entry any process calls for a cell (the local pool, a cluster job): safe to call from several processes
+    at once. The cell's lock (`cells.cell_lock`) is held throughout; a second caller says so, waits for the first,
+    then reads its result (or resumes the cell if the first failed). Under the lock the cell's recorded fingerprint
+    is checked: a cell computed with other settings raises `StaleCells`, or with `config.overwrite` is cleared and
+    recomputed. A damaged `result.json` or stage record is moved aside and recomputed (`cells.read_record`).
+
+    Args:
+        config (`StudyConfig`): the study.
+        preset (`str`), seed (`int`): the cell.
+        out (`Path`): the study directory.
+    """
+    cell = cell_dir(out, preset, seed)
+    name = f"{preset} seed {seed}"
+    lock = cell_lock(cell)
+    acquire_cell(lock, name)
+    try:
+        cell.mkdir(parents=True, exist_ok=True)
+        fingerprint = cell_fingerprint(config, preset)
+        changes = stale_changes(cell, fingerprint)
+        if changes and not config.overwrite:
+            raise StaleCells(_refusal(Path(out), [(name, changes)]))
+        if changes:
+            say("study", f"{name}: computed with other settings ({'; '.join(changes)}); recomputing it (overwrite)")
+            clear_folder(cell)
+        if recorded_fingerprint(cell) is None:
+            write_json_atomic(cell / FINGERPRINT, fingerprint)
+        result = read_record(cell / RESULT, "study")
+        if result is not None:
+            return result
+        if config.builtin:
+            # this process's settings, not the study directory's shared copy (another process may have rewritten it)
+            write_json_atomic(cell / "study_config.json", asdict(config))
+            argv = [sys.executable, "-m", BUILTIN_CELL_MODULE, str(cell / "study_config.json"), preset, str(seed)]
+            argv.append(str(cell))
+            _run(argv, cell / "log.txt", cell_env(config))  # the worker writes result.json
+            result = read_json(cell / RESULT)
+            if result is None:
+                raise RuntimeError(f"the cell ended without writing {cell / RESULT}; see {cell / 'log.txt'}")
+            return result
+        records = {
+            stage: run_stage(config, stage, argv, cell) for stage, argv in stage_commands(config, preset, seed, cell)
+        }
+        result = {"preset": preset, "seed": seed, **records}
+        write_json_atomic(cell / RESULT, result)
+        return result
+    finally:
+        lock.release()
+
+
+def prepare_cells(config: StudyConfig, out: Path) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """Before any compute: the study's cells and those to run. Every existing cell's fingerprint (and the built-in
+    tokenizer's) is compared with this run's: when one differs this raises `StaleCells` (one line naming the
+    settings) unless `config.overwrite`, which marks exactly those for recomputing (and removes a stale tokenizer).
+    A damaged `result.json` is moved aside (its cell is run again: the stages it recorded are read back).
+
+    Returns:
+        `(cells, todo)`: every (preset, seed) of the study, and those without a valid result of these settings.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cells = [(p, s) for s in config.seeds() for p in config.preset_names()]
+    stale = stale_cells(config, out, cells)
+    if stale and not config.overwrite:
+        raise StaleCells(_refusal(out, stale))
+    if any(name == "the tokenizer" for name, _ in stale):
+        say("study", "the shared tokenizer was built with other settings; rebuilding it (overwrite)")
+        shutil.rmtree(out / "tokenizer")
+    write_json_atomic(out / "study_config.json", asdict(config))  # a record: each cell runs with its own copy
+    stale_names = {name for name, _ in stale}
+    todo = [
+        c
+        for c in cells
+        if f"{c[0]} seed {c[1]}" in stale_names or read_record(cell_dir(out, *c) / RESULT, "study") is None
+    ]
+    return cells, todo
+
+
+def collect_results(config: StudyConfig, out: Path, cells: list[tuple[str, int]]) -> list[dict]:
+    """The results of `cells`, all finished; raises `StaleCells` if one was meanwhile recomputed with other settings
+    (by another process with `overwrite`): results never mix cells of different settings."""
+    stale = stale_cells(config, out, cells)
+    if stale:
+        raise StaleCells(_refusal(Path(out), stale))
+    return [read_json(cell_dir(out, *c) / RESULT) for c in cells]
 
 
 def run_cells(config: StudyConfig, out: Path) -> list[dict]:
-    """Every cell of the study, `config.parallel` at a time; raises after all have run if any failed."""
-    cells = [(p, s) for s in config.seeds() for p in config.preset_names()]
-    todo = [c for c in cells if not (cell_dir(out, *c) / RESULT).is_file()]
+    """Every cell of the study, `config.parallel` at a time; raises after all have run if any failed.
+
+    Before any compute the cells' fingerprints are checked (`prepare_cells`): a study whose directory holds cells of
+    other settings stops (`StaleCells`) unless `config.overwrite`, which recomputes those cells only.
+    """
+    out = Path(out)
+    cells, todo = prepare_cells(config, out)
     workers = config.parallel(max(1, len(todo)))
     shape = f"{len(config.preset_names())} presets x {config.num_seeds} seeds"
     say(
         "study",
         f"{len(cells)} cells ({shape}), {len(cells) - len(todo)} already done; running {len(todo)}, {workers} at a time",
     )
-    start, finished, failures = time.perf_counter(), [0], []
+    start, finished, failures, refused = time.perf_counter(), [0], [], []
 
     def one(cell):
         try:
             run_cell(config, *cell, out)
+        except StaleCells as error:  # another process wrote the cell with other settings since the check above
+            refused.append(error)
+            return
         except Exception as error:  # noqa: BLE001 - reported with the others below
             failures.append(f"{cell[0]} seed {cell[1]}: {error}")
             say("study", f"FAILED {cell[0]} seed {cell[1]}: {error}")
@@ -172,9 +310,11 @@ def run_cells(config: StudyConfig, out: Path) -> list[dict]:
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(one, todo))
+    if refused:
+        raise refused[0]
     if failures:
-        raise RuntimeError(f"{len(failures)} cell(s) failed (rerun to resume them):\n" + "\n".join(failures))
-    return [json.loads((cell_dir(out, *c) / RESULT).read_text()) for c in cells]
+        raise StudyError(f"{len(failures)} cell(s) failed (rerun to resume them):\n" + "\n".join(failures))
+    return collect_results(config, out, cells)
 
 
 def build_results(config: StudyConfig, cells: list[dict], seconds: float, env: dict) -> dict:
@@ -209,6 +349,11 @@ def run_study(config: StudyConfig | None = None) -> Path:
 
     Returns:
         the study directory (`config.output_dir`).
+
+    Raises:
+        StaleCells: before any compute, when `output_dir` holds cells computed with other settings and
+            `config.overwrite` is False.
+        StudyError: after every cell has run, when some failed (rerunning resumes them).
     """
     from .figures import write_figures
     from .report import environment, write_report
@@ -217,7 +362,6 @@ def run_study(config: StudyConfig | None = None) -> Path:
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     load_before, start = os.getloadavg(), time.perf_counter()
-    write_json_atomic(out / "study_config.json", asdict(config))
     cells = run_cells(config, out)
     figures = write_figures(out, cells, config.confidence)
     results = build_results(config, cells, time.perf_counter() - start, environment(config, load_before))
