@@ -308,7 +308,9 @@ def test_dft_appears_in_the_tables_but_not_in_the_papers_claims(tmp_path):
     assert list(saved["stage1"]) == ["ce", "precision", "diversity", "tail_penalty", "head_reward", "dft"]
     assert "dft" in saved["stage1_vs_ce"]
     text = render_markdown(results, figures)
-    assert "| stage-1 held-out entropy (nats/token) | dft |" in text and "6 presets x 4 seeds" in text
+    assert "| stage-1 held-out entropy (nats/token) | dft |" in text
+    assert "6 presets (ce, precision, diversity, tail_penalty, head_reward, dft) x 4 seeds" in text
+    assert "dft (TRL's DFT loss: cross-entropy weighted by the detached target probability) is not one of" in text
 
 
 def test_the_report_states_what_results_json_says_for_each_open_claim(tmp_path):

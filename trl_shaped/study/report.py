@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from .claims import METRICS, NOT_RESOLVED, NOT_TESTED
-from .config import BASELINE
+from .config import ALL_PRESETS, BASELINE
 from .stats import t_quantile
 
 # Metrics shown in percent.
@@ -104,7 +104,8 @@ def open_claim_lines(claim: dict) -> list[str]:
                 f"seeds to bring the observed mean {mean} within at the same spread: {seeds}"
             )
         else:
-            side = "the paper's side" if entry["mean"] * entry["want"] > 0 else "against the paper"
+            signed = entry["mean"] * entry["want"]
+            side = "the paper's side" if signed > 0 else "against the paper" if signed < 0 else "zero"
             lines.append(
                 f"`{entry['interval']}` ({entry['n']} seeds, paper: {entry['test']}): the smallest difference these "
                 f"seeds resolve is {half} (the interval's half-width); seeds to resolve the observed mean {mean} "
@@ -144,6 +145,18 @@ def resolution(results: dict) -> list[str]:
     return lines
 
 
+def extra_arms_lines(presets: list[str]) -> list[str]:
+    """A note on the arms that are not the paper's presets (dft): outside the verdicts, in the tables."""
+    extra = [p for p in presets if p not in ALL_PRESETS]
+    if not extra:
+        return []
+    return [
+        "",
+        f"{', '.join(extra)} (TRL's DFT loss: cross-entropy weighted by the detached target probability) is not one of "
+        "the paper's presets: the claims leave it out; the tables and figures compare it with ce like the presets.",
+    ]
+
+
 def render_markdown(results: dict, figures: dict) -> str:
     """The markdown of the report from `results` (see `runner.run_study`) and the figure paths."""
     config, env = results["config"], results["environment"]
@@ -152,7 +165,7 @@ def render_markdown(results: dict, figures: dict) -> str:
     lines = [
         "# trl_shaped study: the paper's claims across seeds",
         "",
-        f"{len(presets)} presets x {config['num_seeds']} seeds (from seed {config['seed']}), "
+        f"{len(presets)} presets ({', '.join(presets)}) x {config['num_seeds']} seeds (from seed {config['seed']}), "
         + ("built-in arithmetic task" + (" (quick profile)" if config["quick"] else "") if builtin
            else f"model `{config['model_name_or_path']}` through the recipes")
         + f", {results['seconds']:.0f} s. Verdicts come from {100 * config['confidence']:.0f}% Student-t intervals "
@@ -170,6 +183,7 @@ def render_markdown(results: dict, figures: dict) -> str:
         "",
         f"*At equal perplexity* means: the interval of each preset's paired held-out NLL difference to ce lies within "
         f"+-{100 * config['equal_nll_tolerance']:.0f}% of ce's mean NLL; otherwise the entropy order is not resolved.",
+        *extra_arms_lines(presets),
         "",
         "## What this size can and cannot resolve",
         "",
