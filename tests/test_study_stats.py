@@ -130,6 +130,9 @@ def test_seeds_to_resolve_against_a_scan_of_every_n(sd, margin, confidence):
 def test_seeds_to_resolve_edge_cases():
     assert seeds_to_resolve(0.0, 0.1) == 2  # no spread: two seeds resolve any nonzero difference
     assert seeds_to_resolve(1.0, 0.0) is None and seeds_to_resolve(1.0, -0.5) is None
+    # a difference far below the spread: past the search bound (no overflow), None
+    assert seeds_to_resolve(1.0, 1e-200) is None
+    assert seeds_to_resolve(1.0, 0.01, max_seeds=1000) is None and seeds_to_resolve(1.0, 0.1, max_seeds=1000) < 1000
     with pytest.raises(ValueError, match="sd must be"):
         seeds_to_resolve(math.inf, 1.0)
     with pytest.raises(ValueError, match="confidence"):

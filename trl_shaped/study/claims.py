@@ -161,6 +161,7 @@ def resolving_power(name: str, interval: Interval, *, want: int | None = None, b
         note = f"the mean is outside +-{bound:.4g}: more seeds would not bring the interval within"
     else:
         seeds = seeds_to_resolve(interval.sd, margin, interval.confidence)
+        note = "" if seeds is not None else "more than 10^9 seeds at this spread"
     return {
         "interval": name,
         "test": f"{'above' if want == 1 else 'below'} 0" if bound is None else f"within +-{bound:.4g}",

@@ -92,7 +92,7 @@ def t_interval(values, confidence: float = 0.95) -> Interval:
     return Interval(mean, float(low), float(high), sem, n, confidence)
 
 
-def seeds_to_resolve(sd: float, margin: float, confidence: float = 0.95) -> int | None:
+def seeds_to_resolve(sd: float, margin: float, confidence: float = 0.95, max_seeds: int = 10**9) -> int | None:
     """The smallest number of seeds n >= 2 with t_{n-1, (1+confidence)/2} * sd / sqrt(n) < margin: how many seeds an
     interval needs, at the spread `sd` of its per-seed values, for its half-width to fall below `margin`.
 
@@ -102,9 +102,10 @@ def seeds_to_resolve(sd: float, margin: float, confidence: float = 0.95) -> int 
         sd (`float`): the standard deviation of the per-seed values (finite, >= 0).
         margin (`float`): the half-width to get below.
         confidence (`float`): the level of the interval, in (0, 1).
+        max_seeds (`int`): the largest count searched.
 
     Returns:
-        n, or `None` when no number of seeds can do it (margin <= 0).
+        n, or `None` when no number of seeds can do it (margin <= 0) or it would take more than `max_seeds`.
     """
     if not (math.isfinite(sd) and sd >= 0):
         raise ValueError(f"sd must be a finite number >= 0, got {sd}")
@@ -116,10 +117,12 @@ def seeds_to_resolve(sd: float, margin: float, confidence: float = 0.95) -> int 
     def resolves(n: int) -> bool:
         return t_quantile(n, confidence) * sd / math.sqrt(n) < margin
 
+    if not resolves(max_seeds):
+        return None
     # the half-width falls monotonically with n: double up to a resolving n, then bisect
     low, high = 1, 2
     while not resolves(high):
-        low, high = high, 2 * high
+        low, high = high, min(2 * high, max_seeds)
     while high - low > 1:
         mid = (low + high) // 2
         low, high = (low, mid) if resolves(mid) else (mid, high)
