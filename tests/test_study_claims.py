@@ -2,9 +2,12 @@
 resolved and not tested cases, each decided from the intervals across seeds."""
 
 import json
+import math
 import random
+import statistics
 
 import pytest
+from scipy import stats
 
 from trl_shaped.study.claims import (
     CONTRADICTED,
@@ -14,12 +17,16 @@ from trl_shaped.study.claims import (
     cell_metrics,
     judge_claims,
     metric_values,
+    resolving_power,
+    seeds_for_verdict,
     start_end,
+    summarize,
 )
 from trl_shaped.study.config import StudyConfig
 from trl_shaped.study.figures import write_figures
 from trl_shaped.study.report import render_markdown
 from trl_shaped.study.runner import build_results
+from trl_shaped.study.stats import t_interval
 
 SEEDS = range(4)
 
@@ -169,3 +176,159 @@ def test_figure_paired_differences_by_hand(tmp_path):
     assert band["mean"] == pytest.approx(sum(diffs) / len(diffs))
     assert band["high"] < 0  # the paper-like fixture's precision entropy is below ce's on every seed
     assert "ce" not in saved["stage1_vs_ce"]
+
+
+def _half_width_and_seeds_by_hand(diffs, margin, confidence=0.95):
+    """The t interval's half-width of `diffs` and the first n whose half-width at their sd is below `margin`,
+    one n at a time."""
+    sd = statistics.stdev(diffs)
+    quantile = lambda n: stats.t.ppf((1 + confidence) / 2, n - 1)  # noqa: E731
+    n = 2
+    while quantile(n) * sd / math.sqrt(n) >= margin:
+        n += 1
+    return quantile(len(diffs)) * sd / math.sqrt(len(diffs)), n
+
+
+def _per_seed(cells, preset, read):
+    return {c["seed"]: read(c) for c in cells if c["preset"] == preset}
+
+
+def test_an_unresolved_claim_says_its_half_width_and_the_seeds_that_would_resolve_it():
+    cells = paper_like(noise=0.2, gap=0.01, seed=3)
+    claims = {c["id"]: c for c in judge_claims(metric_values(cells))}
+    claim = claims["tail_penalty_tail_mass"]
+    assert claim["verdict"] == NOT_RESOLVED
+    (entry,) = claim["resolution"]["open_by"]
+    tail = lambda c: c["eval_stage1"]["diagnostics"]["tail_mass"]  # noqa: E731
+    ce, tp = _per_seed(cells, "ce", tail), _per_seed(cells, "tail_penalty", tail)
+    diffs = [tp[s] - ce[s] for s in SEEDS]
+    half, seeds = _half_width_and_seeds_by_hand(diffs, abs(statistics.mean(diffs)))
+    assert entry["interval"] == "tail mass tail_penalty - ce" and entry["want"] == -1 and entry["n"] == len(SEEDS)
+    assert entry["mean"] == pytest.approx(statistics.mean(diffs))
+    assert entry["half_width"] == pytest.approx(half, rel=1e-9)
+    assert entry["seeds_needed"] == seeds > len(SEEDS)  # open now, so more seeds than ran
+    assert claim["resolution"]["seeds_needed"] == seeds
+
+
+def test_a_claim_over_several_differences_names_those_that_left_it_open():
+    cells = paper_like(noise=0.2, gap=0.01, seed=3)
+    claim = next(c for c in judge_claims(metric_values(cells)) if c["id"] == "precision_best_pass_at_k")
+    assert claim["verdict"] == NOT_RESOLVED and claim["resolution"]["scale"] == 100
+    containing_zero = [k for k, v in claim["intervals"].items() if v["low"] <= 0 <= v["high"]]
+    entries = claim["resolution"]["open_by"]
+    assert [e["interval"] for e in entries] == containing_zero and len(entries) > 1
+    rl_pass = lambda c: c["eval_rl"]["pass_at_k"]["4"]  # noqa: E731
+    precision = _per_seed(cells, "precision", rl_pass)
+    for entry in entries:
+        other = _per_seed(cells, entry["interval"].split(" - ")[1], rl_pass)
+        diffs = [precision[s] - other[s] for s in SEEDS]
+        half, seeds = _half_width_and_seeds_by_hand(diffs, abs(statistics.mean(diffs)))
+        assert entry["half_width"] == pytest.approx(half, rel=1e-9) and entry["seeds_needed"] == seeds
+    # the paper wants every difference above 0: one below 0 contradicts the claim once it resolves (the fewest seeds
+    # among those), else all must resolve (the most)
+    against = [e["seeds_needed"] for e in entries if e["mean"] < 0]
+    expected = min(against) if against else max(e["seeds_needed"] for e in entries)
+    assert claim["resolution"]["seeds_needed"] == expected
+
+
+def test_seeds_for_a_verdict_combine_the_open_intervals():
+    def entry(mean, seeds, want=1):
+        return {"mean": mean, "seeds_needed": seeds, "want": want}
+
+    assert seeds_for_verdict([entry(0.1, 9), entry(0.2, 30)]) == 30  # supported needs both
+    assert seeds_for_verdict([entry(0.1, 9), entry(-0.2, 30), entry(-0.3, 12)]) == 12  # the first contradiction
+    assert seeds_for_verdict([entry(0.1, 9), entry(0.0, None)]) is None  # a zero mean never resolves
+    assert seeds_for_verdict([entry(0.01, 40, None), entry(-0.2, 5)]) == 40  # equal perplexity must be shown first
+    assert seeds_for_verdict([entry(0.01, None, None), entry(0.2, 5)]) is None
+
+
+def test_equal_perplexity_is_resolved_within_the_bound():
+    nll = t_interval([0.012, -0.004, 0.02, 0.001])
+    bound = 0.03
+    entry = resolving_power("nll precision - ce", nll, bound=bound)
+    diffs = [0.012, -0.004, 0.02, 0.001]
+    half, seeds = _half_width_and_seeds_by_hand(diffs, bound - abs(statistics.mean(diffs)))
+    assert entry["test"] == "within +-0.03" and entry["want"] is None
+    assert entry["half_width"] == pytest.approx(half) and entry["seeds_needed"] == seeds
+    # a mean outside the bound: no number of seeds brings the interval within
+    outside = resolving_power("nll", t_interval([0.04, 0.05, 0.045]), bound=bound)
+    assert outside["seeds_needed"] is None and "outside" in outside["note"]
+    # the paper-like fixture with every NLL 0.05 above ce's (bound 5% of 0.5): that is what leaves the order open
+    order = next(c for c in judge_claims(metric_values(paper_like(nll_gap=0.05))) if c["id"] == "entropy_order")
+    assert [e["interval"] for e in order["resolution"]["open_by"]] == ["nll precision - ce", "nll diversity - ce"]
+    assert order["resolution"]["seeds_needed"] is None
+    with pytest.raises(ValueError, match="exactly one"):
+        resolving_power("x", nll)
+
+
+def test_one_seed_or_no_difference_has_no_seed_count():
+    one = resolving_power("x", t_interval([0.3]), want=1)
+    assert one["half_width"] is None and one["seeds_needed"] is None and "one seed" in one["note"]
+    zero = resolving_power("x", t_interval([0.1, -0.1, 0.0]), want=1)
+    assert zero["seeds_needed"] is None and "no difference to resolve" in zero["note"]
+    one_seed = [c for c in paper_like() if c["seed"] == 0]
+    for claim in judge_claims(metric_values(one_seed)):
+        assert claim["resolution"]["seeds_needed"] is None
+        assert all(e["half_width"] is None for e in claim["resolution"]["open_by"])
+
+
+def with_dft(cells, pass_rl=0.95, entropy_shift=0.3):
+    """`cells` plus a dft arm: ce's numbers with a much higher Pass@k after RL and a higher stage-1 entropy."""
+    extra = []
+    for c in cells:
+        if c["preset"] == "ce":
+            d = json.loads(json.dumps(c))
+            d["preset"] = "dft"
+            d["eval_rl"]["pass_at_k"]["4"] = pass_rl
+            d["eval_stage1"]["diagnostics"]["entropy"] += entropy_shift
+            extra.append(d)
+    return cells + extra
+
+
+def test_dft_appears_in_the_tables_but_not_in_the_papers_claims(tmp_path):
+    cells = paper_like()
+    # dft's Pass@k is far above precision's: were it among the "other presets", the claim would be contradicted
+    assert verdicts(with_dft(cells)) == verdicts(cells) and set(verdicts(cells).values()) == {SUPPORTED}
+    values = metric_values(with_dft(cells))
+    summary = summarize(values)
+    dft_entropy = _per_seed(with_dft(cells), "dft", lambda c: c["eval_stage1"]["diagnostics"]["entropy"])
+    ce_entropy = _per_seed(cells, "ce", lambda c: c["eval_stage1"]["diagnostics"]["entropy"])
+    assert summary["vs_ce"]["stage1_entropy"]["dft"].mean == pytest.approx(
+        statistics.mean(dft_entropy[s] - ce_entropy[s] for s in SEEDS)
+    )
+    config = StudyConfig(presets="ce,precision,diversity,tail_penalty,head_reward,dft", num_seeds=len(SEEDS))
+    env = {
+        "python": "3", "torch": "t", "transformers": "x", "trl": "y", "blas": [], "cell_threads": 1, "thread_env": {},
+        "platform": "p", "cpu_count": 2, "cuda": False, "load_average_before": None, "load_average_after": [1.0, 0, 0],
+    }  # fmt: skip
+    results = build_results(config, with_dft(cells), 1.0, env)
+    assert results["vs_ce"]["rl_pass_at_k"]["dft"]["mean"] == pytest.approx(0.95 - 0.5, abs=0.05)
+    figures = write_figures(tmp_path, with_dft(cells))
+    saved = json.loads(figures["json"].read_text())
+    assert list(saved["stage1"]) == ["ce", "precision", "diversity", "tail_penalty", "head_reward", "dft"]
+    assert "dft" in saved["stage1_vs_ce"]
+    text = render_markdown(results, figures)
+    assert "| stage-1 held-out entropy (nats/token) | dft |" in text
+    assert "6 presets (ce, precision, diversity, tail_penalty, head_reward, dft) x 4 seeds" in text
+    assert "dft (TRL's DFT loss: cross-entropy weighted by the detached target probability) is not one of" in text
+
+
+def test_the_report_states_what_results_json_says_for_each_open_claim(tmp_path):
+    cells = paper_like(noise=0.2, gap=0.01, seed=3)
+    config = StudyConfig(presets="all", num_seeds=len(SEEDS), output_dir=str(tmp_path))
+    env = {
+        "python": "3", "torch": "t", "transformers": "x", "trl": "y", "blas": [], "cell_threads": 1, "thread_env": {},
+        "platform": "p", "cpu_count": 2, "cuda": False, "load_average_before": None, "load_average_after": [1.0, 0, 0],
+    }  # fmt: skip
+    results = json.loads(json.dumps(build_results(config, cells, 1.0, env)))  # as results.json holds it
+    text = render_markdown(results, write_figures(tmp_path, cells))
+    section = text.split("## What this size can and cannot resolve")[1].split("## Every metric")[0]
+    open_claims = [c for c in results["claims"] if c["verdict"] == NOT_RESOLVED]
+    assert open_claims
+    for claim in open_claims:
+        assert f"Not resolved: *{claim['claim']}*" in section
+        scale = claim["resolution"]["scale"]
+        for entry in claim["resolution"]["open_by"]:
+            (line,) = [line for line in section.splitlines() if f"`{entry['interval']}`" in line]
+            assert f"{scale * entry['half_width']:.3g}" in line
+            assert f"about {entry['seeds_needed']}" in line

@@ -3,12 +3,17 @@
 import math
 import random
 
+import numpy as np
 import pytest
+from scipy import stats
 
-from trl_shaped.study.stats import paired_difference, t_interval
+from trl_shaped.study.stats import paired_difference, seeds_to_resolve, t_interval, t_quantile
 
 # Student t quantiles t_{df, 0.975} from a printed table (independent of scipy).
-T975 = {2: 4.302653, 3: 3.182446, 4: 2.776445}
+T975 = {
+    1: 12.706205, 2: 4.302653, 3: 3.182446, 4: 2.776445, 5: 2.570582,
+    6: 2.446912, 7: 2.364624, 8: 2.306004, 9: 2.262157, 10: 2.228139,
+}  # fmt: skip
 
 
 def test_interval_of_four_values_by_hand():
@@ -73,3 +78,75 @@ def test_one_value_resolves_nothing_and_bad_values_fail():
         t_interval([1.0, 2.0], confidence=1.5)
     with pytest.raises(ValueError, match="no seed in common"):
         paired_difference({0: 1.0}, {1: 1.0})
+
+
+def test_identical_values_give_a_point_interval():
+    interval = t_interval([0.25, 0.25, 0.25])
+    assert (interval.low, interval.mean, interval.high, interval.sem) == (0.25, 0.25, 0.25, 0.0)
+    assert interval.half_width == 0.0 and interval.sign() == 1
+
+
+def test_t_quantile_matches_the_printed_table():
+    for df, quantile in T975.items():
+        assert t_quantile(df + 1, 0.95) == pytest.approx(quantile, rel=1e-6)
+    with pytest.raises(ValueError, match="n must be >= 2"):
+        t_quantile(1)
+
+
+def test_interval_sd_and_half_width_by_hand():
+    values = [1.0, 2.0, 3.0, 4.0]
+    interval = t_interval(values)
+    sd = math.sqrt(sum((v - 2.5) ** 2 for v in values) / 3)
+    assert interval.sd == pytest.approx(sd)
+    assert interval.half_width == pytest.approx(T975[3] * sd / 2, rel=1e-6)
+
+
+def _first_n_from_table(sd, margin):
+    # the definition, one n at a time, with the printed quantiles
+    for n in range(2, max(T975) + 2):
+        if T975[n - 1] * sd / math.sqrt(n) < margin:
+            return n
+    raise AssertionError("beyond the table")
+
+
+def test_seeds_to_resolve_by_hand():
+    # sd 1, margin 1: t/sqrt(n) is 8.98, 2.48, 1.59, 1.24, 1.049 for n = 2..6 and 0.925 for n = 7
+    assert seeds_to_resolve(1.0, 1.0) == 7
+    for sd, margin in [(1.0, 1.0), (0.3, 0.5), (2.0, 1.6), (0.05, 0.06), (1.0, 12.0), (1.0, 0.72)]:
+        assert seeds_to_resolve(sd, margin) == _first_n_from_table(sd, margin), (sd, margin)
+
+
+@pytest.mark.parametrize(("sd", "margin", "confidence"), [(1.0, 0.01, 0.95), (0.2, 0.013, 0.9), (3.0, 0.5, 0.99)])
+def test_seeds_to_resolve_against_a_scan_of_every_n(sd, margin, confidence):
+    n = np.arange(2, 200_000)
+    half = stats.t.ppf((1 + confidence) / 2, n - 1) * sd / np.sqrt(n)
+    expected = int(n[np.argmax(half < margin)])
+    assert seeds_to_resolve(sd, margin, confidence) == expected
+    # at that many seeds the interval is as narrow as asked, one fewer is not
+    assert t_quantile(expected, confidence) * sd / math.sqrt(expected) < margin
+    assert t_quantile(expected - 1, confidence) * sd / math.sqrt(expected - 1) >= margin
+
+
+def test_seeds_to_resolve_edge_cases():
+    assert seeds_to_resolve(0.0, 0.1) == 2  # no spread: two seeds resolve any nonzero difference
+    assert seeds_to_resolve(1.0, 0.0) is None and seeds_to_resolve(1.0, -0.5) is None
+    # a difference far below the spread: past the search bound (no overflow), None
+    assert seeds_to_resolve(1.0, 1e-200) is None
+    assert seeds_to_resolve(1.0, 0.01, max_seeds=1000) is None and seeds_to_resolve(1.0, 0.1, max_seeds=1000) < 1000
+    with pytest.raises(ValueError, match="sd must be"):
+        seeds_to_resolve(math.inf, 1.0)
+    with pytest.raises(ValueError, match="confidence"):
+        seeds_to_resolve(1.0, 1.0, confidence=1.0)
+
+
+def test_at_the_projected_seed_count_about_half_the_studies_resolve():
+    # true mean 0.1 and sd 0.3: at the projected n the expected half-width equals the mean, so a study of n seeds
+    # resolves it about half the time (a t test's power at that size); a quarter of the seeds rarely does
+    n = seeds_to_resolve(0.3, 0.1)
+    rng = random.Random(1)
+
+    def share_resolved(size, draws=400):
+        return sum(t_interval([rng.gauss(0.1, 0.3) for _ in range(size)]).sign() == 1 for _ in range(draws)) / draws
+
+    assert 0.4 < share_resolved(n) < 0.7
+    assert share_resolved(n // 4) < 0.3

@@ -50,7 +50,7 @@ from .cells import (
     tokenizer_fingerprint,
     write_json_atomic,
 )
-from .config import StudyConfig
+from .config import StudyConfig, stage1_arguments
 from .task import build_datasets, solution_strategy, task_alphabet
 
 # Longest completion of the default task ("19+19=38; 38+19=57 #### 57", 26 characters) plus the eos token and
@@ -170,8 +170,9 @@ def _log_attempt(cell: Path, stage: str, resumed: str | None) -> None:
 
 
 def train_stage1(preset: str, seed: int, config: StudyConfig, data, tokenizer, cell: Path) -> dict:
-    """Stage 1: shaped SFT of a fresh tiny model (initialised from `seed`) with `preset`, resumed from the newest
-    complete checkpoint in `cell/stage1` if an earlier attempt left one; saves the model to `cell/stage1`."""
+    """Stage 1: shaped SFT of a fresh tiny model (initialised from `seed`) with the arm `preset` (a shaping preset,
+    or dft: `config.stage1_arguments`), resumed from the newest complete checkpoint in `cell/stage1` if an earlier
+    attempt left one; saves the model to `cell/stage1`."""
     out = cell / "stage1"
     resumed = last_complete_checkpoint(out)
     _log_attempt(cell, "stage1", resumed)
@@ -186,7 +187,7 @@ def train_stage1(preset: str, seed: int, config: StudyConfig, data, tokenizer, c
     steps = config.sft_steps
     args = ShapedSFTConfig(
         output_dir=str(out),
-        shaping_preset=preset,
+        **stage1_arguments(preset),
         shaping_top_k=config.shaping_top_k,  # only tail_penalty / head_reward use it
         max_steps=steps,
         per_device_train_batch_size=config.sft_batch_size,
@@ -214,6 +215,7 @@ def train_stage1(preset: str, seed: int, config: StudyConfig, data, tokenizer, c
     trainer.save_model(str(out))
     settings = _settings(args, STAGE1_SETTINGS)
     settings["shaping"] = dataclasses.asdict(args.shaping)  # the resolved preset
+    settings["loss_type"] = args.loss_type  # "dft" for the dft arm (with the ce shaping)
     return {"seconds": seconds, "settings": settings, "log_history": trainer.state.log_history, "resumed_from": resumed}
 
 

@@ -16,12 +16,19 @@ single run never decides anything: with one seed every interval is unbounded.
 "At equal perplexity" (the entropy-order claim) is its own rule: for each preset compared with ce, the interval of
 the paired held-out NLL difference must lie within +-`tolerance` x ce's mean NLL. When it does not, the entropy order
 is "not resolved" (the presets are not shown to be at equal perplexity), whichever way the entropies go.
+
+The claims are the paper's, about the paper's presets: an extra arm (dft) is left out of every verdict; it appears in
+`summarize` (its mean and paired difference to ce) like any preset.
+
+A claim "not resolved" says what would resolve it (`resolution`): the intervals that left it open, each with its
+half-width (the smallest difference these seeds resolve) and the seeds that would resolve its observed mean at the
+same spread (`stats.seeds_to_resolve`).
 """
 
 import math
 
-from .config import BASELINE
-from .stats import Interval, paired_difference, t_interval
+from .config import ALL_PRESETS, BASELINE
+from .stats import Interval, paired_difference, seeds_to_resolve, t_interval
 
 SUPPORTED, CONTRADICTED, NOT_RESOLVED, NOT_TESTED = (
     "supported",
@@ -122,14 +129,87 @@ def _fmt(interval: Interval, scale: float = 1.0) -> str:
     return f"{scale * interval.mean:+.4g} [{scale * interval.low:+.4g}, {scale * interval.high:+.4g}]"
 
 
-def _claim(cid: str, text: str, verdict: str, evidence: str, intervals: dict) -> dict:
+def _finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def resolving_power(name: str, interval: Interval, *, want: int | None = None, bound: float | None = None) -> dict:
+    """What the seeds behind `interval` can resolve, and how many seeds would resolve its observed mean.
+
+    Args:
+        name (`str`): the interval's label (as in the claim's `intervals`).
+        interval (`Interval`): an interval that leaves a claim open.
+        want (`int`, *optional*): the test "the interval excludes 0", on the side the paper predicts (+1 above, -1
+            below): resolved either way once the half-width is below |mean|.
+        bound (`float`, *optional*): instead, the test "the interval lies within +-bound" (the equal-perplexity rule):
+            met once the half-width is below bound - |mean|.
+
+    Returns:
+        {"interval", "test", "want", "n", "mean", "half_width", "seeds_needed", "note"}: `half_width` is the smallest
+        difference these seeds resolve (`None` with one seed); `seeds_needed` the smallest n with
+        t_{n-1} * sd / sqrt(n) < margin at the observed sd, or `None` with `note` saying why there is none.
+    """
+    if (want is None) == (bound is None):
+        raise ValueError(f"give exactly one of want (+1 or -1) and bound, got want={want!r}, bound={bound!r}")
+    margin = abs(interval.mean) if bound is None else bound - abs(interval.mean)
+    seeds, note = None, ""
+    if interval.n < 2:
+        note = "one seed: no spread to project from"
+    elif bound is None and interval.mean == 0:
+        note = "the mean difference is 0: no difference to resolve"
+    elif margin <= 0:
+        note = f"the mean is outside +-{bound:.4g}: more seeds would not bring the interval within"
+    else:
+        seeds = seeds_to_resolve(interval.sd, margin, interval.confidence)
+        note = "" if seeds is not None else "more than 10^9 seeds at this spread"
     return {
+        "interval": name,
+        "test": f"{'above' if want == 1 else 'below'} 0" if bound is None else f"within +-{bound:.4g}",
+        "want": want,
+        "n": interval.n,
+        "mean": interval.mean,
+        "half_width": _finite_or_none(interval.half_width),
+        "seeds_needed": seeds,
+        "note": note,
+    }
+
+
+def seeds_for_verdict(entries: list[dict]) -> int | None:
+    """Roughly how many seeds give an open claim a verdict, if every mean and spread stayed as observed: every
+    "within" test must be met; then the claim is contradicted as soon as one interval resolves against the paper (the
+    fewest seeds among those whose mean is on the other side), else supported once all resolve on its side (the most).
+
+    Args:
+        entries (`list[dict]`): the `resolving_power` of each interval that leaves the claim open.
+
+    Returns:
+        the number of seeds, or `None` when one that matters has none (one seed, a zero mean, an unreachable bound).
+    """
+    within = [e["seeds_needed"] for e in entries if e["want"] is None]
+    sided = [e for e in entries if e["want"] is not None]
+    against = [e["seeds_needed"] for e in sided if e["mean"] * e["want"] < 0]
+    if against:
+        reachable = [n for n in against if n is not None]
+        parts = within + [min(reachable) if reachable else None]
+    else:
+        parts = within + [e["seeds_needed"] for e in sided]
+    return max(parts) if parts and None not in parts else None
+
+
+def _claim(cid: str, text: str, verdict: str, evidence: str, intervals: dict, open_by=(), scale=1.0) -> dict:
+    """A claim's record. `open_by`: (label, keyword arguments of `resolving_power`) of each interval that leaves it
+    not resolved; `scale` the factor the report shows them with (100: points of a rate)."""
+    claim = {
         "id": cid,
         "claim": text,
         "verdict": verdict,
         "evidence": evidence,
         "intervals": {k: v.to_dict() for k, v in intervals.items()},
     }
+    if verdict == NOT_RESOLVED:
+        entries = [resolving_power(label, intervals[label], **test) for label, test in open_by]
+        claim["resolution"] = {"open_by": entries, "seeds_needed": seeds_for_verdict(entries), "scale": scale}
+    return claim
 
 
 def _directional(cid, text, interval: Interval | None, want: int, label: str, missing: str) -> dict:
@@ -138,7 +218,7 @@ def _directional(cid, text, interval: Interval | None, want: int, label: str, mi
         return _claim(cid, text, NOT_TESTED, missing, {})
     sign = interval.sign()
     verdict = SUPPORTED if sign == want else CONTRADICTED if sign == -want else NOT_RESOLVED
-    return _claim(cid, text, verdict, f"{label}: {_fmt(interval)}", {label: interval})
+    return _claim(cid, text, verdict, f"{label}: {_fmt(interval)}", {label: interval}, [(label, {"want": want})])
 
 
 def judge_claims(values: dict, confidence: float = 0.95, tolerance: float = 0.05) -> list[dict]:
@@ -150,8 +230,11 @@ def judge_claims(values: dict, confidence: float = 0.95, tolerance: float = 0.05
         tolerance (`float`): the equal-perplexity rule (see the module docstring).
 
     Returns:
-        a list of {"id", "claim", "verdict", "evidence", "intervals"} in the paper's order.
+        a list of {"id", "claim", "verdict", "evidence", "intervals"} in the paper's order, with "resolution" (see
+        `_claim`) when the verdict is "not resolved".
     """
+    # the paper's claims are about the paper's presets: other arms (dft) stay out of the verdicts
+    values = {metric: {p: v for p, v in by.items() if p in ALL_PRESETS} for metric, by in values.items()}
     presets = set(values["stage1_entropy"]) | set(values["rl_pass_at_k"])
 
     def diff(metric, a, b=BASELINE):
@@ -178,16 +261,30 @@ def judge_claims(values: dict, confidence: float = 0.95, tolerance: float = 0.05
         }
         evidence = "; ".join(f"{k}: {_fmt(v)}" for k, v in intervals.items())
         evidence += f"; equal perplexity needs each NLL interval within +-{bound:.4g}"
+        wrong_side = d_prec.sign() == 1 or d_div.sign() == -1
+        # what leaves it open: NLL intervals not within the bound, and (unless an entropy is already on the wrong
+        # side) entropy intervals that contain 0
+        open_by = [
+            (k, {"bound": bound})
+            for k in ("nll precision - ce", "nll diversity - ce")
+            if not intervals[k].within(bound)
+        ]
+        if not wrong_side:
+            open_by += [
+                (k, {"want": want})
+                for k, want in (("entropy precision - ce", -1), ("entropy diversity - ce", 1))
+                if not intervals[k].sign()
+            ]
         if not equal:
             verdict = NOT_RESOLVED
             evidence += " (not met: the presets are not shown to be at equal perplexity)"
         elif d_prec.sign() == -1 and d_div.sign() == 1:
             verdict = SUPPORTED
-        elif d_prec.sign() == 1 or d_div.sign() == -1:
+        elif wrong_side:
             verdict = CONTRADICTED
         else:
             verdict = NOT_RESOLVED
-        claims.append(_claim("entropy_order", text, verdict, evidence, intervals))
+        claims.append(_claim("entropy_order", text, verdict, evidence, intervals, open_by))
     # 2-3. The rank-aware presets do what they are for.
     claims.append(
         _directional(
@@ -219,7 +316,8 @@ def judge_claims(values: dict, confidence: float = 0.95, tolerance: float = 0.05
         signs = [v.sign() for v in intervals.values()]
         verdict = SUPPORTED if all(s == 1 for s in signs) else CONTRADICTED if -1 in signs else NOT_RESOLVED
         evidence = "; ".join(f"{k}: {_fmt(v, 100)} points" for k, v in intervals.items())
-        claims.append(_claim("precision_best_pass_at_k", text, verdict, evidence, intervals))
+        open_by = [(k, {"want": 1}) for k, v in intervals.items() if not v.sign()]
+        claims.append(_claim("precision_best_pass_at_k", text, verdict, evidence, intervals, open_by, scale=100))
     # 5. Entropy falls under RL, for every prior.
     text = "Under RL: the policy entropy falls (every prior)"
     change = values["rl_entropy_change"]
@@ -230,7 +328,8 @@ def judge_claims(values: dict, confidence: float = 0.95, tolerance: float = 0.05
         signs = [v.sign() for v in intervals.values()]
         verdict = SUPPORTED if all(s == -1 for s in signs) else CONTRADICTED if 1 in signs else NOT_RESOLVED
         evidence = "; ".join(f"{k}: {_fmt(v)}" for k, v in intervals.items())
-        claims.append(_claim("rl_entropy_falls", text, verdict, evidence, intervals))
+        open_by = [(k, {"want": -1}) for k, v in intervals.items() if not v.sign()]
+        claims.append(_claim("rl_entropy_falls", text, verdict, evidence, intervals, open_by))
     # 6. The high-entropy prior shortens its responses under RL.
     length = values["rl_length_change"].get("diversity")
     claims.append(

@@ -11,7 +11,11 @@ Two backends, chosen by `model_name_or_path`:
 import os
 from dataclasses import dataclass, field
 
-ALL_PRESETS = ("ce", "precision", "diversity", "tail_penalty", "head_reward")
+ALL_PRESETS = ("ce", "precision", "diversity", "tail_penalty", "head_reward")  # the paper's; `presets: all`
+# Opt-in stage-1 arms beside the paper's presets, each named in `presets` to run. dft: TRL's SFTConfig
+# loss_type="dft" (cross-entropy weighted by the detached target probability), the paper's nearest published competitor.
+EXTRA_ARMS = ("dft",)
+ARMS = ALL_PRESETS + EXTRA_ARMS
 BASELINE = "ce"  # every paired difference is "preset minus this preset, same seed"
 
 # Per-profile defaults of the built-in task's fields left `None`. The full profile is sized to resolve the stage-1
@@ -88,8 +92,8 @@ class StudyConfig:
     are the same in every cell (they come from `seed`, the first seed).
 
     Args:
-        presets (`str`): comma-separated stage-1 presets, or "all"; `ce` is always run (the baseline of the paired
-            differences).
+        presets (`str`): comma-separated stage-1 arms; "all" stands for the paper's five presets. `ce` is always run
+            (the baseline of the paired differences). `dft` (TRL's DFT loss) is opt-in: name it ("all,dft").
         num_seeds (`int`, *optional*): seeds per preset: `seed`, `seed + 1`, ...
         seed (`int`): the first seed (and the seed of the built-in task's problems).
         output_dir (`str`): the study directory: cells under `cells/<preset>/seed<k>/`, report at the top.
@@ -105,7 +109,8 @@ class StudyConfig:
         grpo_steps, grpo_prompts_per_step, num_generations, grpo_learning_rate, eval_num_samples, eval_temperature,
         eval_top_p, shaping_top_k, num_threads, checkpoints_per_stage: the built-in task's cell (see the field help).
         model_name_or_path (`str`, *optional*): real scale: the base model of stage 1 (hub name or local path).
-        stage1_recipe, rl_recipe, eval_recipe (`str`): real scale: the recipe YAMLs (`{preset}` is replaced).
+        stage1_recipe, rl_recipe, eval_recipe (`str`): real scale: the recipe YAMLs (`{preset}` is replaced by the
+            arm's `shaping_preset`: ce for dft).
         stage1_dataset, rl_dataset, eval_dataset (`str`, *optional*): real scale: `--dataset_name` overrides.
         stage1_args, rl_args, eval_args (`str`): real scale: further command-line overrides of each stage.
         accelerate_config (`str`, *optional*): real scale: run each stage under `accelerate launch` with this file.
@@ -115,7 +120,10 @@ class StudyConfig:
 
     presets: str = field(
         default="ce,precision,diversity",
-        metadata={"help": f"Comma-separated stage-1 presets out of {list(ALL_PRESETS)}, or 'all'. ce is always run."},
+        metadata={
+            "help": f"Comma-separated stage-1 arms out of {list(ARMS)}; 'all' stands for the paper's five presets "
+            "(dft is opt-in: 'all,dft' adds it). ce is always run."
+        },
     )
     num_seeds: int | None = field(
         default=None, metadata={"help": _profile_help("Seeds per preset (seed, seed+1, ...)", "num_seeds")}
@@ -256,7 +264,8 @@ class StudyConfig:
             for name in ("rl_recipe", "eval_recipe"):
                 if not os.path.isfile(getattr(self, name)):
                     raise ValueError(f"{name} must be a recipe file, got {getattr(self, name)!r}")
-            for preset in self.preset_names():
+            for arm in self.preset_names():
+                preset = stage1_arguments(arm)["shaping_preset"]
                 if not os.path.isfile(self.stage1_recipe.format(preset=preset)):
                     raise ValueError(
                         f"stage1_recipe {self.stage1_recipe!r} gives no file for preset {preset!r}: "
@@ -275,14 +284,15 @@ class StudyConfig:
         return self.model_name_or_path is None
 
     def preset_names(self) -> list[str]:
-        """The stage-1 presets to run, validated, `ce` first (added when missing: it is the baseline)."""
-        if self.presets.strip() == "all":
-            return list(ALL_PRESETS)
-        names = [p.strip() for p in self.presets.split(",") if p.strip()]
-        unknown = [p for p in names if p not in ALL_PRESETS]
+        """The stage-1 arms to run, validated, `ce` first (added when missing: it is the baseline)."""
+        names = []
+        for name in (p.strip() for p in self.presets.split(",")):
+            names += list(ALL_PRESETS) if name == "all" else [name] if name else []
+        unknown = [p for p in names if p not in ARMS]
         if not names or unknown:
             raise ValueError(
-                f"presets must be 'all' or a comma-separated list out of {list(ALL_PRESETS)}, got {self.presets!r}"
+                f"presets must be 'all' or a comma-separated list out of {list(ARMS)} ('all' is the paper's five "
+                f"presets; dft is added by name), got {self.presets!r}"
             )
         return [BASELINE] + [p for p in dict.fromkeys(names) if p != BASELINE]
 
@@ -312,3 +322,17 @@ class DemoConfig(StudyConfig):
         if self.output_dir is None:
             self.output_dir = "demo_report_quick" if self.quick else "demo_report"
         super().__post_init__()
+
+
+def stage1_arguments(arm: str) -> dict:
+    """The stage-1 `ShapedSFTConfig` fields of a study arm (both backends pass exactly these): a paper preset is its
+    `shaping_preset`; `dft` is TRL's DFT loss, which replaces the loss and so runs with the cross-entropy shaping.
+
+    Args:
+        arm (`str`): one of `ARMS`.
+    """
+    if arm == "dft":
+        return {"shaping_preset": "ce", "loss_type": "dft"}
+    if arm in ALL_PRESETS:
+        return {"shaping_preset": arm}
+    raise ValueError(f"arm must be one of {list(ARMS)}, got {arm!r}")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..evaluation.reporting import new_figure, save_figure
 from .claims import series
-from .config import ALL_PRESETS, BASELINE
+from .config import ARMS, BASELINE
 from .stats import paired_difference, t_interval
 
 STAGE1_KEYS = ("nll", "entropy", "topk_entropy", "tail_mass")
@@ -33,7 +33,7 @@ def figure_data(cells: list[dict], confidence: float = 0.95) -> dict:
     """Every number the figures plot, from the cell results: per preset, the stage-1 statistics, Pass@k per k (stage
     1 and after RL) and the RL curves per step, each as {"mean", "low", "high", "values" (one per seed)}."""
     by_preset = {}
-    for cell in sorted(cells, key=lambda c: (ALL_PRESETS.index(c["preset"]), c["seed"])):  # the paper's preset order
+    for cell in sorted(cells, key=lambda c: (ARMS.index(c["preset"]), c["seed"])):  # the paper's order, then dft
         by_preset.setdefault(cell["preset"], []).append(cell)
     data = {"confidence": confidence, "stage1": {}, "stage1_vs_ce": {}, "pass_at_k": {}, "rl_curves": {}}
     for preset, group in by_preset.items():

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from .claims import METRICS, NOT_RESOLVED, NOT_TESTED
-from .config import BASELINE
-from .stats import t_interval
+from .config import ALL_PRESETS, BASELINE
+from .stats import t_quantile
 
 # Metrics shown in percent.
 PERCENT = ("stage1_avg_at_n", "stage1_pass_at_k", "rl_avg_at_n", "rl_pass_at_k")
@@ -86,39 +86,75 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
+def open_claim_lines(claim: dict) -> list[str]:
+    """What would resolve a claim left "not resolved": for each interval that left it open, the smallest difference
+    these seeds resolve (the interval's half-width) and the seeds that would resolve its observed mean at the same
+    spread (`claims.resolving_power`)."""
+    resolution = claim.get("resolution") or {"open_by": [], "scale": 1}
+    scale = resolution["scale"]
+    unit = " points" if scale == 100 else ""
+    lines = []
+    for entry in resolution["open_by"]:
+        half = "none (one seed)" if entry["half_width"] is None else f"{scale * entry['half_width']:.3g}{unit}"
+        seeds = f"about {entry['seeds_needed']}" if entry["seeds_needed"] is not None else f"- ({entry['note']})"
+        mean = f"{scale * entry['mean']:+.3g}{unit}"
+        if entry["want"] is None:
+            lines.append(
+                f"`{entry['interval']}` ({entry['n']} seeds, must lie {entry['test']}): interval half-width {half}; "
+                f"seeds to bring the observed mean {mean} within at the same spread: {seeds}"
+            )
+        else:
+            signed = entry["mean"] * entry["want"]
+            side = "the paper's side" if signed > 0 else "against the paper" if signed < 0 else "zero"
+            lines.append(
+                f"`{entry['interval']}` ({entry['n']} seeds, paper: {entry['test']}): the smallest difference these "
+                f"seeds resolve is {half} (the interval's half-width); seeds to resolve the observed mean {mean} "
+                f"({side}) at the same spread: {seeds}"
+            )
+    return lines
+
+
 def resolution(results: dict) -> list[str]:
     """What this study's size can and cannot resolve, from its numbers: the t quantile of its seed count, and for
-    each unresolved claim how wide its intervals are."""
+    each unresolved claim which intervals left it open, how wide they are, and how many seeds would close them.
+    Returns markdown list lines."""
     config = results["config"]
     n = config["num_seeds"]
     lines = []
     if n < 2:
         lines.append(
-            "With one seed no interval exists: every comparison is 'not resolved' (a single run decides nothing)."
+            "- With one seed no interval exists: every comparison is 'not resolved' (a single run decides nothing)."
         )
     else:
-        t = t_interval([0.0, 1.0] + [0.5] * (n - 2), config["confidence"])  # only for its quantile
-        quantile = (t.high - t.mean) / t.sem
         lines.append(
-            f"{n} seeds per preset: a {100 * config['confidence']:.0f}% interval is the mean +- {quantile:.2f} "
-            "standard "
-            "errors, so a difference is resolved only when it exceeds that many standard errors of its per-seed values."
+            f"- {n} seeds per preset: a {100 * config['confidence']:.0f}% interval is the mean +- "
+            f"{t_quantile(n, config['confidence']):.2f} standard errors, so a difference is resolved only when it "
+            "exceeds that many standard errors of its per-seed values. For each claim left open: the interval that "
+            "decided it, the smallest difference it resolves (its half-width), and roughly how many seeds would "
+            "resolve its observed mean if the spread stayed the same."
         )
     for claim in results["claims"]:
         if claim["verdict"] == NOT_RESOLVED:
-            widths = [
-                f"{name} +-{(v['high'] - v['low']) / 2:.3g}"
-                for name, v in claim["intervals"].items()
-                if v["low"] is not None
-            ]
-            lines.append(
-                f"Not resolved: *{claim['claim']}*"
-                + (f" (interval half-widths: {', '.join(widths)})" if widths else "")
-                + "; more seeds or steps would narrow it."
-            )
+            resolved_by = claim.get("resolution") or {"open_by": [], "seeds_needed": None}
+            needed, several = resolved_by["seeds_needed"], len(resolved_by["open_by"]) > 1
+            total = f" A verdict at the same means and spreads: about {needed} seeds." if several and needed else ""
+            lines.append(f"- Not resolved: *{claim['claim']}*.{total}")
+            lines += [f"  - {line}" for line in open_claim_lines(claim)]
         elif claim["verdict"] == NOT_TESTED:
-            lines.append(f"Not tested: *{claim['claim']}* ({claim['evidence']}).")
+            lines.append(f"- Not tested: *{claim['claim']}* ({claim['evidence']}).")
     return lines
+
+
+def extra_arms_lines(presets: list[str]) -> list[str]:
+    """A note on the arms that are not the paper's presets (dft): outside the verdicts, in the tables."""
+    extra = [p for p in presets if p not in ALL_PRESETS]
+    if not extra:
+        return []
+    return [
+        "",
+        f"{', '.join(extra)} (TRL's DFT loss: cross-entropy weighted by the detached target probability) is not one of "
+        "the paper's presets: the claims leave it out; the tables and figures compare it with ce like the presets.",
+    ]
 
 
 def render_markdown(results: dict, figures: dict) -> str:
@@ -129,7 +165,7 @@ def render_markdown(results: dict, figures: dict) -> str:
     lines = [
         "# trl_shaped study: the paper's claims across seeds",
         "",
-        f"{len(presets)} presets x {config['num_seeds']} seeds (from seed {config['seed']}), "
+        f"{len(presets)} presets ({', '.join(presets)}) x {config['num_seeds']} seeds (from seed {config['seed']}), "
         + ("built-in arithmetic task" + (" (quick profile)" if config["quick"] else "") if builtin
            else f"model `{config['model_name_or_path']}` through the recipes")
         + f", {results['seconds']:.0f} s. Verdicts come from {100 * config['confidence']:.0f}% Student-t intervals "
@@ -147,10 +183,11 @@ def render_markdown(results: dict, figures: dict) -> str:
         "",
         f"*At equal perplexity* means: the interval of each preset's paired held-out NLL difference to ce lies within "
         f"+-{100 * config['equal_nll_tolerance']:.0f}% of ce's mean NLL; otherwise the entropy order is not resolved.",
+        *extra_arms_lines(presets),
         "",
         "## What this size can and cannot resolve",
         "",
-        *[f"- {line}" for line in resolution(results)],
+        *resolution(results),
         "",
         "## Every metric: mean and paired difference to ce",
         "",

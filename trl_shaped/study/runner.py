@@ -60,7 +60,7 @@ from .cells import (
     write_json_atomic,
 )
 from .claims import judge_claims, metric_values, summarize
-from .config import StudyConfig
+from .config import StudyConfig, stage1_arguments
 
 BUILTIN_CELL_MODULE = (
     "trl_shaped.study.builtin_cell"  # the built-in cell's worker, run as `python -m` (a process per cell)
@@ -92,15 +92,17 @@ def launcher(config: StudyConfig) -> list[str]:
 
 def stage_commands(config: StudyConfig, preset: str, seed: int, cell: Path) -> list[tuple[str, list[str]]]:
     """Real scale: the (stage, argv) of a cell's four stages, in order. Recipe values come first, then the study's
-    overrides (the recipe's model, seed and output directory are replaced), then `*_args`. The resume flag of a
-    training stage is added by `run_stage` when it finds a checkpoint."""
+    overrides (the arm's `stage1_arguments`; the recipe's model, seed and output directory are replaced), then
+    `*_args`. The resume flag of a training stage is added by `run_stage` when it finds a checkpoint."""
     cell = Path(cell)
 
     def dataset(name):
         return ["--dataset_name", name] if name else []
 
+    arm = stage1_arguments(preset)  # the recipe is that of the arm's shaping preset (ce for dft)
     stage1 = [
-        "sft", "--config", config.stage1_recipe.format(preset=preset), "--shaping_preset", preset,
+        "sft", "--config", config.stage1_recipe.format(preset=arm["shaping_preset"]),
+        *[word for name, value in arm.items() for word in (f"--{name}", str(value))],
         "--model_name_or_path", config.model_name_or_path, "--seed", str(seed), "--output_dir", str(cell / "stage1"),
         *dataset(config.stage1_dataset), *shlex.split(config.stage1_args),
     ]  # fmt: skip
