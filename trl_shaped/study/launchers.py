@@ -1,0 +1,161 @@
+"""Where the cells of a study run (`StudyConfig.launcher`); every launcher calls `runner.run_cell`, the one entry of a
+cell, so caching, resuming and the cell's own safeguards are the same whichever runs it.
+
+- `local`: a thread pool on this machine, `max_parallel` cells at once, each cell in its own process(es);
+- `slurm`: each cell one Slurm job through submitit (`pip install trl_shaped[slurm]`), one node with
+  `slurm_gpus_per_cell` GPUs; at real scale its stages run `accelerate launch --num_processes <GPUs>`;
+- `submitit_local`: each cell a submitit job on this machine (submitit's `LocalExecutor`: the job path without a
+  scheduler).
+
+A job is a `CellJob`. At its time limit or on pre-emption submitit calls its `checkpoint`, which requeues the same
+call (the protocol of `submitit.helpers.Checkpointable`); the requeued job calls `run_cell` again, which skips the
+finished stages and resumes the interrupted one from its newest complete checkpoint. The study process submits the
+jobs, prints a line whenever the number of cells queued / running / done / failed changes, and returns when all have
+ended. Job scripts and logs: `<output_dir>/jobs/<job id>_*`.
+"""
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from .cells import RESULT, cell_dir, say
+from .config import StudyConfig
+
+POLL_SECONDS = 10.0  # how often the study looks at its jobs (submitit's Slurm watcher rate-limits sacct itself)
+MAX_TIMEOUT_REQUEUES = 10  # a cell longer than 10 time limits fails instead of being requeued forever
+SIGNAL_DELAY_S = 120  # submitit signals a job this long before its time limit (it checkpoints and requeues)
+
+
+def import_submitit():
+    """submitit, or an ImportError naming the extra that installs it."""
+    try:
+        import submitit
+    except ImportError:
+        raise ImportError(
+            "the slurm and submitit_local launchers need submitit: pip install trl_shaped[slurm]"
+        ) from None
+    return submitit
+
+
+class CellJob:
+    """One cell as a submitit job: `run_cell(config, preset, seed, out)`.
+
+    It follows the protocol of `submitit.helpers.Checkpointable` (without importing submitit before a job is
+    submitted): `checkpoint`, called by submitit at the time limit or on pre-emption, returns the same call to requeue;
+    the cell's own files are its checkpoint, so nothing else needs saving.
+    """
+
+    def __call__(self, config: StudyConfig, preset: str, seed: int, out: str) -> str:
+        from .runner import run_cell
+
+        run_cell(config, preset, seed, Path(out))
+        return str(cell_dir(out, preset, seed) / RESULT)
+
+    def checkpoint(self, *args, **kwargs):
+        return import_submitit().helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+def job_name(config: StudyConfig, preset: str, seed: int) -> str:
+    return f"{config.study_name}-{preset}-seed{seed}"
+
+
+def slurm_parameters(config: StudyConfig, preset: str, seed: int) -> dict:
+    """What `submitit.SlurmExecutor.update_parameters` gets for the job of the cell (`preset`, `seed`): one node, one
+    task (`accelerate launch` starts the processes), `slurm_gpus_per_cell` GPUs and `slurm_cpus_per_gpu` cores per GPU,
+    the partition, account and time limit, and `slurm_additional_parameters` as further sbatch options."""
+    gpus = config.slurm_gpus_per_cell
+    params = {
+        "job_name": job_name(config, preset, seed),
+        "partition": config.slurm_partition,
+        "account": config.slurm_account,
+        "time": config.slurm_time_limit,
+        "nodes": 1,
+        "ntasks_per_node": 1,
+        "gpus_per_node": gpus,
+        "cpus_per_task": config.slurm_cpus_per_gpu * gpus,
+        "signal_delay_s": SIGNAL_DELAY_S,
+        "additional_parameters": config.slurm_extra(),
+    }
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def make_executor(config: StudyConfig, folder: Path):
+    """The submitit executor of the study's jobs (`folder/<job id>_*` holds each job's script, pickles and logs)."""
+    submitit = import_submitit()
+    if config.launcher == "slurm":
+        return submitit.SlurmExecutor(folder=folder, max_num_timeout=MAX_TIMEOUT_REQUEUES)
+    executor = submitit.LocalExecutor(folder=folder, max_num_timeout=MAX_TIMEOUT_REQUEUES)
+    executor.update_parameters(timeout_min=config.slurm_time_limit, signal_delay_s=SIGNAL_DELAY_S)
+    return executor
+
+
+def run_local(config: StudyConfig, out: Path, todo: list[tuple[str, int]]) -> list[str]:
+    """Run the cells `todo` on this machine, `config.parallel` at once; returns one line per failed cell."""
+    from .runner import run_cell
+
+    start, finished, failures = time.perf_counter(), [0], []
+
+    def one(cell):
+        try:
+            run_cell(config, *cell, out)
+        except Exception as error:  # noqa: BLE001 - reported with the others by the caller
+            failures.append(f"{cell[0]} seed {cell[1]}: {error}")
+            say("study", f"FAILED {cell[0]} seed {cell[1]}: {error}")
+            return
+        finished[0] += 1
+        say("study", f"({finished[0]}/{len(todo)}) {cell[0]} seed {cell[1]} done ({time.perf_counter() - start:.0f}s)")
+
+    with ThreadPoolExecutor(max_workers=config.parallel(max(1, len(todo)))) as pool:
+        list(pool.map(one, todo))
+    return failures
+
+
+def job_state(job, cell: Path) -> str:
+    """queued, running, done or failed: done when the cell's result exists, failed when its job ended without it."""
+    if (cell / RESULT).is_file():
+        return "done"
+    if job.done():
+        return "failed"
+    return "running" if str(job.state).upper().startswith(("RUNNING", "COMPLETING")) else "queued"
+
+
+def _failure(job) -> str:
+    try:
+        error = job.exception()
+    except Exception as exc:  # noqa: BLE001 - a job killed without writing its result: its log says more
+        error = exc
+    lines = str(error or f"state {job.state}").strip().splitlines()
+    return f"job {job.job_id}: {lines[-1] if lines else job.state}; log: {job.paths.stderr}"
+
+
+def run_jobs(
+    config: StudyConfig, out: Path, todo: list[tuple[str, int]], poll_seconds: float = POLL_SECONDS
+) -> list[str]:
+    """Submit the cells `todo` as jobs (`config.launcher`: slurm or submitit_local), wait for all of them, printing
+    the counts of queued / running / done / failed cells when they change; returns one line per failed cell."""
+    out = Path(out).resolve()  # a job may start in another working directory
+    executor = make_executor(config, out / "jobs")
+    jobs = {}
+    for preset, seed in todo:
+        if config.launcher == "slurm":
+            executor.update_parameters(**slurm_parameters(config, preset, seed))
+        job = executor.submit(CellJob(), config, preset, seed, str(out))
+        jobs[(preset, seed)] = job
+        say("study", f"{preset} seed {seed}: job {job.job_id} (log {job.paths.stdout})")
+    shown = None
+    try:
+        while True:
+            states = {cell: job_state(job, cell_dir(out, *cell)) for cell, job in jobs.items()}
+            counts = {name: list(states.values()).count(name) for name in ("queued", "running", "done", "failed")}
+            line = ", ".join(f"{count} {name}" for name, count in counts.items())
+            if line != shown:
+                say("study", f"jobs: {line}")
+                shown = line
+            if counts["queued"] + counts["running"] == 0:
+                break
+            time.sleep(poll_seconds)
+    except KeyboardInterrupt:
+        ids = " ".join(job.job_id for job in jobs.values())
+        say("study", f"stopped waiting; the jobs keep running ({ids}). `--report_only true` reports the finished cells")
+        raise
+    return [f"{p} seed {s}: {_failure(jobs[(p, s)])}" for (p, s), state in states.items() if state == "failed"]
