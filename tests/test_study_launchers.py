@@ -198,7 +198,8 @@ def test_cells_run_as_jobs_and_a_killed_or_preempted_job_resumes(tmp_path):
     pytest.importorskip("submitit")
     out = tmp_path / "study"
     argv = [sys.executable, "-m", "trl_shaped", "study", *TINY, "--sft_steps", "40", "--grpo_steps", "8",
-            "--checkpoints_per_stage", "4", "--launcher", "submitit_local", "--output_dir", str(out)]  # fmt: skip
+            "--checkpoints_per_stage", "4", "--launcher", "submitit_local", "--report_to", "tensorboard",
+            "--output_dir", str(out)]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cell = out / "cells" / "ce" / "seed0"
 
@@ -241,3 +242,5 @@ def test_cells_run_as_jobs_and_a_killed_or_preempted_job_resumes(tmp_path):
     logs = "".join(p.read_text() for p in (out / "jobs").glob("*_log.*"))
     assert "Requeued job" in logs  # submitit's own record of the requeue
     assert (out / "report.md").is_file() and (out / "rl_curves.png").is_file()
+    for stage in ("stage1", "rl"):  # the built-in cell reported to the tracker asked for
+        assert list((cell / stage).rglob("events.out.tfevents.*")), stage
