@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from test_study_claims import make_cell
 
+from trl_shaped.study import launchers
 from trl_shaped.study.config import LAUNCH_FIELDS, StudyConfig
 from trl_shaped.study.figures import write_figures
 from trl_shaped.study.launchers import CellJob, slurm_parameters
@@ -49,6 +50,7 @@ def test_the_slurm_job_of_a_cell(tmp_path):
     config = real_scale(
         output_dir=str(tmp_path / "qwen_study"),
         launcher="slurm",
+        dry_run=True,  # this machine has no sbatch; the parameters are the same
         slurm_partition="h100",
         slurm_account="lab",
         slurm_gpus_per_cell=4,
@@ -117,6 +119,65 @@ def test_real_scale_reports_to_one_tracker_and_the_cli_refuses_bad_values(capsys
     with pytest.raises(SystemExit) as exit_info:
         run(["--slurm_additional_parameters", "{qos", "--output_dir", "unused"])
     assert exit_info.value.code == 2 and "slurm_additional_parameters must be a JSON object" in capsys.readouterr().err
+
+
+def test_slurm_needs_sbatch_and_submitit_at_config_time(monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(ValueError, match="launcher slurm needs Slurm's sbatch"):
+        StudyConfig(launcher="slurm")
+    StudyConfig(launcher="slurm", report_only=True)  # needs neither: nothing is submitted
+    monkeypatch.setitem(sys.modules, "submitit", None)  # as if not installed
+    with pytest.raises(ValueError, match=r"pip install trl_shaped\[slurm\]"):
+        StudyConfig(launcher="submitit_local")
+    with pytest.raises(ImportError, match=r"pip install trl_shaped\[slurm\]"):
+        launchers.import_submitit()
+
+
+class FakeSlurmJob:
+    """A Slurm job as submitit shows it; `finish` writes the cell's result, as the job's `run_cell` would."""
+
+    def __init__(self, folder, job_id, state="RUNNING", finish=None):
+        self.folder, self.job_id, self.state, self.finish = folder, job_id, state, finish
+        self.paths = type("Paths", (), {"stdout": Path(folder) / f"{job_id}_0_log.out"})
+
+    def done(self):  # still running when first asked; the cell's result is there by the next look
+        self.finish()
+        return False
+
+
+def test_a_rerun_waits_for_the_slurm_jobs_still_running_instead_of_submitting_twice(tmp_path, monkeypatch):
+    out = tmp_path / "study"
+    config = StudyConfig(presets="ce", num_seeds=2, output_dir=str(out), launcher="slurm", dry_run=True)
+    config.dry_run = False
+
+    def finish(seed):
+        cell = out / "cells" / "ce" / f"seed{seed}"
+        return lambda: cell.mkdir(parents=True, exist_ok=True) or (cell / "result.json").write_text("{}")
+
+    states = {"11": "RUNNING", "12": "CANCELLED by 0"}  # seed 0's job still runs; seed 1's was cancelled
+    submitted = []
+
+    class Executor:
+        folder = out / "jobs"
+
+        def job_class(self, folder, job_id):
+            return FakeSlurmJob(folder, job_id, states[job_id], finish(0 if job_id == "11" else 1))
+
+        def update_parameters(self, **params):
+            self.params = params
+
+        def submit(self, function, config, preset, seed, out_dir):
+            submitted.append((preset, seed, self.params["job_name"]))
+            return FakeSlurmJob(self.folder, "13", finish=finish(seed))
+
+    monkeypatch.setattr(launchers, "make_executor", lambda config, folder: Executor())
+    (out / "jobs").mkdir(parents=True)
+    (out / "jobs" / "cells.json").write_text(json.dumps({"ce/seed0": "11", "ce/seed1": "12"}))
+    failures = launchers.run_jobs(config, out, [("ce", 0), ("ce", 1)], poll_seconds=0)
+    assert failures == [] and submitted == [("ce", 1, "study-ce-seed1")]
+    assert json.loads((out / "jobs" / "cells.json").read_text()) == {"ce/seed0": "11", "ce/seed1": "13"}
 
 
 def test_dry_run_prints_every_cells_commands_and_runs_nothing(tmp_path, capsys):

@@ -10,6 +10,7 @@ Two backends, chosen by `model_name_or_path`:
 
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -335,6 +336,11 @@ class StudyConfig:
 
             if importlib.util.find_spec("submitit") is None:
                 raise ValueError(f"launcher {self.launcher} needs submitit: pip install trl_shaped[slurm]")
+            if self.launcher == "slurm" and shutil.which("sbatch") is None:
+                raise ValueError(
+                    "launcher slurm needs Slurm's sbatch on the PATH (run it on a login node of the cluster); "
+                    "--dry_run true prints the cells' commands for another scheduler"
+                )
         if self.report_only and self.dry_run:
             raise ValueError("report_only and dry_run exclude each other: pick one")
         if isinstance(self.report_to, str):

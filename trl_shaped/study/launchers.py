@@ -11,19 +11,25 @@ A job is a `CellJob`. At its time limit or on pre-emption submitit calls its `ch
 call (the protocol of `submitit.helpers.Checkpointable`); the requeued job calls `run_cell` again, which skips the
 finished stages and resumes the interrupted one from its newest complete checkpoint. The study process submits the
 jobs, prints a line whenever the number of cells queued / running / done / failed changes, and returns when all have
-ended. Job scripts and logs: `<output_dir>/jobs/<job id>_*`.
+ended. Job scripts and logs: `<output_dir>/jobs/<job id>_*`. `jobs/cells.json` records each cell's latest job: a
+study run again while its Slurm jobs are still queued or running waits for them instead of submitting them twice.
 """
 
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .cells import RESULT, cell_dir, say
+from .cells import RESULT, cell_dir, say, write_json_atomic
 from .config import StudyConfig
 
 POLL_SECONDS = 10.0  # how often the study looks at its jobs (submitit's Slurm watcher rate-limits sacct itself)
 MAX_TIMEOUT_REQUEUES = 10  # a cell longer than 10 time limits fails instead of being requeued forever
 SIGNAL_DELAY_S = 120  # submitit signals a job this long before its time limit (it checkpoints and requeues)
+JOB_RECORD = "cells.json"  # <output_dir>/jobs/cells.json: "<preset>/seed<k>" -> the id of the cell's latest job
+# Slurm states of a job that has not ended (a requeued job goes back to PENDING)
+ACTIVE_STATES = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
+                 "RESIZING", "SUSPENDED")  # fmt: skip
 
 
 def import_submitit():
@@ -119,6 +125,16 @@ def job_state(job, cell: Path) -> str:
     return "running" if str(job.state).upper().startswith(("RUNNING", "COMPLETING")) else "queued"
 
 
+def earlier_job(config: StudyConfig, executor, job_id: str | None):
+    """The Slurm job an earlier invocation submitted for a cell, when it is still queued or running (a study whose
+    waiting process stopped, then run again, waits for its jobs instead of submitting each cell twice); else None.
+    submitit's local jobs end with the process that submitted them, so they are never waited for again."""
+    if job_id is None or config.launcher != "slurm":
+        return None
+    job = executor.job_class(folder=executor.folder, job_id=job_id)
+    return job if str(job.state).split(" ")[0].upper() in ACTIVE_STATES else None
+
+
 def _failure(job) -> str:
     try:
         error = job.exception()
@@ -135,13 +151,25 @@ def run_jobs(
     the counts of queued / running / done / failed cells when they change; returns one line per failed cell."""
     out = Path(out).resolve()  # a job may start in another working directory
     executor = make_executor(config, out / "jobs")
+    record = out / "jobs" / JOB_RECORD
+    submitted = json.loads(record.read_text()) if record.is_file() else {}
     jobs = {}
     for preset, seed in todo:
-        if config.launcher == "slurm":
-            executor.update_parameters(**slurm_parameters(config, preset, seed))
-        job = executor.submit(CellJob(), config, preset, seed, str(out))
+        key = f"{preset}/seed{seed}"
+        job = earlier_job(config, executor, submitted.get(key))
+        if job is not None:
+            say(
+                "study",
+                f"{preset} seed {seed}: job {job.job_id} of an earlier invocation is {job.state}; waiting for it",
+            )
+        else:
+            if config.launcher == "slurm":
+                executor.update_parameters(**slurm_parameters(config, preset, seed))
+            job = executor.submit(CellJob(), config, preset, seed, str(out))
+            submitted[key] = job.job_id
+            write_json_atomic(record, submitted)
+            say("study", f"{preset} seed {seed}: job {job.job_id} (log {job.paths.stdout})")
         jobs[(preset, seed)] = job
-        say("study", f"{preset} seed {seed}: job {job.job_id} (log {job.paths.stdout})")
     shown = None
     try:
         while True:
