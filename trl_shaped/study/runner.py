@@ -6,7 +6,9 @@ Layout of `config.output_dir`:
     study_config.json                     the StudyConfig the cells read (built-in task)
     cells/<preset>/seed<k>/result.json    a finished cell: written atomically, LAST; its presence means "done"
     cells/<preset>/seed<k>/log.txt        the cell's output (every attempt, appended)
-    cells/<preset>/seed<k>/stage1/, rl/   checkpoints (checkpoint-<step>/ while training, the model at the end)
+    cells/<preset>/seed<k>/stage1/, rl/   checkpoints (checkpoint-<step>/ while training, the model at the end);
+                                          at real scale `log_history.json`, written by the stage when it ends
+    jobs/                                 the cells' job scripts and logs (launcher slurm / submitit_local)
     results.json, figures.json, report.md, *.png
 
 Caching and resume. A cell whose `result.json` exists is skipped. Inside a cell each stage (stage 1, evaluation, GRPO,
@@ -18,6 +20,10 @@ Two backends (`StudyConfig.builtin`). The built-in task runs one process per cel
 `num_threads` torch threads), `max_parallel` at once. At real scale each stage of a cell is a command through the
 recipes (`python -m trl_shaped sft|grpo|eval --config <recipe> --seed ... --output_dir ...`), under
 `accelerate launch --config_file <accelerate_config>` when one is given; `stage_commands` builds them.
+
+Where the cells run (`StudyConfig.launcher`, launchers.py): a local pool, or each cell one job (Slurm through submitit).
+Either way a cell is `run_cell`. `report_only` writes the report from the finished cells, naming the missing ones;
+`dry_run` prints every cell's commands; neither runs a cell.
 """
 
 import json
@@ -263,6 +269,8 @@ def build_results(
 
 def run_study(config: StudyConfig | None = None) -> Path:
     """Run (or resume) every cell of the study, then write the statistics, the verdicts, the figures and the report.
+    With `config.report_only` the report covers the finished cells and runs none; with `config.dry_run` every cell's
+    commands are printed and nothing else is done.
 
     Args:
         config (`StudyConfig`, *optional*): the study; the default (built-in task, full profile) when `None`.
