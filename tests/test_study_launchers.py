@@ -180,6 +180,20 @@ def test_a_rerun_waits_for_the_slurm_jobs_still_running_instead_of_submitting_tw
     assert json.loads((out / "jobs" / "cells.json").read_text()) == {"ce/seed0": "11", "ce/seed1": "13"}
 
 
+def test_a_failed_job_is_counted_and_named_with_its_error(tmp_path, capsys):
+    config = StudyConfig(
+        presets="ce", num_seeds=1, output_dir=str(tmp_path / "study"), launcher="submitit_local",
+        model_name_or_path=str(tmp_path / "no_model"), stage1_recipe=str(RECIPES / "tiny_sft.yaml"),
+        rl_recipe=str(RECIPES / "tiny_grpo.yaml"), eval_recipe=str(RECIPES / "tiny_eval.yaml"),
+    )  # fmt: skip
+    out = Path(config.output_dir)
+    (failure,) = launchers.run_jobs(config, out, [("ce", 0)], poll_seconds=0.2)
+    log = out / "cells" / "ce" / "seed0" / "log.txt"
+    assert failure.startswith("ce seed 0: job ") and "RuntimeError: exit status 1 of `" in failure
+    assert f"see {log}; log: {out / 'jobs'}" in failure and "no_model" in log.read_text()
+    assert "[study] jobs: 0 queued, 0 running, 0 done, 1 failed" in capsys.readouterr().out
+
+
 def test_dry_run_prints_every_cells_commands_and_runs_nothing(tmp_path, capsys):
     out = tmp_path / "built_in"
     run_study(StudyConfig(presets="ce,precision", num_seeds=2, output_dir=str(out), dry_run=True))

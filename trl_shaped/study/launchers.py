@@ -90,8 +90,12 @@ def make_executor(config: StudyConfig, folder: Path):
     submitit = import_submitit()
     if config.launcher == "slurm":
         return submitit.SlurmExecutor(folder=folder, max_num_timeout=MAX_TIMEOUT_REQUEUES)
+    import torch
+
     executor = submitit.LocalExecutor(folder=folder, max_num_timeout=MAX_TIMEOUT_REQUEUES)
-    executor.update_parameters(timeout_min=config.slurm_time_limit, signal_delay_s=SIGNAL_DELAY_S)
+    # submitit shows a local job only the GPUs it asks for (none by default)
+    gpus = min(config.slurm_gpus_per_cell, torch.cuda.device_count())
+    executor.update_parameters(timeout_min=config.slurm_time_limit, signal_delay_s=SIGNAL_DELAY_S, gpus_per_node=gpus)
     return executor
 
 
@@ -140,8 +144,10 @@ def _failure(job) -> str:
         error = job.exception()
     except Exception as exc:  # noqa: BLE001 - a job killed without writing its result: its log says more
         error = exc
-    lines = str(error or f"state {job.state}").strip().splitlines()
-    return f"job {job.job_id}: {lines[-1] if lines else job.state}; log: {job.paths.stderr}"
+    # submitit's message: a header, the job's traceback between two rules, then where its logs are
+    parts = str(error or f"state {job.state}").split("-" * 22)
+    lines = [line for line in (parts[1] if len(parts) > 2 else parts[0]).splitlines() if line.strip()]
+    return f"job {job.job_id}: {lines[-1].strip() if lines else job.state}; log: {job.paths.stderr}"
 
 
 def run_jobs(
