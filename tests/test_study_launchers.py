@@ -125,9 +125,12 @@ def test_slurm_needs_sbatch_and_submitit_at_config_time(monkeypatch):
     import shutil
 
     monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)  # the suite itself may run in a Slurm job
     with pytest.raises(ValueError, match="launcher slurm needs Slurm's sbatch"):
         StudyConfig(launcher="slurm")
     StudyConfig(launcher="slurm", report_only=True)  # needs neither: nothing is submitted
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    StudyConfig(launcher="slurm")  # a cell's job reads the study's config back and submits nothing
     monkeypatch.setitem(sys.modules, "submitit", None)  # as if not installed
     with pytest.raises(ValueError, match=r"pip install trl_shaped\[slurm\]"):
         StudyConfig(launcher="submitit_local")

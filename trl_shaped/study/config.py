@@ -336,7 +336,8 @@ class StudyConfig:
 
             if importlib.util.find_spec("submitit") is None:
                 raise ValueError(f"launcher {self.launcher} needs submitit: pip install trl_shaped[slurm]")
-            if self.launcher == "slurm" and shutil.which("sbatch") is None:
+            # (inside a cell's job, where a built-in cell reads the study's config back, nothing is submitted)
+            if self.launcher == "slurm" and shutil.which("sbatch") is None and "SLURM_JOB_ID" not in os.environ:
                 raise ValueError(
                     "launcher slurm needs Slurm's sbatch on the PATH (run it on a login node of the cluster); "
                     "--dry_run true prints the cells' commands for another scheduler"

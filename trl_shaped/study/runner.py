@@ -96,7 +96,8 @@ def stage_commands(config: StudyConfig, preset: str, seed: int, cell: Path) -> l
     stage1 = [
         "sft", "--config", config.stage1_recipe.format(preset=preset), "--shaping_preset", preset,
         "--model_name_or_path", config.model_name_or_path, "--seed", str(seed), "--output_dir", str(cell / "stage1"),
-        *dataset(config.stage1_dataset), *tracking_args(config, preset, seed, "stage1"), *shlex.split(config.stage1_args),
+        *dataset(config.stage1_dataset), *tracking_args(config, preset, seed, "stage1"),
+        *shlex.split(config.stage1_args),
     ]  # fmt: skip
     rl = [
         "grpo", "--config", config.rl_recipe, "--model_name_or_path", str(cell / "stage1"), "--seed", str(seed),
@@ -214,8 +215,8 @@ def finished_cells(config: StudyConfig, out: Path) -> tuple[list[dict], list[dic
 
 def print_commands(config: StudyConfig, out: Path) -> None:
     """`--dry_run`: every cell's commands, as the runner would start them (with the variables it sets: threads of a
-    built-in cell, the tracker group), for another scheduler to run; nothing else happens. The built-in cells read `study_config.json`,
-    which is written."""
+    built-in cell, the tracker group), for another scheduler to run; nothing else happens. The built-in cells read
+    `study_config.json`, which is written."""
     env = cell_env(config)
     names = ["WANDB_RUN_GROUP"] + (
         ["OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"] if config.builtin else []
