@@ -128,7 +128,7 @@ def test_slurm_needs_sbatch_and_submitit_at_config_time(monkeypatch):
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)  # the suite itself may run in a Slurm job
     with pytest.raises(ValueError, match="launcher slurm needs Slurm's sbatch"):
         StudyConfig(launcher="slurm")
-    StudyConfig(launcher="slurm", report_only=True)  # needs neither: nothing is submitted
+    StudyConfig(launcher="slurm", dry_run=True)  # needs neither: nothing is submitted
     monkeypatch.setenv("SLURM_JOB_ID", "7")
     StudyConfig(launcher="slurm")  # a cell's job reads the study's config back and submits nothing
     monkeypatch.setitem(sys.modules, "submitit", None)  # as if not installed
@@ -219,11 +219,14 @@ def test_dry_run_prints_every_cells_commands_and_runs_nothing(tmp_path, capsys):
     assert not (tmp_path / "big" / "cells").exists()
 
 
-def test_report_only_reports_the_finished_cells_and_names_the_missing(tmp_path):
+def test_report_only_reports_the_finished_cells_and_names_the_missing(tmp_path, capsys):
+    from trl_shaped.scripts.study import run
+
     out = tmp_path / "study"
-    config = StudyConfig(presets="ce,precision", num_seeds=2, output_dir=str(out), report_only=True)
-    with pytest.raises(ValueError, match="no cell of .* has finished"):
-        run_study(config)
+    argv = ["--presets", "ce,precision", "--num_seeds", "2", "--output_dir", str(out), "--report_only", "true"]
+    with pytest.raises(SystemExit) as exit_info:  # a usage error before anything runs
+        run(argv)
+    assert exit_info.value.code == 2 and "report_only: no cell of" in capsys.readouterr().err
     finished = {("ce", 0): 2.0, ("ce", 1): 2.1, ("precision", 0): 1.8}
     for (preset, seed), entropy in finished.items():
         cell = out / "cells" / preset / f"seed{seed}"
@@ -232,7 +235,7 @@ def test_report_only_reports_the_finished_cells_and_names_the_missing(tmp_path):
     partial = out / "cells" / "precision" / "seed1"
     partial.mkdir(parents=True)
     (partial / "stage1.json").write_text("{}")  # stage 1 done, the rest still running
-    run_study(config)
+    run(argv)
     results = json.loads((out / "results.json").read_text())
     assert results["missing_cells"] == [{"preset": "precision", "seed": 1, "stages_done": ["stage1"], "started": True}]
     assert results["values"]["stage1_entropy"] == {"ce": {"0": 2.0, "1": 2.1}, "precision": {"0": 1.8}}

@@ -322,6 +322,14 @@ class StudyConfig:
             raise ValueError(f"equal_nll_tolerance must be in (0, 1), got {self.equal_nll_tolerance}")
         if self.max_parallel is not None and self.max_parallel < 1:
             raise ValueError(f"max_parallel must be >= 1 or None, got {self.max_parallel}")
+        if self.report_only and not any(
+            (Path(self.output_dir) / "cells" / p / f"seed{s}" / "result.json").is_file()
+            for p in self.preset_names()
+            for s in self.seeds()
+        ):
+            raise ValueError(
+                f"report_only: no cell of {self.output_dir} has finished yet (no cells/<preset>/seed<k>/result.json)"
+            )
 
     def _check_launch(self) -> None:
         if self.launcher not in LAUNCHERS:

@@ -287,9 +287,7 @@ def run_study(config: StudyConfig | None = None) -> Path:
     load_before, start = os.getloadavg(), time.perf_counter()
     missing = []
     if config.report_only:
-        cells, missing = finished_cells(config, out)
-        if not cells:
-            raise ValueError(f"report_only: no cell of {out} has finished yet (no cells/<preset>/seed<k>/{RESULT})")
+        cells, missing = finished_cells(config, out)  # StudyConfig checked that one has finished
         say("study", f"report from {len(cells)} finished cells; {len(missing)} missing (not run by report_only)")
     else:
         out.mkdir(parents=True, exist_ok=True)
