@@ -225,8 +225,8 @@ class StudyConfig:
         default="local",
         metadata={
             "help": "Where the cells run: local (processes on this machine, max_parallel at once), slurm (each cell "
-            "one Slurm job through submitit: pip install trl_shaped[slurm]) or submitit_local (each cell a submitit "
-            "job on this machine, no scheduler).",
+            "one Slurm job through submitit: pip install trl_shaped[slurm]) or submitit_local (every cell at once as a "
+            "submitit job on this machine: the job path without a scheduler).",
             "choices": list(LAUNCHERS),
         },
     )
