@@ -132,7 +132,8 @@ def job_state(job, cell: Path) -> str:
 def earlier_job(config: StudyConfig, executor, job_id: str | None):
     """The Slurm job an earlier invocation submitted for a cell, when it is still queued or running (a study whose
     waiting process stopped, then run again, waits for its jobs instead of submitting each cell twice); else None.
-    submitit's local jobs end with the process that submitted them, so they are never waited for again."""
+    A submitit local job cannot be looked up by its id (it is a child process of the invocation that started it), so
+    its cell is submitted again."""
     if job_id is None or config.launcher != "slurm":
         return None
     job = executor.job_class(folder=executor.folder, job_id=job_id)
@@ -189,7 +190,9 @@ def run_jobs(
                 break
             time.sleep(poll_seconds)
     except KeyboardInterrupt:
-        ids = " ".join(job.job_id for job in jobs.values())
-        say("study", f"stopped waiting; the jobs keep running ({ids}). `--report_only true` reports the finished cells")
+        if config.launcher == "slurm":
+            ids = " ".join(job.job_id for job in jobs.values())
+            say("study", f"stopped waiting; the jobs keep running ({ids}): the same command waits for them again, "
+                "`--report_only true` reports the finished cells")  # fmt: skip
         raise
     return [f"{p} seed {s}: {_failure(jobs[(p, s)])}" for (p, s), state in states.items() if state == "failed"]
