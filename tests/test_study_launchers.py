@@ -44,9 +44,10 @@ def real_scale(**kwargs):
     return StudyConfig(**{**defaults, **kwargs})
 
 
-def test_the_slurm_job_of_a_cell(tmp_path):
-    from submitit.slurm.slurm import _make_sbatch_string
+def test_the_slurm_job_of_a_cell(tmp_path, monkeypatch):
+    from submitit import SlurmExecutor
 
+    monkeypatch.setattr(SlurmExecutor, "affinity", classmethod(lambda cls: 1))  # as on a login node (srun found)
     config = real_scale(
         output_dir=str(tmp_path / "qwen_study"),
         launcher="slurm",
@@ -59,8 +60,10 @@ def test_the_slurm_job_of_a_cell(tmp_path):
         slurm_additional_parameters='{"qos": "high", "mem": "0"}',
         report_to=["wandb"],
     )
-    params = slurm_parameters(config, "precision", 43)
-    script = _make_sbatch_string(command="python -m submitit.core._submit jobs", folder=tmp_path, **params)
+    executor = launchers.make_executor(config, tmp_path / "jobs")
+    assert isinstance(executor, SlurmExecutor) and executor.max_num_timeout == launchers.MAX_TIMEOUT_REQUEUES
+    executor.update_parameters(**slurm_parameters(config, "precision", 43))  # submitit checks every name
+    script = executor._make_submission_file_text("python -u -m submitit.core._submit jobs", "uid")
     for line in (
         "--job-name=qwen_study-precision-seed43", "--partition=h100", "--account=lab", "--time=600", "--nodes=1",
         "--ntasks-per-node=1", "--gpus-per-node=4", "--cpus-per-task=48", "--signal=USR2@120", "--qos=high",
