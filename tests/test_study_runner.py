@@ -445,7 +445,7 @@ def test_a_real_scale_cell_runs_through_the_recipes(tmp_path, monkeypatch):
         rl_recipe=str(RECIPES / "tiny_grpo.yaml"),
         eval_recipe=str(RECIPES / "tiny_eval.yaml"),
         stage1_args="--max_steps 4 --save_strategy steps --save_steps 2 --logging_steps 1",
-        rl_args="--max_steps 2 --save_strategy steps --save_steps 1 --logging_steps 1",
+        rl_args="--max_steps 2 --logging_steps 1",  # the recipe saves no checkpoint: the curves must not need one
         eval_args="--num_samples 2 --pass_k 1 2",
     )
     out = run_study(config)
@@ -455,8 +455,11 @@ def test_a_real_scale_cell_runs_through_the_recipes(tmp_path, monkeypatch):
     rl_args = torch.load(cell / "rl" / "training_args.bin", weights_only=False)
     assert rl_args.seed == 3 and rl_args.max_steps == 2
     result = json.loads((cell / "result.json").read_text())
-    assert max(e["step"] for e in result["stage1"]["log_history"]) == 4  # read from the last checkpoint's state
-    assert [e["step"] for e in result["rl"]["log_history"] if "reward" in e] == [1, 2]
+    assert max(e["step"] for e in result["stage1"]["log_history"]) == 4
+    assert not list((cell / "rl").glob("checkpoint-*"))
+    assert [e["step"] for e in result["rl"]["log_history"] if "reward" in e] == [1, 2]  # the stage's log_history.json
+    figures = json.loads((out / "figures.json").read_text())
+    assert list(figures["rl_curves"]["ce"]["reward"]) == ["1", "2"] and (out / "rl_curves.png").is_file()
     saved = json.loads((cell / "eval_rl" / "eval.json").read_text())
     assert result["eval_rl"]["pass_at_k"] == saved["pass_at_k"] and "per_problem" not in result["eval_rl"]
     assert result["eval_stage1"]["num_problems"] == 4

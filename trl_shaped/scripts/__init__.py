@@ -7,9 +7,13 @@ launch` started ends through `end_launched_process`.
 """
 
 import contextlib
+import json
 import logging
 import os
 import sys
+from pathlib import Path
+
+LOG_HISTORY = "log_history.json"  # what `trl-shaped sft|grpo` write into output_dir when training ends
 
 
 def split_config_flag(argv: list[str]) -> list[str]:
@@ -162,3 +166,16 @@ def end_launched_process(status: int = 0) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
+
+
+def write_log_history(trainer, output_dir: str) -> Path | None:
+    """Write the trainer's log history (every logged step) to `output_dir/log_history.json` on the main process, so
+    that the curves of a run do not depend on whether it saved checkpoints. Returns the path (None on other ranks)."""
+    if not trainer.is_world_process_zero():
+        return None
+    path = Path(output_dir) / LOG_HISTORY
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(trainer.state.log_history, indent=1))
+    os.replace(tmp, path)  # a reader sees the whole history or none
+    return path

@@ -11,7 +11,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from trl_shaped.scripts import end_launched_process, make_trl_parser, run_script, train_and_save
+from trl_shaped.scripts import end_launched_process, make_trl_parser, run_script, train_and_save, write_log_history
 from trl_shaped.scripts.data import ShapedScriptArguments
 from trl_shaped.scripts.loading import split_or_fail, trainer_inputs
 
@@ -85,7 +85,9 @@ def main(script_args, training_args, model_args, dataset_args=None):
     if script_args.aux_dataset_split is not None:
         trainer_kwargs["aux_dataset"] = split_or_fail(dataset, script_args.aux_dataset_split, "aux_dataset_split")
     trainer = ShapedGRPOTrainer(reward_funcs=reward_funcs, **trainer_kwargs)
-    return train_and_save(trainer, script_args, training_args)
+    train_and_save(trainer, script_args, training_args)
+    write_log_history(trainer, training_args.output_dir)  # the run's curves, with or without checkpoints
+    return trainer
 
 
 def make_parser(prog: str | None = None):

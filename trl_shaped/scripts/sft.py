@@ -7,7 +7,7 @@ accelerate launch --config_file accelerate_configs/zero2.yaml recipes/sft.py --c
 ```
 """
 
-from trl_shaped.scripts import end_launched_process, make_trl_parser, run_script, train_and_save
+from trl_shaped.scripts import end_launched_process, make_trl_parser, run_script, train_and_save, write_log_history
 from trl_shaped.scripts.data import ShapedScriptArguments
 from trl_shaped.scripts.loading import trainer_inputs
 
@@ -18,7 +18,9 @@ def main(script_args, training_args, model_args, dataset_args=None):
 
     _, trainer_kwargs = trainer_inputs(script_args, training_args, model_args, dataset_args)
     trainer = ShapedSFTTrainer(**trainer_kwargs)
-    return train_and_save(trainer, script_args, training_args)
+    train_and_save(trainer, script_args, training_args)
+    write_log_history(trainer, training_args.output_dir)  # the run's curves, with or without checkpoints
+    return trainer
 
 
 def make_parser(prog: str | None = None):

@@ -169,6 +169,16 @@ def _log_attempt(cell: Path, stage: str, resumed: str | None) -> None:
         stream.write(f"{stage} resumed_from={resumed}\n")
 
 
+def tracking(config: StudyConfig, preset: str, seed: int, stage: str) -> dict:
+    """Trainer arguments of the study's trackers (none unless `report_to` names some): the run
+    `<study>/<preset>/seed<k>/<stage>` in the study's trackio project (wandb: the runner sets the group)."""
+    return {
+        "report_to": config.report_to or [],
+        "run_name": config.run_name(preset, seed, stage),
+        "project": config.study_name,
+    }
+
+
 def train_stage1(preset: str, seed: int, config: StudyConfig, data, tokenizer, cell: Path) -> dict:
     """Stage 1: shaped SFT of a fresh tiny model (initialised from `seed`) with the arm `preset` (a shaping preset,
     or dft: `config.stage1_arguments`), resumed from the newest complete checkpoint in `cell/stage1` if an earlier
@@ -200,7 +210,7 @@ def train_stage1(preset: str, seed: int, config: StudyConfig, data, tokenizer, c
         save_strategy="steps",
         save_steps=max(1, steps // config.checkpoints_per_stage),
         save_total_limit=1,
-        report_to=[],
+        **tracking(config, preset, seed, "stage1"),
         bf16=False,  # a float32 tiny model: CPU autocast would only slow it down
         disable_tqdm=True,
         seed=seed,  # the data order
@@ -248,7 +258,7 @@ def train_rl(preset: str, seed: int, config: StudyConfig, data, tokenizer, cell:
         save_strategy="steps",
         save_steps=max(1, steps // config.checkpoints_per_stage),
         save_total_limit=1,
-        report_to=[],
+        **tracking(config, preset, seed, "rl"),
         bf16=False,
         disable_tqdm=True,
         seed=seed,

@@ -8,8 +8,11 @@ Two backends, chosen by `model_name_or_path`:
   <recipe>` with overrides), under `accelerate launch --config_file <accelerate_config>` when one is given.
 """
 
+import json
 import os
+import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 
 ALL_PRESETS = ("ce", "precision", "diversity", "tail_penalty", "head_reward")  # the paper's; `presets: all`
 # Opt-in stage-1 arms beside the paper's presets, each named in `presets` to run. dft: TRL's SFTConfig
@@ -48,6 +51,17 @@ BUILTIN_PROFILES = {
 # The StudyConfig fields that do not change any cell: how many cells, where they go, how they are run and reported.
 # Every other field is part of a cell's fingerprint (trl_shaped/study/cells.py), so a new field counts as changing
 # the cells unless it is named here.
+LAUNCH_FIELDS = (
+    "launcher",
+    "slurm_partition",
+    "slurm_account",
+    "slurm_time_limit",
+    "slurm_cpus_per_gpu",
+    "slurm_additional_parameters",
+    "report_to",
+    "report_only",
+    "dry_run",
+)
 STUDY_LEVEL_FIELDS = (
     "presets",  # which cells; the cell's own preset is part of its place (cells/<preset>/)
     "num_seeds",  # which cells; the cell's own seed is part of its place (seed<k>/)
@@ -57,6 +71,7 @@ STUDY_LEVEL_FIELDS = (
     "equal_nll_tolerance",
     "quick",  # selects a profile; the values it resolves to are fields of their own
     "overwrite",
+    *LAUNCH_FIELDS,  # where and how a cell runs, not what it computes
 )
 POSITIVE_FIELDS = (
     "num_seeds",
@@ -76,6 +91,11 @@ POSITIVE_FIELDS = (
     "num_threads",
     "checkpoints_per_stage",
 )
+
+
+LAUNCHERS = ("local", "slurm", "submitit_local")
+# How and where the cells run, what is tracked and what one invocation does: none of these changes a cell's results.
+# (`slurm_gpus_per_cell` is not among them: it sets `accelerate launch --num_processes`, hence the global batch.)
 
 
 def _profile_help(text: str, name: str) -> str:
@@ -116,6 +136,14 @@ class StudyConfig:
         accelerate_config (`str`, *optional*): real scale: run each stage under `accelerate launch` with this file.
         overwrite (`bool`): recompute the cells of `output_dir` that were computed with other settings (without it,
             such a rerun stops before any compute and names the settings that differ).
+        launcher (`str`): where the cells run: "local" (processes on this machine, `max_parallel` at once), "slurm"
+            (each cell one Slurm job through submitit) or "submitit_local" (each cell a submitit job on this machine).
+        slurm_partition, slurm_account (`str`, *optional*), slurm_gpus_per_cell, slurm_time_limit,
+        slurm_cpus_per_gpu (`int`), slurm_additional_parameters (`str`): the Slurm job of a cell (see the field help).
+        report_to (`list[str]`, *optional*): trackers of every training stage (as TRL's `report_to`), runs named
+            `<study>/<preset>/seed<k>/<stage>` in the group (wandb) or project (trackio) `<study>`.
+        report_only (`bool`): write the report from the finished cells only, marking the missing ones; run nothing.
+        dry_run (`bool`): print every cell's commands and run nothing.
     """
 
     presets: str = field(
@@ -228,9 +256,62 @@ class StudyConfig:
             "it a rerun with other settings stops before any compute and names the settings that differ."
         },
     )
+    launcher: str = field(
+        default="local",
+        metadata={
+            "help": "Where the cells run: local (processes on this machine, max_parallel at once), slurm (each cell "
+            "one Slurm job through submitit: pip install trl_shaped[slurm]) or submitit_local (every cell at once as a "
+            "submitit job on this machine: the job path without a scheduler).",
+            "choices": list(LAUNCHERS),
+        },
+    )
+    slurm_partition: str | None = field(default=None, metadata={"help": "Slurm: partition of the cell jobs."})
+    slurm_account: str | None = field(default=None, metadata={"help": "Slurm: account charged for the cell jobs."})
+    slurm_gpus_per_cell: int = field(
+        default=8,
+        metadata={
+            "help": "Slurm: GPUs of one cell's job (one node); real-scale stages run `accelerate launch "
+            "--num_processes` this. 8: the recipes' batch sizes assume one node of 8 GPUs."
+        },
+    )
+    slurm_time_limit: int = field(
+        default=24 * 60,
+        metadata={
+            "help": "Slurm: time limit of a cell's job in minutes; a job that reaches it is requeued and resumes "
+            "from the cell's newest complete checkpoint."
+        },
+    )
+    slurm_cpus_per_gpu: int = field(default=8, metadata={"help": "Slurm: CPU cores per GPU of a cell's job."})
+    slurm_additional_parameters: str = field(
+        default="{}",
+        metadata={
+            "help": 'Slurm: further sbatch options as a JSON object, e.g. \'{"qos": "high", "mem": "0", '
+            '"constraint": "h100"}\' (submitit\'s slurm_additional_parameters).'
+        },
+    )
+    report_to: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Trackers of every training stage, as TRL's report_to (trackio, wandb, tensorboard, none); runs "
+            "are named <study>/<preset>/seed<k>/<stage>, grouped by the study (wandb group, trackio project). "
+            "Default: the recipes' own setting at real scale, none on the built-in task."
+        },
+    )
+    report_only: bool = field(
+        default=False,
+        metadata={
+            "help": "Write the report from the cells finished so far, marking the missing ones; runs no cell "
+            "(the others may still be queued or running)."
+        },
+    )
+    dry_run: bool = field(
+        default=False,
+        metadata={"help": "Print every cell's commands (to run them with another scheduler) and run nothing."},
+    )
 
     def __post_init__(self):
         self.preset_names()  # validates
+        self._check_launch()
         if self.builtin:
             profile = BUILTIN_PROFILES["quick" if self.quick else "full"]
             for name, value in profile.items():
@@ -277,6 +358,74 @@ class StudyConfig:
             raise ValueError(f"equal_nll_tolerance must be in (0, 1), got {self.equal_nll_tolerance}")
         if self.max_parallel is not None and self.max_parallel < 1:
             raise ValueError(f"max_parallel must be >= 1 or None, got {self.max_parallel}")
+        if self.report_only and not any(
+            (Path(self.output_dir) / "cells" / p / f"seed{s}" / "result.json").is_file()
+            for p in self.preset_names()
+            for s in self.seeds()
+        ):
+            raise ValueError(
+                f"report_only: no cell of {self.output_dir} has finished yet (no cells/<preset>/seed<k>/result.json)"
+            )
+
+    def _check_launch(self) -> None:
+        if self.launcher not in LAUNCHERS:
+            raise ValueError(f"launcher must be one of {list(LAUNCHERS)}, got {self.launcher!r}")
+        for name in ("slurm_gpus_per_cell", "slurm_time_limit", "slurm_cpus_per_gpu"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        self.slurm_extra()  # validates
+        if self.launcher != "local" and not (self.dry_run or self.report_only):
+            import importlib.util
+
+            if importlib.util.find_spec("submitit") is None:
+                raise ValueError(f"launcher {self.launcher} needs submitit: pip install trl_shaped[slurm]")
+            # (inside a cell's job, where a built-in cell reads the study's config back, nothing is submitted)
+            if self.launcher == "slurm" and shutil.which("sbatch") is None and "SLURM_JOB_ID" not in os.environ:
+                raise ValueError(
+                    "launcher slurm needs Slurm's sbatch on the PATH (run it on a login node of the cluster); "
+                    "--dry_run true prints the cells' commands for another scheduler"
+                )
+        if self.report_only and self.dry_run:
+            raise ValueError("report_only and dry_run exclude each other: pick one")
+        if isinstance(self.report_to, str):
+            self.report_to = [self.report_to]
+        if self.report_to:
+            from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+            known = sorted(INTEGRATION_TO_CALLBACK) + ["all", "none"]
+            unknown = [name for name in self.report_to if name not in known]
+            if unknown:
+                raise ValueError(f"report_to must name trackers out of {known}, got {unknown}")
+            if not self.builtin and len(self.report_to) > 1:
+                # the stage commands take one `--report_to` value (TrainingArguments' command-line form)
+                raise ValueError(
+                    f"report_to at real scale names one tracker (the stage commands take one), got {self.report_to}; "
+                    "set several in the recipes' `report_to` instead"
+                )
+
+    def slurm_extra(self) -> dict:
+        """`slurm_additional_parameters` as a dict (validated)."""
+        try:
+            extra = json.loads(self.slurm_additional_parameters or "{}")
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"slurm_additional_parameters must be a JSON object, got {self.slurm_additional_parameters!r}: {error}"
+            ) from None
+        if not isinstance(extra, dict):
+            raise ValueError(
+                f"slurm_additional_parameters must be a JSON object, got {self.slurm_additional_parameters!r}"
+            )
+        return extra
+
+    @property
+    def study_name(self) -> str:
+        """The study's name in trackers: the name of its output directory."""
+        return Path(self.output_dir).resolve().name
+
+    def run_name(self, preset: str, seed: int, stage: str) -> str:
+        """The tracker run name of one stage of one cell: `<study>/<preset>/seed<k>/<stage>`."""
+        return f"{self.study_name}/{preset}/seed{seed}/{stage}"
 
     @property
     def builtin(self) -> bool:

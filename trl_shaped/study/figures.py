@@ -158,19 +158,33 @@ def _plot_rl(data: dict, path: Path) -> None:
     save_figure(fig, path, dpi=110)
 
 
+def missing_data(data: dict) -> dict[str, str]:
+    """The figures that would be empty, each with the reason (they are left out and the report says why)."""
+    reasons = {}
+    if not any(data["stage1"].values()):
+        reasons["stage1"] = "no cell recorded held-out diagnostics of its stage-1 model"
+    if not any(band for curves in data["rl_curves"].values() for band in curves.values()):
+        reasons["rl_curves"] = (
+            "no GRPO step logged reward, entropy or completion length in every cell of a preset (the cells' "
+            "`rl.log_history` is empty: a stage that wrote no log history, or logging_steps beyond max_steps)"
+        )
+    return reasons
+
+
 def write_figures(out: Path, cells: list[dict], confidence: float = 0.95) -> dict:
-    """Write the three PNGs and `figures.json` into `out`; returns name -> path."""
+    """Write the PNGs that have data and `figures.json` into `out`; returns name -> path (None for a figure left out)
+    and "omitted": name -> why."""
     out = Path(out)
     data = figure_data(cells, confidence)
-    paths = {
-        "stage1": out / "stage1.png",
-        "pass_at_k": out / "pass_at_k.png",
-        "rl_curves": out / "rl_curves.png",
-        "json": out / "figures.json",
-    }
-    _plot_stage1(data, paths["stage1"])
-    _plot_pass_at_k(data, paths["pass_at_k"])
-    _plot_rl(data, paths["rl_curves"])
+    plots = {"stage1": _plot_stage1, "pass_at_k": _plot_pass_at_k, "rl_curves": _plot_rl}
+    omitted = missing_data(data)
+    paths = {"json": out / "figures.json", "omitted": omitted}
+    for name, plot in plots.items():
+        path = out / f"{name}.png"
+        path.unlink(missing_ok=True)  # a figure of an earlier report must not stand in for this one's
+        paths[name] = None if name in omitted else path
+        if name not in omitted:
+            plot(data, path)
     clean = json.loads(json.dumps(data), parse_constant=lambda c: None)  # -inf/inf (one seed) -> null
     paths["json"].write_text(json.dumps(clean, indent=1))
     return paths

@@ -157,6 +157,40 @@ def extra_arms_lines(presets: list[str]) -> list[str]:
     ]
 
 
+def figure_lines(figures: dict) -> list[str]:
+    """The figures' markdown; a figure left out for want of data is named with the reason."""
+    lines = []
+    for name, title in (("stage1", "stage 1"), ("pass_at_k", "Pass@k"), ("rl_curves", "RL curves")):
+        path = figures.get(name)
+        if path is None:
+            reason = figures.get("omitted", {}).get(name, "no data")
+            lines += [f"*Figure {title} left out: {reason}.*", ""]
+        else:
+            lines += [f"![{title}]({Path(path).name})", ""]
+    return lines
+
+
+def missing_lines(results: dict) -> list[str]:
+    """`--report_only` before every cell finished: which cells the numbers leave out, and how far each got."""
+    missing = results.get("missing_cells") or []
+    if not missing:
+        return []
+    total = len(results["cells"]) + len(missing)
+    lines = [
+        "## Cells missing from this report",
+        "",
+        f"This report covers {len(results['cells'])} of {total} cells (`--report_only`): every interval and verdict "
+        "below is computed from the finished cells only. Missing:",
+        "",
+    ]
+    for cell in missing:
+        state = f"stages done: {', '.join(cell['stages_done'])}" if cell["stages_done"] else (
+            "started, no stage done" if cell["started"] else "not started"
+        )  # fmt: skip
+        lines.append(f"- {cell['preset']} seed {cell['seed']} ({state})")
+    return lines + [""]
+
+
 def render_markdown(results: dict, figures: dict) -> str:
     """The markdown of the report from `results` (see `runner.run_study`) and the figure paths."""
     config, env = results["config"], results["environment"]
@@ -172,6 +206,7 @@ def render_markdown(results: dict, figures: dict) -> str:
         "across seeds of paired differences (same seed: same initialisation, data order and sampling), never from one "
         "run.",
         "",
+        *missing_lines(results),
         "## Verdicts",
         "",
     ]  # fmt: skip
@@ -214,12 +249,7 @@ def render_markdown(results: dict, figures: dict) -> str:
         "Pass@k uses the largest k <= n/2 of the evaluation (the paper's Pass@64 of 128). RL changes are the mean of "
         "the last quarter of the logged GRPO steps minus the first quarter.",
         "",
-        f"![stage 1]({Path(figures['stage1']).name})",
-        "",
-        f"![Pass@k]({Path(figures['pass_at_k']).name})",
-        "",
-        f"![RL curves]({Path(figures['rl_curves']).name})",
-        "",
+        *figure_lines(figures),
         "## What ran",
         "",
     ]

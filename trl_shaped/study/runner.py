@@ -7,8 +7,10 @@ Layout of `config.output_dir` (the cell's files: `trl_shaped/study/cells.py`):
     cells/<preset>/seed<k>/fingerprint.json   what the cell was computed with, written before it computes
     cells/<preset>/seed<k>/result.json    a finished cell: written atomically, LAST; its presence means "done"
     cells/<preset>/seed<k>/log.txt        the cell's output (every attempt, appended)
-    cells/<preset>/seed<k>/stage1/, rl/   checkpoints (checkpoint-<step>/ while training, the model at the end)
+    cells/<preset>/seed<k>/stage1/, rl/   checkpoints (checkpoint-<step>/ while training, the model at the end);
+                                          at real scale `log_history.json`, written by the stage when it ends
     cells/<preset>/seed<k>.lock           the lock of the process running the cell
+    jobs/                                 the cells' job scripts and logs (launcher slurm / submitit_local)
     results.json, figures.json, report.md, *.png
 
 Caching and resume. A cell whose `result.json` exists is skipped. Inside a cell each stage (stage 1, evaluation, GRPO,
@@ -28,6 +30,10 @@ Two backends (`StudyConfig.builtin`). The built-in task runs one process per cel
 `num_threads` torch threads), `max_parallel` at once. At real scale each stage of a cell is a command through the
 recipes (`python -m trl_shaped sft|grpo|eval --config <recipe> --seed ... --output_dir ...`), under
 `accelerate launch --config_file <accelerate_config>` when one is given; `stage_commands` builds them.
+
+Where the cells run (`StudyConfig.launcher`, launchers.py): a local pool, or each cell one job (Slurm through submitit).
+Either way a cell is `run_cell`. `report_only` writes the report from the finished cells, naming the missing ones;
+`dry_run` prints every cell's commands; neither runs a cell.
 """
 
 import os
@@ -36,11 +42,11 @@ import shutil
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
 from ..checkpoints import last_complete_checkpoint
+from ..scripts import LOG_HISTORY
 from .cells import (
     FINGERPRINT,
     RESULT,
@@ -77,17 +83,33 @@ def cell_env(config: StudyConfig) -> dict:
     if config.builtin:
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             env[name] = str(config.num_threads)
+    env.setdefault("WANDB_RUN_GROUP", config.study_name)  # the seeds of a preset line up in one group
     return env
 
 
 def launcher(config: StudyConfig) -> list[str]:
-    """`python -m trl_shaped`, under `accelerate launch` when the study names an accelerate config."""
-    if config.accelerate_config is None:
+    """`python -m trl_shaped`, under `accelerate launch` when the study names an accelerate config. A Slurm cell job
+    launches `slurm_gpus_per_cell` processes (the job's GPUs), under accelerate's defaults when no config is named."""
+    slurm = config.launcher == "slurm"
+    if config.accelerate_config is None and not slurm:
         return [sys.executable, "-m", "trl_shaped"]
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config.accelerate_config] + [
-        "-m",
-        "trl_shaped",
-    ]
+    argv = [sys.executable, "-m", "accelerate.commands.launch"]
+    if config.accelerate_config is not None:
+        argv += ["--config_file", config.accelerate_config]
+    if slurm:
+        argv += ["--num_processes", str(config.slurm_gpus_per_cell), "--num_machines", "1"]
+        if config.accelerate_config is None and config.slurm_gpus_per_cell > 1:
+            argv.append("--multi_gpu")
+    return argv + ["-m", "trl_shaped"]
+
+
+def tracking_args(config: StudyConfig, preset: str, seed: int, stage: str) -> list[str]:
+    """Real scale: the run name `<study>/<preset>/seed<k>/<stage>` and the trackio project of a training stage, and
+    the study's `report_to` when it names trackers (else the recipe's own setting stays)."""
+    argv = ["--run_name", config.run_name(preset, seed, stage), "--project", config.study_name]
+    if config.report_to is not None:
+        argv += ["--report_to", (config.report_to or ["none"])[0]]
+    return argv
 
 
 def stage_commands(config: StudyConfig, preset: str, seed: int, cell: Path) -> list[tuple[str, list[str]]]:
@@ -104,11 +126,13 @@ def stage_commands(config: StudyConfig, preset: str, seed: int, cell: Path) -> l
         "sft", "--config", config.stage1_recipe.format(preset=arm["shaping_preset"]),
         *[word for name, value in arm.items() for word in (f"--{name}", str(value))],
         "--model_name_or_path", config.model_name_or_path, "--seed", str(seed), "--output_dir", str(cell / "stage1"),
-        *dataset(config.stage1_dataset), *shlex.split(config.stage1_args),
+        *dataset(config.stage1_dataset), *tracking_args(config, preset, seed, "stage1"),
+        *shlex.split(config.stage1_args),
     ]  # fmt: skip
     rl = [
         "grpo", "--config", config.rl_recipe, "--model_name_or_path", str(cell / "stage1"), "--seed", str(seed),
-        "--output_dir", str(cell / "rl"), *dataset(config.rl_dataset), *shlex.split(config.rl_args),
+        "--output_dir", str(cell / "rl"), *dataset(config.rl_dataset), *tracking_args(config, preset, seed, "rl"),
+        *shlex.split(config.rl_args),
     ]  # fmt: skip
 
     def evaluation(model, name):
@@ -135,6 +159,17 @@ def _run(argv: list[str], log: Path, env: dict) -> None:
         raise RuntimeError(f"exit status {done.returncode} of `{shlex.join(argv[:6])} ...`; see {log}")
 
 
+def stage_log_history(folder: Path) -> list[dict]:
+    """The log history a training stage wrote when it ended (`log_history.json`, scripts/sft.py and grpo.py); for a
+    stage run by an older version, the last checkpoint's `trainer_state.json`; else empty."""
+    written = Path(folder) / LOG_HISTORY
+    if written.is_file():
+        return read_json(written) or []
+    last = last_complete_checkpoint(folder)
+    state = read_json(Path(last) / "trainer_state.json") if last else None
+    return (state or {}).get("log_history", [])
+
+
 def run_stage(config: StudyConfig, stage: str, argv: list[str], cell: Path) -> dict:
     """Real scale: run one stage unless its record exists; returns the record (`<stage>.json` in the cell). A training
     stage resumes from its newest complete checkpoint (`trl_shaped.checkpoints.last_complete_checkpoint`, the rule
@@ -151,10 +186,7 @@ def run_stage(config: StudyConfig, stage: str, argv: list[str], cell: Path) -> d
     _run(launcher(config) + argv, cell / "log.txt", cell_env(config))
     record = {"seconds": time.perf_counter() - start, "resumed_from": resumed, "command": argv}
     if training:
-        # the trainer saves a last checkpoint at the end of a step-saving run: its state has the whole log history
-        last = last_complete_checkpoint(cell / stage)
-        state = read_json(Path(last) / "trainer_state.json") if last else None
-        record["log_history"] = (state or {}).get("log_history", [])
+        record["log_history"] = stage_log_history(cell / stage)
     else:
         result = read_json(cell / stage / "eval.json")
         if result is None:
@@ -282,46 +314,78 @@ def collect_results(config: StudyConfig, out: Path, cells: list[tuple[str, int]]
 
 
 def run_cells(config: StudyConfig, out: Path) -> list[dict]:
-    """Every cell of the study, `config.parallel` at a time; raises after all have run if any failed.
+    """Every cell of the study through `config.launcher` (launchers.py); raises after all have run if any failed.
 
     Before any compute the cells' fingerprints are checked (`prepare_cells`): a study whose directory holds cells of
     other settings stops (`StaleCells`) unless `config.overwrite`, which recomputes those cells only.
     """
+    from .launchers import run_jobs, run_local
+
     out = Path(out)
     cells, todo = prepare_cells(config, out)
-    workers = config.parallel(max(1, len(todo)))
     shape = f"{len(config.preset_names())} presets x {config.num_seeds} seeds"
-    say(
-        "study",
-        f"{len(cells)} cells ({shape}), {len(cells) - len(todo)} already done; running {len(todo)}, {workers} at a time",
+    how = (
+        f"{config.parallel(max(1, len(todo)))} at a time"
+        if config.launcher == "local"
+        else f"each a {config.launcher} job"
     )
-    start, finished, failures, refused = time.perf_counter(), [0], [], []
-
-    def one(cell):
-        try:
-            run_cell(config, *cell, out)
-        except StaleCells as error:  # another process wrote the cell with other settings since the check above
-            refused.append(error)
-            return
-        except Exception as error:  # noqa: BLE001 - reported with the others below
-            failures.append(f"{cell[0]} seed {cell[1]}: {error}")
-            say("study", f"FAILED {cell[0]} seed {cell[1]}: {error}")
-            return
-        finished[0] += 1
-        say("study", f"({finished[0]}/{len(todo)}) {cell[0]} seed {cell[1]} done ({time.perf_counter() - start:.0f}s)")
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(one, todo))
-    if refused:
-        raise refused[0]
+    say("study", f"{len(cells)} cells ({shape}), {len(cells) - len(todo)} already done; running {len(todo)}, {how}")
+    failures = (run_local if config.launcher == "local" else run_jobs)(config, out, todo) if todo else []
     if failures:
         raise StudyError(f"{len(failures)} cell(s) failed (rerun to resume them):\n" + "\n".join(failures))
     return collect_results(config, out, cells)
 
 
-def build_results(config: StudyConfig, cells: list[dict], seconds: float, env: dict) -> dict:
+def finished_cells(config: StudyConfig, out: Path) -> tuple[list[dict], list[dict]]:
+    """`--report_only`: the results of the cells finished so far, and what is missing of the others (per cell: the
+    stages already recorded)."""
+    done, missing = [], []
+    cells = [(p, s) for s in config.seeds() for p in config.preset_names()]
+    stale = {name for name, _ in stale_cells(config, out, cells)}  # other settings: never mixed into the report
+    for preset, seed in cells:
+        cell = cell_dir(out, preset, seed)
+        result = None if f"{preset} seed {seed}" in stale else read_json(cell / RESULT)
+        if result is not None:
+            done.append(result)
+            continue
+        stages = [s for s in ("stage1", "eval_stage1", "rl", "eval_rl") if (cell / f"{s}.json").is_file()]
+        missing.append({"preset": preset, "seed": seed, "stages_done": stages, "started": cell.is_dir()})
+    return done, missing
+
+
+def print_commands(config: StudyConfig, out: Path) -> None:
+    """`--dry_run`: every cell's commands, as the runner would start them (with the variables it sets: threads of a
+    built-in cell, the tracker group), for another scheduler to run; nothing else happens. The built-in cells read
+    `study_config.json`, which is written."""
+    env = cell_env(config)
+    names = ["WANDB_RUN_GROUP"] + (
+        ["OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"] if config.builtin else []
+    )
+    prefix = " ".join(f"{k}={shlex.quote(env[k])}" for k in names)
+    print(f"# {config.study_name}: run from {os.getcwd()}; a cell is done when its result.json exists", flush=True)
+    if not config.builtin:
+        print("# the runner adds --resume_from_checkpoint <newest checkpoint> to an interrupted training stage and "
+              "writes <cell>/<stage>.json when a stage ends", flush=True)  # fmt: skip
+    for seed in config.seeds():
+        for preset in config.preset_names():
+            cell = cell_dir(out, preset, seed)
+            done = " (done)" if (cell / RESULT).is_file() else ""
+            print(f"\n# cell {preset} seed {seed}: {cell}{done}", flush=True)
+            if config.builtin:
+                argv = [sys.executable, "-m", BUILTIN_CELL_MODULE, str(out / "study_config.json"), preset, str(seed)]
+                commands = [argv + [str(cell)]]
+            else:
+                commands = [launcher(config) + argv for _, argv in stage_commands(config, preset, seed, cell)]
+            for argv in commands:
+                print(" ".join(filter(None, [prefix, shlex.join(argv)])), flush=True)
+
+
+def build_results(
+    config: StudyConfig, cells: list[dict], seconds: float, env: dict, missing: list[dict] | None = None
+) -> dict:
     """The study's `results.json` from its cells: the verdicts, each metric's interval per preset and paired to ce,
-    every per-seed value. A pure function of its arguments."""
+    every per-seed value, and the cells left out (`missing`: `--report_only` before all have finished). A pure
+    function of its arguments."""
     values = metric_values(cells)
     summary = summarize(values, config.confidence)
     return {
@@ -340,11 +404,14 @@ def build_results(config: StudyConfig, cells: list[dict], seconds: float, env: d
             | {"seconds": {s: c[s].get("seconds") for s in ("stage1", "rl")}, "cpu_seconds": c.get("cpu_seconds")}
             for c in cells
         ],
+        "missing_cells": missing or [],
     }
 
 
 def run_study(config: StudyConfig | None = None) -> Path:
     """Run (or resume) every cell of the study, then write the statistics, the verdicts, the figures and the report.
+    With `config.report_only` the report covers the finished cells and runs none; with `config.dry_run` every cell's
+    commands are printed and nothing else is done.
 
     Args:
         config (`StudyConfig`, *optional*): the study; the default (built-in task, full profile) when `None`.
@@ -362,11 +429,20 @@ def run_study(config: StudyConfig | None = None) -> Path:
 
     config = config or StudyConfig()
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     load_before, start = os.getloadavg(), time.perf_counter()
-    cells = run_cells(config, out)
+    missing = []
+    if config.report_only:
+        cells, missing = finished_cells(config, out)  # StudyConfig checked that one has finished
+        say("study", f"report from {len(cells)} finished cells; {len(missing)} missing (not run by report_only)")
+    elif config.dry_run:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "study_config.json", asdict(config))  # the printed built-in commands read it
+        print_commands(config, out)
+        return out
+    else:
+        cells = run_cells(config, out)
     figures = write_figures(out, cells, config.confidence)
-    results = build_results(config, cells, time.perf_counter() - start, environment(config, load_before))
+    results = build_results(config, cells, time.perf_counter() - start, environment(config, load_before), missing)
     write_json_atomic(out / "results.json", results)
     write_report(out, results, figures)
     say("study", f"done in {results['seconds']:.0f}s; report: {out / 'report.md'}")
