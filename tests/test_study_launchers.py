@@ -15,12 +15,14 @@ from pathlib import Path
 import pytest
 from test_study_claims import make_cell
 
+from trl_shaped.checkpoints import last_complete_checkpoint
 from trl_shaped.study import launchers
+from trl_shaped.study.cells import FINGERPRINT, cell_fingerprint
 from trl_shaped.study.config import LAUNCH_FIELDS, StudyConfig
 from trl_shaped.study.figures import write_figures
 from trl_shaped.study.launchers import CellJob, slurm_parameters
 from trl_shaped.study.report import render_markdown
-from trl_shaped.study.runner import build_results, launcher, newest_checkpoint, run_study, stage_commands
+from trl_shaped.study.runner import build_results, launcher, run_study, stage_commands
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
@@ -36,7 +38,7 @@ def real_scale(**kwargs):
         presets="precision",
         num_seeds=2,
         model_name_or_path="Qwen/Qwen3-0.6B-Base",
-        stage1_recipe=str(RECIPES / "stage1_{preset}.yaml"),
+        stage1_recipe=str(RECIPES / "stage1.yaml"),
         rl_recipe=str(RECIPES / "rl_paper.yaml"),
         eval_recipe=str(RECIPES / "eval_paper.yaml"),
         accelerate_config=str(ROOT / "accelerate_configs" / "zero2.yaml"),
@@ -231,9 +233,11 @@ def test_report_only_reports_the_finished_cells_and_names_the_missing(tmp_path, 
         run(argv)
     assert exit_info.value.code == 2 and "report_only: no cell of" in capsys.readouterr().err
     finished = {("ce", 0): 2.0, ("ce", 1): 2.1, ("precision", 0): 1.8}
+    config = StudyConfig(presets="ce,precision", num_seeds=2, output_dir=str(out))
     for (preset, seed), entropy in finished.items():
         cell = out / "cells" / preset / f"seed{seed}"
         cell.mkdir(parents=True)
+        (cell / FINGERPRINT).write_text(json.dumps(cell_fingerprint(config, preset)))  # this study's settings
         (cell / "result.json").write_text(json.dumps(make_cell(preset, seed, entropy=entropy, nll=1.0)))
     partial = out / "cells" / "precision" / "seed1"
     partial.mkdir(parents=True)
@@ -246,6 +250,14 @@ def test_report_only_reports_the_finished_cells_and_names_the_missing(tmp_path, 
     report = (out / "report.md").read_text()
     assert "This report covers 3 of 4 cells" in report and "- precision seed 1 (stages done: stage1)" in report
     assert not (partial / "result.json").exists()  # nothing ran
+
+    # a finished cell of other settings is left out as missing, never mixed into the numbers
+    ce1 = out / "cells" / "ce" / "seed1"
+    (ce1 / FINGERPRINT).write_text(json.dumps(cell_fingerprint(config, "ce") | {"sft_steps": 1}))
+    run(argv)
+    results = json.loads((out / "results.json").read_text())
+    assert {(c["preset"], c["seed"]) for c in results["missing_cells"]} == {("ce", 1), ("precision", 1)}
+    assert results["values"]["stage1_entropy"]["ce"] == {"0": 2.0}
 
 
 def test_a_figure_without_data_is_left_out_with_the_reason(tmp_path):
@@ -296,7 +308,7 @@ def test_cells_run_as_jobs_and_a_killed_or_preempted_job_resumes(tmp_path):
     proc = subprocess.Popen(argv, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
     try:
-        wait_for(lambda: newest_checkpoint(cell / "stage1") is not None, proc)
+        wait_for(lambda: last_complete_checkpoint(cell / "stage1") is not None, proc)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -307,7 +319,7 @@ def test_cells_run_as_jobs_and_a_killed_or_preempted_job_resumes(tmp_path):
     proc = subprocess.Popen(argv, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)  # fmt: skip
     try:
-        wait_for(lambda: newest_checkpoint(cell / "rl") is not None, proc)
+        wait_for(lambda: last_complete_checkpoint(cell / "rl") is not None, proc)
         os.kill(_job_task(out), signal.SIGUSR2)  # what Slurm sends before pre-emption or the time limit
         output, _ = proc.communicate(timeout=900)
     finally:
