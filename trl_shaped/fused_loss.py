@@ -36,6 +36,7 @@ from .loss_core import (
     chunk_loss_and_grad,
     compute_dtype,
     default_chunk_size,
+    logits_buffers,
     reduce_loss,
 )
 from .shaping import ShapingConfig, resolve_shaping
@@ -88,11 +89,8 @@ def _fused_forward(
     # Equal chunks (no small last one), and (chunk, V) buffers reused by every chunk: a fresh allocation of that
     # size per chunk costs page faults on a CPU and allocator churn on a GPU.
     chunk = math.ceil(n / max(1, math.ceil(n / chunk))) if n else 1
-    logits_buf = torch.empty(chunk, vocab, dtype=loss_sum.dtype, device=hidden.device)
+    logits_buf, mm_buf = logits_buffers(chunk, vocab, weight, hidden.device)
     exp_buf = torch.empty_like(logits_buf)
-    mm_buf = (
-        None if weight.dtype == loss_sum.dtype else torch.empty(chunk, vocab, dtype=weight.dtype, device=hidden.device)
-    )
     softcap_grad = softcap is not None
     for start in range(0, n, chunk):
         idx = rows[start : start + chunk]
@@ -103,7 +101,7 @@ def _fused_forward(
         )
         if softcap_grad and want_grad:
             # d softcap / d pre-cap = 1 - tanh^2 = 1 - (z / c)^2, kept before z is consumed.
-            chain = (z / softcap).square_().neg_().add_(1.0).mul_(logit_scale)
+            softcap_slope = (z / softcap).square_().neg_().add_(1.0).mul_(logit_scale)
         loss_rows, grad, stats = chunk_loss_and_grad(z, y, config, want_grad, want_stats, exp_buf[:size])
         loss_sum += loss_rows.sum()
         if want_stats:
@@ -111,8 +109,8 @@ def _fused_forward(
         if not want_grad:
             continue
         if softcap_grad:
-            grad.mul_(chain)
-            del chain
+            grad.mul_(softcap_slope)
+            del softcap_slope
         elif logit_scale != 1.0:
             grad.mul_(logit_scale)
         grad_in = grad if mm_buf is None else mm_buf[:size].copy_(grad)
