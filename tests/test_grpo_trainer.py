@@ -87,44 +87,93 @@ def test_kl_to_prior_is_zero_at_step_0_and_grows(trained):
         assert 0 < h["policy_topk_mass"] <= 1 and 0 < h["policy_topk_entropy"] <= math.log(5) + 1e-5
 
 
-def test_drift_diagnostics_match_full_logits(trained):
-    trainer, _, _ = trained
+def random_completions(vocab: int) -> dict:
+    """A generation batch of 3 rows with ragged completion masks."""
     torch.manual_seed(0)
-    vocab = len(trainer.processing_class)
     prompt_ids = torch.randint(4, vocab, (3, 5))
     completion_ids = torch.randint(4, vocab, (3, 6))
     completion_mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2, [1] * 2 + [0] * 4])
-    batch = dict(
+    return dict(
         prompt_ids=prompt_ids,
         prompt_mask=torch.ones_like(prompt_ids),
         completion_ids=completion_ids,
         completion_mask=completion_mask,
     )
+
+
+def logged_drift(trainer, batch) -> dict:
     trainer._metrics["train"].clear()
     trainer._log_drift_diagnostics(batch)
-    logged = {k: v[0] for k, v in trainer._metrics["train"].items()}
+    return {k: v[0] for k, v in trainer._metrics["train"].items()}
 
-    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-    attention_mask = torch.cat([batch["prompt_mask"], completion_mask], dim=1)
-    valid = completion_mask.bool()
+
+def assert_drift_matches_full_logits(logged: dict, batch: dict, policy_logits, prior_logits, top_k: int):
+    """`policy_logits` / `prior_logits`: callables (input_ids, attention_mask) -> full logits."""
+    input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+    attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+    valid = batch["completion_mask"].bool()
+    width = batch["completion_ids"].size(1)
     with torch.no_grad():
         logits = {
-            name: model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 4:-1][valid].double()
-            for name, model in (("policy", trainer.model), ("prior", trainer.prior_model))
+            name: forward(input_ids, attention_mask)[:, -width - 1 : -1][valid].double()
+            for name, forward in (("policy", policy_logits), ("prior", prior_logits))
         }
-    labels = completion_ids[valid]
+    labels = batch["completion_ids"][valid]
     logp = {name: z.log_softmax(-1) for name, z in logits.items()}
     kl = (logp["policy"].exp() * (logp["policy"] - logp["prior"])).sum(-1).mean()
     assert logged["kl_to_prior"] == pytest.approx(kl.item(), rel=1e-4, abs=1e-7)
     for name, lp in logp.items():
         p = lp.exp()
-        top = p.topk(trainer.args.diagnostics_top_k, dim=-1).values
+        top = p.topk(top_k, dim=-1).values
         top_mass = top.sum(-1)
         q = top / top_mass.unsqueeze(-1)
         assert logged[f"{name}_entropy"] == pytest.approx(-(p * lp).sum(-1).mean().item(), rel=1e-4)
         assert logged[f"{name}_topk_mass"] == pytest.approx(top_mass.mean().item(), rel=1e-4)
         assert logged[f"{name}_topk_entropy"] == pytest.approx(-(q * q.log()).sum(-1).mean().item(), rel=1e-4)
         assert logged[f"{name}_nll"] == pytest.approx(-lp.gather(-1, labels[:, None]).mean().item(), rel=1e-4)
+    return kl.item()
+
+
+def test_drift_diagnostics_match_full_logits(trained):
+    trainer, _, _ = trained
+    batch = random_completions(len(trainer.processing_class))
+    assert_drift_matches_full_logits(
+        logged_drift(trainer, batch),
+        batch,
+        lambda ids, mask: trainer.model(input_ids=ids, attention_mask=mask).logits,
+        lambda ids, mask: trainer.prior_model(input_ids=ids, attention_mask=mask).logits,
+        trainer.args.diagnostics_top_k,
+    )
+
+
+def test_drift_diagnostics_read_the_policys_own_head_when_peft_saves_it(stage1, tmp_path):
+    # `modules_to_save=["lm_head"]` gives the policy its own trainable copy of the head; the prior (adapters
+    # disabled) keeps the original one.
+    lora = LoraConfig(**LORA, modules_to_save=["lm_head"])
+    args = grpo_config(tmp_path, max_steps=1)
+    trainer = ShapedGRPOTrainer(
+        stage1, [varied_reward], args, train_dataset=arithmetic_prompts(), processing_class=build_char_tokenizer(),
+        peft_config=lora,
+    )  # fmt: skip
+    assert trainer.prior_kind == "adapters_disabled"
+    policy_head = trainer.model.get_base_model().get_output_embeddings().modules_to_save["default"]
+    with torch.no_grad():
+        policy_head.weight.add_(0.5 * torch.randn_like(policy_head.weight))
+    batch = random_completions(len(trainer.processing_class))
+    logged = logged_drift(trainer, batch)
+
+    def prior_logits(ids, mask):
+        with trainer.model.disable_adapter():
+            return trainer.model(input_ids=ids, attention_mask=mask).logits
+
+    kl = assert_drift_matches_full_logits(
+        logged,
+        batch,
+        lambda ids, mask: trainer.model(input_ids=ids, attention_mask=mask).logits,
+        prior_logits,
+        trainer.args.diagnostics_top_k,
+    )
+    assert kl > 1e-3 and logged["policy_nll"] != pytest.approx(logged["prior_nll"], rel=1e-3)
 
 
 def informative_prompt(prompt: str) -> bool:

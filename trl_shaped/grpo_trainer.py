@@ -282,16 +282,16 @@ class ShapedGRPOTrainer(SafeCheckpointsMixin, GRPOTrainer):
             self._metrics["train"][name].append(value)
 
     def _drift_sums(self, policy, prior, prior_context, hidden_policy, hidden_prior, labels) -> torch.Tensor:
-        """`drift.drift_sums` with both heads gathered (ZeRO-3) and resolved (PEFT wrappers)."""
+        """`drift.drift_sums` with both heads resolved (PEFT wrappers) and gathered (ZeRO-3)."""
+        # Each head is resolved in its own model's context: under the prior's, a PEFT `modules_to_save` wrapper on
+        # the head returns the prior's copy, not the policy's.
+        policy_head = _head_params(policy)
+        with prior_context():
+            prior_head = _head_params(prior)
         if labels.numel() == 0:
             return torch.zeros(len(DRIFT_SUM_NAMES), device=labels.device)
-        head_p, head_q = policy.get_output_embeddings(), prior.get_output_embeddings()
-        chunk_size = default_chunk_size(labels.numel(), head_p.weight.shape[0] or 1)
-        with maybe_gather_lm_head_ctx(head_p.weight, head_p.bias, head_q.weight, head_q.bias), prior_context():
-            # With PEFT the policy and the prior share the head; an adapter on the head is bypassed here (the heads'
-            # base weights are used), which the LoRA target modules rarely include.
-            policy_head = _head_params(policy, head_p)
-            prior_head = _head_params(prior, head_q)
+        chunk_size = default_chunk_size(labels.numel(), policy_head.weight.shape[0] or 1)
+        with maybe_gather_lm_head_ctx(policy_head.weight, policy_head.bias, prior_head.weight, prior_head.bias):
             return drift_sums(
                 hidden_policy, hidden_prior, labels, policy_head, prior_head, self.args.diagnostics_top_k, chunk_size
             )
@@ -336,8 +336,10 @@ def _completion_hidden(model, input_ids, attention_mask, width):
     return outputs.last_hidden_state[:, -width - 1 : -1]
 
 
-def _head_params(model, head) -> HeadParams:
-    # A PEFT `modules_to_save` / LoRA wrapper on the head: read the wrapped base layer's parameters
+def _head_params(model) -> HeadParams:
+    # A LoRA layer on the head: its base layer's parameters (the adapter is bypassed; LoRA target modules rarely
+    # include the head). A `modules_to_save` wrapper: the copy of the active adapter (or the original when disabled).
+    head = model.get_output_embeddings()
     base = getattr(head, "base_layer", head)
     return HeadParams(base.weight, base.bias, *logit_transform(model.config.get_text_config()))
 
