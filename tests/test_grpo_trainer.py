@@ -103,7 +103,8 @@ def random_completions(vocab: int) -> dict:
 
 def logged_drift(trainer, batch) -> dict:
     trainer._metrics["train"].clear()
-    trainer._log_drift_diagnostics(batch)
+    trainer._record_drift(batch)
+    trainer._flush_drift()
     return {k: v[0] for k, v in trainer._metrics["train"].items()}
 
 
@@ -174,6 +175,27 @@ def test_drift_diagnostics_read_the_policys_own_head_when_peft_saves_it(stage1, 
         trainer.args.diagnostics_top_k,
     )
     assert kl > 1e-3 and logged["policy_nll"] != pytest.approx(logged["prior_nll"], rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    "reuse", [dict(num_iterations=2), dict(per_device_train_batch_size=4, steps_per_generation=2)], ids=str
+)
+@pytest.mark.parametrize("diagnostics_steps", [1, 2])
+def test_diagnostics_fire_every_diagnostics_steps_whatever_the_generation_reuse(tmp_path, reuse, diagnostics_steps):
+    # One generation serves two optimizer steps (its completions trained on twice, or split over two steps)
+    args = grpo_config(tmp_path, max_steps=4, diagnostics_steps=diagnostics_steps, **reuse)
+    model, tokenizer = tiny_policy()
+    trainer = ShapedGRPOTrainer(
+        model, [varied_reward], args, train_dataset=arithmetic_prompts(), processing_class=tokenizer
+    )
+    trainer.train()
+    steps = [h for h in trainer.state.log_history if "loss" in h]
+    assert [h["step"] for h in steps] == [1, 2, 3, 4]
+    diagnosed = [h["step"] for h in steps if "kl_to_prior" in h]
+    assert diagnosed == [step for step in (1, 2, 3, 4) if (step - 1) % diagnostics_steps == 0]
+    # the second step of a generation compares the updated policy: it has drifted
+    if diagnostics_steps == 1:
+        assert steps[0]["kl_to_prior"] == pytest.approx(0.0, abs=1e-6) and steps[1]["kl_to_prior"] > 0
 
 
 def informative_prompt(prompt: str) -> bool:

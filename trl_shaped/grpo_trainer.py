@@ -78,7 +78,8 @@ class ShapedGRPOTrainer(SafeCheckpointsMixin, GRPOTrainer):
       comparing with the fixed stage-1 prior. With diagnostics on, that takes a second full copy of the stage-1 model
       (the synced reference and the fixed prior), one model more than TRL; with `diagnostics_steps=0` no extra copy
       is made. `reference_of_metric` maps each metric to the model it compares with (also logged once at start).
-    - Every `diagnostics_steps` optimizer steps, on the completions just sampled: `kl_to_prior` (KL(policy || prior)
+    - Every `diagnostics_steps` optimizer steps (whatever the generation reuse: `num_iterations`,
+      `steps_per_generation`), on the completions that step trains on: `kl_to_prior` (KL(policy || prior)
       over the full vocabulary, averaged over completion tokens), and for both models `{policy,prior}_entropy`,
       `_topk_entropy`, `_topk_mass` (k = `diagnostics_top_k`) and `_nll` (of the sampled tokens). They use the
       untempered distributions. TRL's own `entropy`, `completions/mean_length`, `reward` and `reward_std` are logged
@@ -139,7 +140,7 @@ class ShapedGRPOTrainer(SafeCheckpointsMixin, GRPOTrainer):
         logger.info("ShapedGRPOTrainer references: %s", self.reference_of_metric)
 
         self._resample_iterator, self._resample_epoch = None, 0
-        self._aux_iterator = None
+        self._aux_iterator, self._pending_drift = None, None
         self._aux_dataloader = self._build_aux_dataloader(aux_dataset) if args.shaping_aux_coef > 0 else None
 
     # ------------------------------------------------------------------ prior
@@ -175,9 +176,6 @@ class ShapedGRPOTrainer(SafeCheckpointsMixin, GRPOTrainer):
             return batch
         if self.args.dynamic_sampling:
             batch = self._dynamic_sampling(batch, len(inputs))
-        steps = self.args.diagnostics_steps
-        if steps > 0 and self.state.global_step % steps == 0:
-            self._log_drift_diagnostics(batch)
         return batch
 
     # ------------------------------------------------------------------ dynamic sampling (DAPO)
@@ -258,9 +256,30 @@ class ShapedGRPOTrainer(SafeCheckpointsMixin, GRPOTrainer):
         return local
 
     # ------------------------------------------------------------------ drift diagnostics
+    # They run on the micro-batches of every `diagnostics_steps`-th optimizer step, whatever the generation reuse
+    # (`num_iterations`, `steps_per_generation`): sums over the step's micro-batches, one logged value per step.
+    def _record_drift(self, batch: dict) -> None:
+        """Add this micro-batch's drift sums (over all processes) to those of the current optimizer step."""
+        step = self.state.global_step
+        if self._pending_drift is not None and self._pending_drift[0] != step:
+            self._flush_drift()
+        sums = self._drift_diagnostics_sums(batch)
+        if self._pending_drift is not None:
+            sums = sums + self._pending_drift[1]
+        self._pending_drift = (step, sums)
+
+    def _flush_drift(self) -> None:
+        """Log the means of the recorded step's drift sums."""
+        if self._pending_drift is None:
+            return
+        for name, value in drift_means(self._pending_drift[1]).items():
+            self._metrics["train"][name].append(value)
+        self._pending_drift = None
+
     @torch.no_grad()
-    def _log_drift_diagnostics(self, batch: dict) -> None:
-        """KL(policy || prior) and both models' entropy statistics on the sampled completion tokens (drift.py)."""
+    def _drift_diagnostics_sums(self, batch: dict) -> torch.Tensor:
+        """`drift.DRIFT_SUM_NAMES` sums of KL(policy || prior) and both models' entropy statistics on the batch's
+        completion tokens, summed over processes."""
         policy, prior, prior_context = self._policy_and_prior()
         completion_ids = batch["completion_ids"]
         mask = batch["completion_mask"] * batch.get("tool_mask", 1)
@@ -277,9 +296,7 @@ class ShapedGRPOTrainer(SafeCheckpointsMixin, GRPOTrainer):
             with prior_context():
                 hidden_prior = _completion_hidden(prior, input_ids[chunk], attention_mask[chunk], width)[scored]
             sums += self._drift_sums(policy, prior, prior_context, hidden_policy, hidden_prior, labels)
-        sums = self.accelerator.reduce(sums, reduction="sum")
-        for name, value in drift_means(sums).items():
-            self._metrics["train"][name].append(value)
+        return self.accelerator.reduce(sums, reduction="sum")
 
     def _drift_sums(self, policy, prior, prior_context, hidden_policy, hidden_prior, labels) -> torch.Tensor:
         """`drift.drift_sums` with both heads resolved (PEFT wrappers) and gathered (ZeRO-3)."""
@@ -295,6 +312,11 @@ class ShapedGRPOTrainer(SafeCheckpointsMixin, GRPOTrainer):
             return drift_sums(
                 hidden_policy, hidden_prior, labels, policy_head, prior_head, self.args.diagnostics_top_k, chunk_size
             )
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self.model.training:
+            self._flush_drift()
+        super().log(logs, start_time)
 
     # ------------------------------------------------------------------ auxiliary shaped loss
     def _build_aux_dataloader(self, dataset) -> DataLoader:
@@ -320,6 +342,9 @@ class ShapedGRPOTrainer(SafeCheckpointsMixin, GRPOTrainer):
         return {key: value.to(self.accelerator.device) for key, value in batch.items()}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        steps = self.args.diagnostics_steps
+        if steps > 0 and self.model.training and self.state.global_step % steps == 0:
+            self._record_drift(inputs)  # before the loss: the weights this step's completions are scored with
         loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if self._aux_dataloader is None or not self.model.training:
             return loss
