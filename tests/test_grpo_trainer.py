@@ -230,6 +230,11 @@ def test_dynamic_sampling_refills_from_other_prompts(tmp_path, all_constant):
     dropped = [len(set(r)) == 1 for _, r in groups]
     assert log["dynamic_sampling/frac_groups_dropped"] == pytest.approx(sum(dropped) / len(groups))
     assert log["dynamic_sampling/rounds"] == len(calls) - 1
+    # The reward of the kept groups (informative first, in generation order, then fillers), beside TRL's `reward`
+    # over every generated completion
+    order = [i for i, d in enumerate(dropped) if not d] + [i for i, d in enumerate(dropped) if d]
+    kept = [r for i in order[:4] for r in groups[i][1]]
+    assert log["dynamic_sampling/kept_reward_mean"] == pytest.approx(sum(kept) / len(kept), rel=1e-6)
     batch = trainer._buffered_inputs[0]
     final_prompts = {
         tokenizer.decode(ids[mask.bool()]) for ids, mask in zip(batch["prompt_ids"], batch["prompt_mask"], strict=True)

@@ -63,6 +63,10 @@ EXPECTED_SIGNATURES = {
     ),
     # Overridden: generates, scores and returns one generation batch (a dict of per-row tensors).
     "trl.trainer.grpo_trainer:GRPOTrainer._generate_and_score_completions": ("self", "inputs"),
+    # Overridden to read the rewards it returns: (rows of all processes, reward functions), gathered.
+    "trl.trainer.grpo_trainer:GRPOTrainer._calculate_rewards": (
+        "self", "inputs", "prompts", "completions", "completion_ids_list",
+    ),
     # Overridden by ShapedSFTTrainer: its dataset checks frame TRL's preparation (also run by `evaluate`); called by
     # `prepare_sft_dataset` with the trainer attributes and config fields listed in `SFT_PREPARATION_READS`.
     "trl.trainer.sft_trainer:SFTTrainer._prepare_dataset": (

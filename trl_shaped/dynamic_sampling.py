@@ -143,6 +143,28 @@ def trim_padding(batch: dict) -> dict:
     return trimmed
 
 
+def row_rewards(rewards_per_func: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Each completion's reward as TRL logs it (`reward`): the weighted sum of the reward functions' values (NaN ones
+    left out), NaN where every function returned None.
+
+    Args:
+        rewards_per_func (`torch.Tensor`): (rows, functions) rewards of a generation batch, all processes.
+        weights (`torch.Tensor`): (functions,) `reward_weights`.
+    """
+    rewards = (rewards_per_func * weights.to(rewards_per_func.device).unsqueeze(0)).nansum(dim=1)
+    return rewards.masked_fill(torch.isnan(rewards_per_func).all(dim=1), float("nan"))
+
+
+def kept_reward_mean(rewards: torch.Tensor, rows: torch.Tensor) -> float:
+    """Mean reward of the rows kept in the batch (NaN ones left out, as TRL's `reward`).
+
+    Args:
+        rewards (`torch.Tensor`): (rows,) `row_rewards` of every round, concatenated (global round-major order).
+        rows (`torch.Tensor`): global round-major ids of the kept rows (`group_rows`).
+    """
+    return torch.nanmean(rewards[rows]).item()
+
+
 def sampling_stats(flags: torch.Tensor, order: torch.Tensor, rounds: int, wanted: int) -> dict[str, float]:
     """The logged metrics: uninformative groups over all generated, extra rounds, uninformative groups kept."""
     return {

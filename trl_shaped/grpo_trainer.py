@@ -86,8 +86,9 @@ class ShapedGRPOTrainer(SafeCheckpointsMixin, GRPOTrainer):
       as usual.
     - `dynamic_sampling`: see [`ShapedGRPOConfig`]; a group is uninformative when its advantages are all equal (its
       rewards were). Logs `dynamic_sampling/frac_groups_dropped` (uninformative groups over all groups generated for
-      the batch), `dynamic_sampling/rounds` (extra generation rounds) and `dynamic_sampling/frac_groups_filled`
-      (uninformative groups left in the batch).
+      the batch), `dynamic_sampling/rounds` (extra generation rounds), `dynamic_sampling/frac_groups_filled`
+      (uninformative groups left in the batch) and `dynamic_sampling/kept_reward_mean` (the mean reward of the groups
+      kept in the batch; TRL's `reward` and `completions/*` describe every completion generated, dropped ones too).
     - `aux_dataset` with `shaping_aux_coef > 0`: each micro-batch adds `shaping_aux_coef` x the shaped loss
       (`ShapedGRPOConfig.shaping`) on a batch of it; logs `aux_shaped_loss`.
 
@@ -139,7 +140,7 @@ class ShapedGRPOTrainer(SafeCheckpointsMixin, GRPOTrainer):
         self.reference_of_metric = describe_references(self.prior_kind, self.args)
         logger.info("ShapedGRPOTrainer references: %s", self.reference_of_metric)
 
-        self._resample_iterator, self._resample_epoch = None, 0
+        self._resample_iterator, self._resample_epoch, self._round_rewards = None, 0, None
         self._aux_iterator, self._pending_drift = None, None
         self._aux_dataloader = self._build_aux_dataloader(aux_dataset) if args.shaping_aux_coef > 0 else None
 
@@ -179,6 +180,12 @@ class ShapedGRPOTrainer(SafeCheckpointsMixin, GRPOTrainer):
         return batch
 
     # ------------------------------------------------------------------ dynamic sampling (DAPO)
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        # Every process's rewards of this round (TRL gathers them), kept for the reward of the kept groups
+        self._round_rewards = dynamic_sampling.row_rewards(rewards_per_func.detach().cpu(), self.reward_weights)
+        return rewards_per_func
+
     def _informative_groups(self, batch: dict) -> torch.Tensor:
         # One float per completion crosses processes: every rank sees every group's advantages, decides alike
         advantages = self.accelerator.gather(batch["advantages"]).float().cpu()
@@ -215,16 +222,24 @@ class ShapedGRPOTrainer(SafeCheckpointsMixin, GRPOTrainer):
         """Generate further rounds until the batch can be filled with informative groups, then assemble it."""
         rounds = [dynamic_sampling.check_batch_fields(batch, local_size)]
         flags = [self._informative_groups(batch)]
+        rewards = [self._round_rewards]
         wanted = flags[0].numel()
         while sum(int(f.sum()) for f in flags) < wanted and len(rounds) <= self.args.max_resample_rounds:
             more = self._next_resample_inputs()
             extra = super()._generate_and_score_completions(more)
             rounds.append(dynamic_sampling.check_batch_fields(extra, len(more)))
             flags.append(self._informative_groups(extra))
+            rewards.append(self._round_rewards)
         flags = torch.cat(flags)
         order = dynamic_sampling.select_groups(flags, wanted)
+        metrics = self._metrics["train"]
         for key, value in dynamic_sampling.sampling_stats(flags, order, len(rounds) - 1, wanted).items():
-            self._metrics["train"][key].append(value)
+            metrics[key].append(value)
+        # TRL's `reward` and `completions/*` describe every completion generated, dropped groups included
+        kept_rows = dynamic_sampling.group_rows(order, self.num_generations)
+        metrics["dynamic_sampling/kept_reward_mean"].append(
+            dynamic_sampling.kept_reward_mean(torch.cat(rewards), kept_rows)
+        )
         if bool(flags[:wanted].all()):  # the first round was informative throughout: keep TRL's batch as it is
             return batch
         return self._assemble_selected(rounds, order, local_size)
