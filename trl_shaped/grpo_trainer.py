@@ -36,7 +36,6 @@ from .compat import (
 from .drift import DRIFT_SUM_NAMES, HeadParams, drift_means, drift_sums
 from .grpo_config import ShapedGRPOConfig
 from .lm_head import logit_transform, shaped_causal_lm_loss
-from .loss_core import default_chunk_size
 from .paper import PAPER
 from .prior import (
     check_vocabularies,
@@ -320,13 +319,10 @@ class ShapedGRPOTrainer(SafeCheckpointsMixin, GRPOTrainer):
         policy_head = _head_params(policy)
         with prior_context():
             prior_head = _head_params(prior)
-        if labels.numel() == 0:
-            return torch.zeros(len(DRIFT_SUM_NAMES), device=labels.device)
-        chunk_size = default_chunk_size(labels.numel(), policy_head.weight.shape[0] or 1)
+        # Every process enters the gather (a collective under ZeRO-3), whether it has scored tokens or not; the chunk
+        # size is read from the gathered heads (a ZeRO-3 shard is empty).
         with maybe_gather_lm_head_ctx(policy_head.weight, policy_head.bias, prior_head.weight, prior_head.bias):
-            return drift_sums(
-                hidden_policy, hidden_prior, labels, policy_head, prior_head, self.args.diagnostics_top_k, chunk_size
-            )
+            return drift_sums(hidden_policy, hidden_prior, labels, policy_head, prior_head, self.args.diagnostics_top_k)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self.model.training:
