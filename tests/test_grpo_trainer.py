@@ -305,6 +305,49 @@ def test_aux_shaped_loss_changes_the_gradient_only_when_coef_positive(tmp_path, 
     assert (aux_batch["labels"] == -100).any()  # prompt-completion data: the prompt is not scored
 
 
+def test_aux_shaped_loss_runs_under_the_models_autocast(tmp_path, monkeypatch):
+    # Full-parameter GRPO with bf16 on CPU: accelerate runs the model's forward under bf16 autocast; the aux loss's
+    # forward (backbone and head matmuls) must run under it too
+    import trl_shaped.fused_loss
+    import trl_shaped.grpo_trainer
+
+    args = grpo_config(
+        tmp_path, max_steps=1, bf16=True, shaping_aux_coef=0.5, shaping_preset="tail_penalty", shaping_top_k=5,
+        aux_max_length=32, diagnostics_steps=0,
+    )  # fmt: skip
+    model, tokenizer = tiny_policy()
+    trainer = ShapedGRPOTrainer(
+        model, [varied_reward], args, train_dataset=arithmetic_prompts(), processing_class=tokenizer,
+        aux_dataset=arithmetic_solutions(),
+    )  # fmt: skip
+    seen, in_aux = {"backbone": [], "head": []}, []
+    layer = model.model.layers[0].self_attn.q_proj
+    layer.register_forward_hook(
+        lambda module, inputs, output: seen["backbone"].append(output.dtype) if in_aux else None
+    )
+    matmul_dtype = trl_shaped.fused_loss._matmul_dtype
+
+    def recorded_matmul_dtype(weight):
+        seen["head"].append(matmul_dtype(weight))
+        return seen["head"][-1]
+
+    monkeypatch.setattr(trl_shaped.fused_loss, "_matmul_dtype", recorded_matmul_dtype)
+    aux_loss = trl_shaped.grpo_trainer.shaped_causal_lm_loss
+
+    def recorded_aux_loss(*args, **kwargs):
+        in_aux.append(True)
+        try:
+            return aux_loss(*args, **kwargs)
+        finally:
+            in_aux.clear()
+
+    monkeypatch.setattr(trl_shaped.grpo_trainer, "shaped_causal_lm_loss", recorded_aux_loss)
+    trainer.train()
+    assert seen["backbone"] and set(seen["backbone"]) == {torch.bfloat16}
+    assert seen["head"] and set(seen["head"]) == {torch.bfloat16}
+    assert math.isfinite(trainer.state.log_history[0]["aux_shaped_loss"])
+
+
 def test_aux_dataset_required_when_coef_positive(tmp_path):
     model, tokenizer = tiny_policy()
     with pytest.raises(ValueError, match="aux_dataset"):

@@ -359,7 +359,10 @@ class ShapedGRPOTrainer(SafeCheckpointsMixin, GRPOTrainer):
         loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if self._aux_dataloader is None or not self.model.training:
             return loss
-        aux_loss = shaped_causal_lm_loss(model, self._next_aux_batch(), self.args.shaping)
+        # The shaped branch of the patched forward calls the backbone directly, outside the autocast that accelerate
+        # wraps the model's forward in (bf16/fp16 full-parameter training): run it under the same autocast.
+        with self.accelerator.autocast():
+            aux_loss = shaped_causal_lm_loss(model, self._next_aux_batch(), self.args.shaping)
         # TRL's loss is already scaled for gradient accumulation (Trainer's own scaling is off): scale alike
         loss = loss + self.args.shaping_aux_coef * aux_loss / self.current_gradient_accumulation_steps
         self._metrics["train"]["aux_shaped_loss"].append(self.accelerator.gather(aux_loss.detach()).mean().item())
