@@ -75,6 +75,9 @@ EXPECTED_SIGNATURES = {
     # Overridden and called by checkpoints.SafeCheckpointsMixin: one checkpoint save, and the folder it goes to.
     "transformers.trainer:Trainer._save_checkpoint": ("self", "model", "trial"),
     "transformers.trainer:Trainer._get_output_dir": ("self", "trial"),
+    # Overridden by checkpoints.SafeCheckpointsMixin: the end of `train` (metrics, best model, the
+    # save_total_limit=1 clean-up, on_train_end).
+    "transformers.trainer:Trainer._finalize_training": ("self", "trial", "num_train_samples", "start_time"),
     # Called to build the dataloader of the extra prompts that dynamic sampling draws.
     "transformers.trainer:Trainer._get_dataloader": (
         "self", "dataset", "description", "batch_size", "sampler_fn", "is_training", "dataloader_key",
