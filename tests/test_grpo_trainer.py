@@ -446,12 +446,19 @@ def test_sync_ref_model_syncs_the_kl_reference_as_trl_while_diagnostics_keep_the
     sync = {"max_steps": 3, "beta": 0.1, "ref_model_sync_steps": 1, "ref_model_mixup_alpha": 0.5}
     args = grpo_config(tmp_path / "ours", **sync)
     args.sync_ref_model = True  # the shared config mixin stops refusing it; set after __post_init__ here
-    with caplog.at_level(logging.INFO, logger="trl_shaped.grpo_trainer"):
+    with caplog.at_level(logging.WARNING, logger="trl_shaped.grpo_trainer"):
         ours = ShapedGRPOTrainer(
             stage1, [varied_reward], args, train_dataset=arithmetic_prompts(), processing_class=build_char_tokenizer()
         )
     assert "synced" in ours.reference_of_metric["kl"] and "stage-1 prior" in ours.reference_of_metric["kl_to_prior"]
-    assert any("references" in r.getMessage() and "synced" in r.getMessage() for r in caplog.records)
+    # shown once, at the default (warning) level, each reference with the metrics that use it
+    shown = [r.getMessage() for r in caplog.records if "references" in r.getMessage()]
+    assert len(shown) == 1
+    assert "kl compare with TRL's reference, synced towards the policy every 1 steps" in shown[0]
+    assert (
+        "kl_to_prior, prior_entropy, prior_topk_entropy, prior_topk_mass, prior_nll compare with the stage-1"
+        in shown[0]
+    )
     assert ours.ref_model is not ours.prior_model
     ours.train()
     stock_args = grpo_config(tmp_path / "stock", stock=True, sync_ref_model=True, **sync)

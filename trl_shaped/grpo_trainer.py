@@ -76,7 +76,8 @@ class ShapedGRPOTrainer(SafeCheckpointsMixin, GRPOTrainer):
       towards the policy every `ref_model_sync_steps`, while the drift diagnostics (`kl_to_prior`, `prior_*`) keep
       comparing with the fixed stage-1 prior. With diagnostics on, that takes a second full copy of the stage-1 model
       (the synced reference and the fixed prior), one model more than TRL; with `diagnostics_steps=0` no extra copy
-      is made. `reference_of_metric` maps each metric to the model it compares with (also logged once at start).
+      is made. `reference_of_metric` maps each metric to the model it compares with (also logged once, as a warning
+      on the main process, when the trainer is built).
     - Every `diagnostics_steps` optimizer steps (whatever the generation reuse: `num_iterations`,
       `steps_per_generation`), on the completions that step trains on: `kl_to_prior` (KL(policy || prior)
       over the full vocabulary, averaged over completion tokens), and for both models `{policy,prior}_entropy`,
@@ -137,7 +138,8 @@ class ShapedGRPOTrainer(SafeCheckpointsMixin, GRPOTrainer):
         self.beta = args.beta
         self._install_prior(prior, prior_path)
         self.reference_of_metric = describe_references(self.prior_kind, self.args)
-        logger.info("ShapedGRPOTrainer references: %s", self.reference_of_metric)
+        if self.reference_of_metric and self.accelerator.is_main_process:
+            logger.warning(f"ShapedGRPOTrainer references: {_group_by_reference(self.reference_of_metric)}")
 
         self._resample_iterator, self._resample_epoch, self._round_rewards = None, 0, None
         self._aux_iterator, self._pending_drift = None, None
@@ -381,6 +383,14 @@ def _head_params(model) -> HeadParams:
     head = model.get_output_embeddings()
     base = getattr(head, "base_layer", head)
     return HeadParams(base.weight, base.bias, *logit_transform(model.config.get_text_config()))
+
+
+def _group_by_reference(reference_of_metric: dict[str, str]) -> str:
+    # "kl_to_prior, prior_entropy, ... compare with the stage-1 prior (...); kl with ..." in one line
+    metrics_of = {}
+    for metric, reference in reference_of_metric.items():
+        metrics_of.setdefault(reference, []).append(metric)
+    return "; ".join(f"{', '.join(metrics)} compare with {reference}" for reference, metrics in metrics_of.items())
 
 
 def _check_sync_ref_model(args, peft_policy: bool) -> None:
