@@ -64,9 +64,9 @@ def _check_string_column(dataset, argument: str, column: str, first: dict) -> No
     else:  # streaming: only the first row is known without consuming the stream
         kind, count = type(first[column]).__name__, int(not isinstance(first[column], str))
     if count:
-        where = f"{count} of {len(dataset)} rows" if isinstance(dataset, Dataset) else "its first row"
+        offending = f"{count} of {len(dataset)} rows" if isinstance(dataset, Dataset) else "its first row"
         raise ValueError(
-            f"{argument} column {column!r} must hold a string in every row, but {where} hold {kind} values. Drop or "
+            f"{argument} column {column!r} must hold a string in every row, but {offending} hold {kind} values. Drop or "
             f"fill those rows (e.g. `dataset.filter(lambda row: isinstance(row[{column!r}], str))`) or cast the "
             "column to strings."
         )
