@@ -85,3 +85,22 @@ def save_result(result: dict, path) -> None:
     torch.save(result["lm_head"], f"{path}.pt")
     with open(f"{path}.json", "w") as f:
         json.dump({"losses": result["losses"], "sharded": result["sharded"]}, f)
+
+
+def odd_eval_metrics(output_dir, world_size: int = 1) -> dict:
+    """`evaluate` of the tail-penalty loss on 5 eval rows, 2 per process and batch: over 2 processes the last batch
+    holds 1 real row and 3 that accelerate repeats to even it out."""
+    tok = tokenizer()
+    model = build_tiny_model(len(tok), tokenizer=tok, hidden_size=32, num_layers=1, seed=0)
+    args = config(
+        output_dir,
+        per_device_eval_batch_size=2,
+        shaping_preset="tail_penalty",
+        shaping_top_k=5,
+        use_cpu=True,
+        ddp_backend="gloo" if world_size > 1 else None,
+    )
+    trainer = ShapedSFTTrainer(
+        model=model, args=args, train_dataset=text_dataset(8), eval_dataset=text_dataset(5), processing_class=tok
+    )
+    return trainer.evaluate()

@@ -10,7 +10,7 @@ import pytest
 import torch
 from _grpo_common import arithmetic_prompts, grpo_config, tiny_policy, varied_reward
 from _sft_common import config, text_dataset, tokenizer
-from transformers import TrainerState
+from transformers import TrainerCallback, TrainerState
 from transformers.trainer_utils import get_last_checkpoint
 
 from trl_shaped import ShapedGRPOTrainer, ShapedSFTTrainer
@@ -200,7 +200,21 @@ def test_rotation_and_the_model_card_leave_the_users_files_alone(tmp_path, caplo
         trainer = sft_trainer(tmp_path, max_steps=4, save_steps=1, save_total_limit=2)
     # warned at construction, before anything is written
     assert any("README.md was not written by trl_shaped" in r.getMessage() for r in caplog.records)
+    seen = []  # save_total_limit as callbacks (trackers) see it
+
+    class Record(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            seen.append(args.save_total_limit)
+
+        def on_save(self, args, state, control, **kwargs):
+            seen.append(args.save_total_limit)
+
+    trainer.add_callback(Record())
     trainer.train()
+    assert seen == [2] * 5
+    for name in ("checkpoint-3", "checkpoint-4"):  # the recorded config is the user's
+        saved = torch.load(tmp_path / name / "training_args.bin", weights_only=False)
+        assert saved.save_total_limit == 2
     after = tree(tmp_path)
     assert {k: after.get(k) for k in before} == before  # README.md and checkpoint-100 untouched
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-100", "checkpoint-3", "checkpoint-4"]

@@ -91,3 +91,16 @@ def test_private_attributes_of_a_constructed_grpo_trainer(tmp_path):
     assert not missing, f"GRPOTrainer no longer has {missing}; update trl_shaped/compat.py and its users"
     assert trainer._tokenizer is tokenizer and trainer._train_batch_size == 4
     assert isinstance(trainer._metrics["train"], dict)
+
+
+def test_sft_preparation_reads_only_what_the_stand_in_holds():
+    # `prepare_sft_dataset` runs SFTTrainer._prepare_dataset on a stand-in trainer and config: every attribute the
+    # method reads (packing aside, which the stand-in never asks for) must be one the stand-in sets.
+    import re
+
+    from trl import SFTTrainer
+
+    source = inspect.getsource(SFTTrainer._prepare_dataset)
+    assert set(re.findall(r"self\.(\w+)", source)) == set(compat.SFT_PREPARATION_READS["trainer"])
+    packing_only = {"packing_strategy", "seed"}  # the seed: shuffling, which the stand-in turns off
+    assert set(re.findall(r"\bargs\.(\w+)", source)) - packing_only == set(compat.SFT_PREPARATION_READS["args"])

@@ -148,6 +148,22 @@ def test_stats_equal_distribution_stats(name):
     torch.testing.assert_close(loss, fused_linear_shaped_loss(h, w, labels, bias=b, config=config, chunk_size=9))
 
 
+def test_stats_per_group_are_the_stats_of_each_group():
+    h, w, b, labels = make_inputs(n=50, hidden=16, vocab=200, dtype=torch.float32, seed=4)
+    groups = torch.arange(50) % 3  # group 2 left without scored tokens below
+    labels = torch.where(groups == 2, -100, labels)
+    config = dataclasses.replace(PAPER_PRESETS["tail_penalty"], top_k=7)
+    _, stats = fused_linear_shaped_loss(h, w, labels, bias=b, config=config, chunk_size=9, return_stats=True,
+                                        stats_groups=groups)  # fmt: skip
+    for g in range(3):
+        expected = distribution_stats(
+            (h @ w.t() + b).detach(), torch.where(groups == g, labels, -100), top_k=7, reduction="sum"
+        )
+        for key in expected:
+            assert stats[key].shape == (3,)
+            torch.testing.assert_close(stats[key][g], expected[key], rtol=1e-5, atol=1e-5, msg=f"{key} of group {g}")
+
+
 @pytest.mark.parametrize("softcap", [None, 3.0])
 @pytest.mark.parametrize("scale", [1.0, 0.6])
 def test_logit_scale_and_softcap_match_explicit(scale, softcap):

@@ -87,44 +87,115 @@ def test_kl_to_prior_is_zero_at_step_0_and_grows(trained):
         assert 0 < h["policy_topk_mass"] <= 1 and 0 < h["policy_topk_entropy"] <= math.log(5) + 1e-5
 
 
-def test_drift_diagnostics_match_full_logits(trained):
-    trainer, _, _ = trained
+def random_completions(vocab: int) -> dict:
+    """A generation batch of 3 rows with ragged completion masks."""
     torch.manual_seed(0)
-    vocab = len(trainer.processing_class)
     prompt_ids = torch.randint(4, vocab, (3, 5))
     completion_ids = torch.randint(4, vocab, (3, 6))
     completion_mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2, [1] * 2 + [0] * 4])
-    batch = dict(
+    return dict(
         prompt_ids=prompt_ids,
         prompt_mask=torch.ones_like(prompt_ids),
         completion_ids=completion_ids,
         completion_mask=completion_mask,
     )
-    trainer._metrics["train"].clear()
-    trainer._log_drift_diagnostics(batch)
-    logged = {k: v[0] for k, v in trainer._metrics["train"].items()}
 
-    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-    attention_mask = torch.cat([batch["prompt_mask"], completion_mask], dim=1)
-    valid = completion_mask.bool()
+
+def logged_drift(trainer, batch) -> dict:
+    trainer._metrics["train"].clear()
+    trainer._record_drift(batch)
+    trainer._flush_drift()
+    return {k: v[0] for k, v in trainer._metrics["train"].items()}
+
+
+def assert_drift_matches_full_logits(logged: dict, batch: dict, policy_logits, prior_logits, top_k: int):
+    """`policy_logits` / `prior_logits`: callables (input_ids, attention_mask) -> full logits."""
+    input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+    attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+    valid = batch["completion_mask"].bool()
+    width = batch["completion_ids"].size(1)
     with torch.no_grad():
         logits = {
-            name: model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 4:-1][valid].double()
-            for name, model in (("policy", trainer.model), ("prior", trainer.prior_model))
+            name: forward(input_ids, attention_mask)[:, -width - 1 : -1][valid].double()
+            for name, forward in (("policy", policy_logits), ("prior", prior_logits))
         }
-    labels = completion_ids[valid]
+    labels = batch["completion_ids"][valid]
     logp = {name: z.log_softmax(-1) for name, z in logits.items()}
     kl = (logp["policy"].exp() * (logp["policy"] - logp["prior"])).sum(-1).mean()
     assert logged["kl_to_prior"] == pytest.approx(kl.item(), rel=1e-4, abs=1e-7)
     for name, lp in logp.items():
         p = lp.exp()
-        top = p.topk(trainer.args.diagnostics_top_k, dim=-1).values
+        top = p.topk(top_k, dim=-1).values
         top_mass = top.sum(-1)
         q = top / top_mass.unsqueeze(-1)
         assert logged[f"{name}_entropy"] == pytest.approx(-(p * lp).sum(-1).mean().item(), rel=1e-4)
         assert logged[f"{name}_topk_mass"] == pytest.approx(top_mass.mean().item(), rel=1e-4)
         assert logged[f"{name}_topk_entropy"] == pytest.approx(-(q * q.log()).sum(-1).mean().item(), rel=1e-4)
         assert logged[f"{name}_nll"] == pytest.approx(-lp.gather(-1, labels[:, None]).mean().item(), rel=1e-4)
+    return kl.item()
+
+
+def test_drift_diagnostics_match_full_logits(trained):
+    trainer, _, _ = trained
+    batch = random_completions(len(trainer.processing_class))
+    assert_drift_matches_full_logits(
+        logged_drift(trainer, batch),
+        batch,
+        lambda ids, mask: trainer.model(input_ids=ids, attention_mask=mask).logits,
+        lambda ids, mask: trainer.prior_model(input_ids=ids, attention_mask=mask).logits,
+        trainer.args.diagnostics_top_k,
+    )
+
+
+def test_drift_diagnostics_read_the_policys_own_head_when_peft_saves_it(stage1, tmp_path):
+    # `modules_to_save=["lm_head"]` gives the policy its own trainable copy of the head; the prior (adapters
+    # disabled) keeps the original one.
+    lora = LoraConfig(**LORA, modules_to_save=["lm_head"])
+    args = grpo_config(tmp_path, max_steps=1)
+    trainer = ShapedGRPOTrainer(
+        stage1, [varied_reward], args, train_dataset=arithmetic_prompts(), processing_class=build_char_tokenizer(),
+        peft_config=lora,
+    )  # fmt: skip
+    assert trainer.prior_kind == "adapters_disabled"
+    policy_head = trainer.model.get_base_model().get_output_embeddings().modules_to_save["default"]
+    with torch.no_grad():
+        policy_head.weight.add_(0.5 * torch.randn_like(policy_head.weight))
+    batch = random_completions(len(trainer.processing_class))
+    logged = logged_drift(trainer, batch)
+
+    def prior_logits(ids, mask):
+        with trainer.model.disable_adapter():
+            return trainer.model(input_ids=ids, attention_mask=mask).logits
+
+    kl = assert_drift_matches_full_logits(
+        logged,
+        batch,
+        lambda ids, mask: trainer.model(input_ids=ids, attention_mask=mask).logits,
+        prior_logits,
+        trainer.args.diagnostics_top_k,
+    )
+    assert kl > 1e-3 and logged["policy_nll"] != pytest.approx(logged["prior_nll"], rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    "reuse", [dict(num_iterations=2), dict(per_device_train_batch_size=4, steps_per_generation=2)], ids=str
+)
+@pytest.mark.parametrize("diagnostics_steps", [1, 2])
+def test_diagnostics_fire_every_diagnostics_steps_whatever_the_generation_reuse(tmp_path, reuse, diagnostics_steps):
+    # One generation serves two optimizer steps (its completions trained on twice, or split over two steps)
+    args = grpo_config(tmp_path, max_steps=4, diagnostics_steps=diagnostics_steps, **reuse)
+    model, tokenizer = tiny_policy()
+    trainer = ShapedGRPOTrainer(
+        model, [varied_reward], args, train_dataset=arithmetic_prompts(), processing_class=tokenizer
+    )
+    trainer.train()
+    steps = [h for h in trainer.state.log_history if "loss" in h]
+    assert [h["step"] for h in steps] == [1, 2, 3, 4]
+    diagnosed = [h["step"] for h in steps if "kl_to_prior" in h]
+    assert diagnosed == [step for step in (1, 2, 3, 4) if (step - 1) % diagnostics_steps == 0]
+    # the second step of a generation compares the updated policy: it has drifted
+    if diagnostics_steps == 1:
+        assert steps[0]["kl_to_prior"] == pytest.approx(0.0, abs=1e-6) and steps[1]["kl_to_prior"] > 0
 
 
 def informative_prompt(prompt: str) -> bool:
@@ -159,6 +230,11 @@ def test_dynamic_sampling_refills_from_other_prompts(tmp_path, all_constant):
     dropped = [len(set(r)) == 1 for _, r in groups]
     assert log["dynamic_sampling/frac_groups_dropped"] == pytest.approx(sum(dropped) / len(groups))
     assert log["dynamic_sampling/rounds"] == len(calls) - 1
+    # The reward of the kept groups (informative first, in generation order, then fillers), beside TRL's `reward`
+    # over every generated completion
+    order = [i for i, d in enumerate(dropped) if not d] + [i for i, d in enumerate(dropped) if d]
+    kept = [r for i in order[:4] for r in groups[i][1]]
+    assert log["dynamic_sampling/kept_reward_mean"] == pytest.approx(sum(kept) / len(kept), rel=1e-6)
     batch = trainer._buffered_inputs[0]
     final_prompts = {
         tokenizer.decode(ids[mask.bool()]) for ids, mask in zip(batch["prompt_ids"], batch["prompt_mask"], strict=True)
@@ -227,6 +303,49 @@ def test_aux_shaped_loss_changes_the_gradient_only_when_coef_positive(tmp_path, 
     expected = shaped_loss(logits[:, :-1], aux_batch["labels"][:, 1:], config=shaping)
     assert trainer._metrics["train"]["aux_shaped_loss"][-1] == pytest.approx(expected.item(), rel=1e-4)
     assert (aux_batch["labels"] == -100).any()  # prompt-completion data: the prompt is not scored
+
+
+def test_aux_shaped_loss_runs_under_the_models_autocast(tmp_path, monkeypatch):
+    # Full-parameter GRPO with bf16 on CPU: accelerate runs the model's forward under bf16 autocast; the aux loss's
+    # forward (backbone and head matmuls) must run under it too
+    import trl_shaped.fused_loss
+    import trl_shaped.grpo_trainer
+
+    args = grpo_config(
+        tmp_path, max_steps=1, bf16=True, shaping_aux_coef=0.5, shaping_preset="tail_penalty", shaping_top_k=5,
+        aux_max_length=32, diagnostics_steps=0,
+    )  # fmt: skip
+    model, tokenizer = tiny_policy()
+    trainer = ShapedGRPOTrainer(
+        model, [varied_reward], args, train_dataset=arithmetic_prompts(), processing_class=tokenizer,
+        aux_dataset=arithmetic_solutions(),
+    )  # fmt: skip
+    seen, in_aux = {"backbone": [], "head": []}, []
+    layer = model.model.layers[0].self_attn.q_proj
+    layer.register_forward_hook(
+        lambda module, inputs, output: seen["backbone"].append(output.dtype) if in_aux else None
+    )
+    matmul_dtype = trl_shaped.fused_loss._matmul_dtype
+
+    def recorded_matmul_dtype(weight):
+        seen["head"].append(matmul_dtype(weight))
+        return seen["head"][-1]
+
+    monkeypatch.setattr(trl_shaped.fused_loss, "_matmul_dtype", recorded_matmul_dtype)
+    aux_loss = trl_shaped.grpo_trainer.shaped_causal_lm_loss
+
+    def recorded_aux_loss(*args, **kwargs):
+        in_aux.append(True)
+        try:
+            return aux_loss(*args, **kwargs)
+        finally:
+            in_aux.clear()
+
+    monkeypatch.setattr(trl_shaped.grpo_trainer, "shaped_causal_lm_loss", recorded_aux_loss)
+    trainer.train()
+    assert seen["backbone"] and set(seen["backbone"]) == {torch.bfloat16}
+    assert seen["head"] and set(seen["head"]) == {torch.bfloat16}
+    assert math.isfinite(trainer.state.log_history[0]["aux_shaped_loss"])
 
 
 def test_aux_dataset_required_when_coef_positive(tmp_path):
@@ -327,12 +446,19 @@ def test_sync_ref_model_syncs_the_kl_reference_as_trl_while_diagnostics_keep_the
     sync = {"max_steps": 3, "beta": 0.1, "ref_model_sync_steps": 1, "ref_model_mixup_alpha": 0.5}
     args = grpo_config(tmp_path / "ours", **sync)
     args.sync_ref_model = True  # the shared config mixin stops refusing it; set after __post_init__ here
-    with caplog.at_level(logging.INFO, logger="trl_shaped.grpo_trainer"):
+    with caplog.at_level(logging.WARNING, logger="trl_shaped.grpo_trainer"):
         ours = ShapedGRPOTrainer(
             stage1, [varied_reward], args, train_dataset=arithmetic_prompts(), processing_class=build_char_tokenizer()
         )
     assert "synced" in ours.reference_of_metric["kl"] and "stage-1 prior" in ours.reference_of_metric["kl_to_prior"]
-    assert any("references" in r.getMessage() and "synced" in r.getMessage() for r in caplog.records)
+    # shown once, at the default (warning) level, each reference with the metrics that use it
+    shown = [r.getMessage() for r in caplog.records if "references" in r.getMessage()]
+    assert len(shown) == 1
+    assert "kl compare with TRL's reference, synced towards the policy every 1 steps" in shown[0]
+    assert (
+        "kl_to_prior, prior_entropy, prior_topk_entropy, prior_topk_mass, prior_nll compare with the stage-1"
+        in shown[0]
+    )
     assert ours.ref_model is not ours.prior_model
     ours.train()
     stock_args = grpo_config(tmp_path / "stock", stock=True, sync_ref_model=True, **sync)

@@ -178,7 +178,7 @@ def test_row_terms_and_stats_with_masked_tokens(k):
     terms = row_terms(*softmax_parts(z), labels, topk_indices(z, k))
     expected = direct_terms(z, labels, k)
     for name, value in expected.items():
-        torch.testing.assert_close(terms[name], value, rtol=1e-12, atol=1e-12, msg=name)
+        torch.testing.assert_close(getattr(terms, name), value, rtol=1e-12, atol=1e-12, msg=name)
     stats = stats_from_terms(terms)
     assert all(torch.isfinite(v).all() for v in stats.values())
     torch.testing.assert_close(stats["entropy"], -expected["plogp"], rtol=1e-12, atol=1e-12)

@@ -19,6 +19,7 @@ run each run resumed, and the hash of the model card it wrote; `SafeCheckpointsM
 its own run or of the runs it resumed, and writes the card to `MODEL_CARD_NAME` when `README.md` is someone else's.
 """
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -29,6 +30,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
+import torch
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
@@ -36,6 +38,7 @@ logger = logging.get_logger(__name__)
 MANIFEST_NAME = "_trl_shaped_run.json"
 MODEL_CARD_NAME = "MODEL_CARD.md"  # where the card goes when output_dir's README.md is not ours
 TRAINER_STATE_NAME = "trainer_state.json"  # transformers.trainer.TRAINER_STATE_NAME
+TRAINING_ARGS_NAME = "training_args.bin"  # transformers.trainer.TRAINING_ARGS_NAME
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")  # transformers.trainer_utils._re_checkpoint
 
 
@@ -191,7 +194,7 @@ class SafeCheckpointsMixin:
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._run_id, self._run_origin, self._save_total_limit = None, (None, None), None
+        self._run_id, self._run_origin = None, (None, None)
         # The bound `create_model_card` of the whole class chain (TRL's and a subclass's additions); TRL calls
         # `self.create_model_card` when it saves a checkpoint and when it pushes, so wrapping it here guards both.
         write_card = self.create_model_card
@@ -220,18 +223,30 @@ class SafeCheckpointsMixin:
             if entry is not None and Path(resume).parent.resolve() == Path(self.args.output_dir).resolve():
                 parent = entry["run"]
         self._run_origin = (parent, Path(resume).name if resume else None)
-        # Transformers would rotate (and clean up at the end) over every checkpoint-* folder; this class rotates
-        # its own, so the limit is hidden from Trainer while it trains.
-        self._save_total_limit, self.args.save_total_limit = self.args.save_total_limit, None
-        try:
-            output = super().train(resume_from_checkpoint=resume, trial=trial, **kwargs)
-            if self.args.should_save and self._save_total_limit == 1 and self.state.best_model_checkpoint:
-                # Trainer's end-of-training rule for save_total_limit=1: keep the best checkpoint only
-                run_dir = Path(self._get_output_dir(trial=trial))
-                self._rotate(run_dir, keep=0, protected={self.state.best_model_checkpoint})
-        finally:
-            self.args.save_total_limit = self._save_total_limit
+        output = super().train(resume_from_checkpoint=resume, trial=trial, **kwargs)
+        if self.args.should_save and self.args.save_total_limit == 1 and self.state.best_model_checkpoint:
+            # Trainer's end-of-training rule for save_total_limit=1 (skipped in `_finalize_training`): keep the best
+            # checkpoint only
+            run_dir = Path(self._get_output_dir(trial=trial))
+            self._rotate(run_dir, keep=0, protected={self.state.best_model_checkpoint})
         return output
+
+    @contextlib.contextmanager
+    def _limit_hidden_from_trainer(self):
+        # Transformers rotates (and cleans up at the end of training) over every checkpoint-* folder; this class
+        # rotates its own. The limit is hidden from Trainer only inside the two methods that rotate, so that the
+        # config callbacks see and the checkpoints record keeps the user's value.
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            yield limit
+        finally:
+            self.args.save_total_limit = limit
+
+    def _finalize_training(self, trial, num_train_samples, start_time):
+        if not (self.args.save_total_limit == 1 and self.state.best_model_checkpoint):
+            return super()._finalize_training(trial, num_train_samples, start_time)
+        with self._limit_hidden_from_trainer():  # its clean-up would delete other runs' checkpoints; `train` rotates
+            return super()._finalize_training(trial, num_train_samples, start_time)
 
     # ------------------------------------------------------------------ saving
     def _save_checkpoint(self, model, trial):
@@ -253,15 +268,18 @@ class SafeCheckpointsMixin:
             manifest.data["seq"] += 1
             manifest.data["checkpoints"][name] = {"run": self._run_id, "complete": False, "seq": manifest.data["seq"]}
             manifest.save()
-        super()._save_checkpoint(model, trial)
+        with self._limit_hidden_from_trainer() as limit:
+            super()._save_checkpoint(model, trial)
+        if self.args.should_save and (folder / TRAINING_ARGS_NAME).is_file():
+            torch.save(self.args, folder / TRAINING_ARGS_NAME)  # written with the limit hidden: record the user's
         self.accelerator.wait_for_everyone()  # every process's share of the checkpoint is on disk
         if self.args.should_save:
             manifest = RunManifest(run_dir)
             manifest.data["checkpoints"][name]["complete"] = True
             manifest.save()
-            if self._save_total_limit is not None and self._save_total_limit > 0:
+            if limit is not None and limit > 0:
                 protected = {str(folder)} | {self.state.best_model_checkpoint or ""}
-                self._rotate(run_dir, keep=self._save_total_limit, protected=protected)
+                self._rotate(run_dir, keep=limit, protected=protected)
 
     def _rotate(self, run_dir: Path, keep: int, protected: set) -> None:
         """Delete the oldest checkpoints of this run's lineage (partial ones first) until `keep` remain, never one

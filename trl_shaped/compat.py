@@ -8,9 +8,10 @@ renames, moves or re-signs one of them fails there, naming the symbol, instead o
 """
 
 import contextlib
+import types
 
 from trl.models.utils import prepare_deepspeed, prepare_fsdp
-from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+from trl.trainer.sft_trainer import DataCollatorForLanguageModeling, SFTTrainer
 from trl.trainer.utils import (
     RepeatSampler,
     add_fused_lm_head,
@@ -32,6 +33,7 @@ __all__ = [
     "maybe_gather_lm_head_ctx",
     "prepare_deepspeed",
     "prepare_fsdp",
+    "prepare_sft_dataset",
     "trl_builds_no_reference",
     "use_adapter",
 ]
@@ -59,16 +61,33 @@ EXPECTED_SIGNATURES = {
     ),
     # Overridden: generates, scores and returns one generation batch (a dict of per-row tensors).
     "trl.trainer.grpo_trainer:GRPOTrainer._generate_and_score_completions": ("self", "inputs"),
-    # Overridden by ShapedSFTTrainer: its dataset checks frame TRL's preparation (also run by `evaluate`).
+    # Overridden to read the rewards it returns: (rows of all processes, reward functions), gathered.
+    "trl.trainer.grpo_trainer:GRPOTrainer._calculate_rewards": (
+        "self", "inputs", "prompts", "completions", "completion_ids_list",
+    ),
+    # Overridden by ShapedSFTTrainer: its dataset checks frame TRL's preparation (also run by `evaluate`); called by
+    # `prepare_sft_dataset` with the trainer attributes and config fields listed in `SFT_PREPARATION_READS`.
     "trl.trainer.sft_trainer:SFTTrainer._prepare_dataset": (
         "self", "dataset", "processing_class", "args", "packing", "formatting_func", "dataset_name",
     ),
     # Overridden and called by checkpoints.SafeCheckpointsMixin: one checkpoint save, and the folder it goes to.
     "transformers.trainer:Trainer._save_checkpoint": ("self", "model", "trial"),
     "transformers.trainer:Trainer._get_output_dir": ("self", "trial"),
+    # Overridden by checkpoints.SafeCheckpointsMixin: the end of `train` (metrics, best model, the
+    # save_total_limit=1 clean-up, on_train_end).
+    "transformers.trainer:Trainer._finalize_training": ("self", "trial", "num_train_samples", "start_time"),
     # Called to build the dataloader of the extra prompts that dynamic sampling draws.
     "transformers.trainer:Trainer._get_dataloader": (
         "self", "dataset", "description", "batch_size", "sampler_fn", "is_training", "dataloader_key",
+    ),
+}  # fmt: skip
+
+# What `SFTTrainer._prepare_dataset` reads of its trainer and of its config (TRL 1.16), set by `prepare_sft_dataset`.
+SFT_PREPARATION_READS = {
+    "trainer": ("_tokenizer", "chat_template", "completion_only_loss"),
+    "args": (
+        "dataset_num_proc", "dataset_text_field", "assistant_only_loss", "max_length", "truncation_mode",
+        "shuffle_dataset",
     ),
 }  # fmt: skip
 
@@ -113,3 +132,28 @@ def add_reference_adapter(model) -> None:
         elif f".{active}." in name:
             ref = model.get_parameter(name.replace(f".{active}.", f".{REF_ADAPTER}."))
             ref.data.copy_(param.data)
+
+
+def prepare_sft_dataset(dataset, tokenizer, max_length: int | None, dataset_name: str):
+    """`SFTTrainer`'s own dataset preparation without an SFTTrainer: ChatML conversion, EOS, chat template,
+    tokenisation, -100 labels outside the completion (completion-only loss) and truncation keeping the start.
+
+    It runs `SFTTrainer._prepare_dataset` on a stand-in holding only what that method reads (`SFT_PREPARATION_READS`),
+    without packing or a formatting function.
+
+    Args:
+        dataset ([`~datasets.Dataset`]): text, conversational, prompt-completion or tokenized rows.
+        tokenizer: the tokenizer (its chat template and EOS token are used).
+        max_length (`int`, *optional*): truncation length in tokens.
+        dataset_name (`str`): for TRL's progress bars.
+    """
+    trainer = types.SimpleNamespace(_tokenizer=tokenizer, chat_template=None, completion_only_loss=True)
+    args = types.SimpleNamespace(
+        dataset_num_proc=None,
+        dataset_text_field="text",
+        assistant_only_loss=False,
+        max_length=max_length,
+        truncation_mode="keep_start",
+        shuffle_dataset=False,  # the aux dataloader shuffles
+    )
+    return SFTTrainer._prepare_dataset(trainer, dataset, tokenizer, args, False, None, dataset_name)

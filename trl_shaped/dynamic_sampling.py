@@ -20,10 +20,24 @@ import torch.nn.functional as F
 # Batch fields padded on the left (prompt side); every other 2-D field is padded on the right.
 LEFT_PADDED = frozenset({"prompt_ids", "prompt_mask"})
 # Per-token fields whose neutral padding value is 1 instead of 0.
-PAD_ONE = frozenset({"tool_mask", "importance_sampling_ratio"})
+PADDED_WITH_ONES = frozenset({"tool_mask", "importance_sampling_ratio"})
 # Spread of the advantages within a group below which the group counts as uninformative: all-equal rewards give a
 # spread of 0 up to rounding (about 1e-12 relative after TRL's division by std + 1e-4).
 ADVANTAGE_ATOL = 1e-6
+
+
+def check_batch_fields(batch: dict, local_size: int) -> dict:
+    """The per-row fields of a generation batch (all but `num_items_in_batch`); a ValueError for any other field.
+
+    Args:
+        batch (`dict`): one process's generation batch as `GRPOTrainer._generate_and_score_completions` returns it.
+        local_size (`int`): its number of rows.
+    """
+    fields = {key: value for key, value in batch.items() if key != "num_items_in_batch"}
+    for key, value in fields.items():
+        if not (isinstance(value, torch.Tensor) and value.dim() >= 1 and value.size(0) == local_size):
+            raise ValueError(f"dynamic_sampling does not support the batch field {key!r} (multimodal or tool data)")
+    return fields
 
 
 def informative_groups(advantages: torch.Tensor, num_generations: int, atol: float = ADVANTAGE_ATOL) -> torch.Tensor:
@@ -82,8 +96,8 @@ def gather_plan(rows: torch.Tensor, local_size: int, num_processes: int) -> tupl
     # The j-th row that process p sends sits at p * width + j of the gathered rows
     rank_within = torch.zeros_like(rows)
     for p in range(num_processes):
-        mine = (owner == p).nonzero().squeeze(1)
-        rank_within[mine] = torch.arange(mine.numel())
+        owned = (owner == p).nonzero().squeeze(1)
+        rank_within[owned] = torch.arange(owned.numel())
     return sends, owner * width + rank_within
 
 
@@ -91,7 +105,7 @@ def pad_value(key: str, pad_token_id: int):
     """Neutral padding of a batch field."""
     if key in ("prompt_ids", "completion_ids"):
         return pad_token_id
-    return 1 if key in PAD_ONE else 0
+    return 1 if key in PADDED_WITH_ONES else 0
 
 
 def pad_to_width(key: str, value: torch.Tensor, width: int, pad_token_id: int) -> torch.Tensor:
@@ -127,6 +141,28 @@ def trim_padding(batch: dict) -> dict:
         else:
             trimmed[key] = value
     return trimmed
+
+
+def row_rewards(rewards_per_func: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Each completion's reward as TRL logs it (`reward`): the weighted sum of the reward functions' values (NaN ones
+    left out), NaN where every function returned None.
+
+    Args:
+        rewards_per_func (`torch.Tensor`): (rows, functions) rewards of a generation batch, all processes.
+        weights (`torch.Tensor`): (functions,) `reward_weights`.
+    """
+    rewards = (rewards_per_func * weights.to(rewards_per_func.device).unsqueeze(0)).nansum(dim=1)
+    return rewards.masked_fill(torch.isnan(rewards_per_func).all(dim=1), float("nan"))
+
+
+def kept_reward_mean(rewards: torch.Tensor, rows: torch.Tensor) -> float:
+    """Mean reward of the rows kept in the batch (NaN ones left out, as TRL's `reward`).
+
+    Args:
+        rewards (`torch.Tensor`): (rows,) `row_rewards` of every round, concatenated (global round-major order).
+        rows (`torch.Tensor`): global round-major ids of the kept rows (`group_rows`).
+    """
+    return torch.nanmean(rewards[rows]).item()
 
 
 def sampling_stats(flags: torch.Tensor, order: torch.Tensor, rounds: int, wanted: int) -> dict[str, float]:

@@ -34,6 +34,7 @@ from .loss_core import (
     chunk_loss_and_grad,
     compute_dtype,
     default_chunk_size,
+    logits_buffers,
     reduce_loss,
 )
 from .shaping import ShapingConfig, resolve_shaping
@@ -70,6 +71,8 @@ def _fused_forward(
     logit_scale,
     softcap,
     want_stats,
+    stats_groups,
+    num_groups,
     need_hidden_grad,
     need_weight_grad,
     need_bias_grad,
@@ -82,16 +85,13 @@ def _fused_forward(
     grad_weight = None
     loss_sum = torch.zeros((), dtype=compute_dtype(weight.dtype), device=hidden.device)
     grad_bias = torch.zeros(vocab, dtype=loss_sum.dtype, device=hidden.device) if need_bias_grad else None
-    stat_sums = torch.zeros(len(STAT_NAMES), dtype=torch.float32, device=hidden.device)
+    stat_sums = torch.zeros(max(num_groups, 1), len(STAT_NAMES), dtype=torch.float32, device=hidden.device)
     chunk = chunk_size or default_chunk_size(n, vocab)
     # Equal chunks (no small last one), and (chunk, V) buffers reused by every chunk: a fresh allocation of that
     # size per chunk costs page faults on a CPU and allocator churn on a GPU.
     chunk = math.ceil(n / max(1, math.ceil(n / chunk))) if n else 1
-    logits_buf = torch.empty(chunk, vocab, dtype=loss_sum.dtype, device=hidden.device)
+    logits_buf, mm_buf = logits_buffers(chunk, vocab, weight, hidden.device)
     exp_buf = torch.empty_like(logits_buf)
-    mm_buf = (
-        None if weight.dtype == loss_sum.dtype else torch.empty(chunk, vocab, dtype=weight.dtype, device=hidden.device)
-    )
     softcap_grad = softcap is not None
     for start in range(0, n, chunk):
         idx = rows[start : start + chunk]
@@ -105,8 +105,10 @@ def _fused_forward(
             softcap_slope = (z / softcap).square_().neg_().add_(1.0).mul_(logit_scale)
         loss_rows, grad, stats = chunk_loss_and_grad(z, y, config, want_grad, want_stats, exp_buf[:size])
         loss_sum += loss_rows.sum()
-        if want_stats:
-            stat_sums += torch.stack([stats[name].sum() for name in STAT_NAMES]).float()
+        if want_stats and stats_groups is None:
+            stat_sums[0] += torch.stack([stats[name].sum() for name in STAT_NAMES]).float()
+        elif want_stats:
+            stat_sums.index_add_(0, stats_groups[idx], torch.stack([stats[name] for name in STAT_NAMES], dim=1).float())
         if not want_grad:
             continue
         if softcap_grad:
@@ -151,6 +153,8 @@ class _FusedLinearShapedLoss(torch.autograd.Function):
         logit_scale,
         softcap,
         want_stats,
+        stats_groups,
+        num_groups,
         grad_enabled,
         mm_dtype,
     ):
@@ -173,6 +177,8 @@ class _FusedLinearShapedLoss(torch.autograd.Function):
                 logit_scale,
                 softcap,
                 want_stats,
+                stats_groups,
+                num_groups,
                 *need,
             )
         loss = reduce_loss(loss_sum, torch.tensor(n, device=hidden.device), reduction, num_items_in_batch)
@@ -190,7 +196,11 @@ class _FusedLinearShapedLoss(torch.autograd.Function):
         # second backward.
         ctx.save_for_backward(g_hidden, None if g_weight is None else g_weight.to(weight.dtype), g_bias)
         ctx.bias_dtype = bias.dtype if bias is not None else None
-        stats = torch.cat([stat_sums, stat_sums.new_tensor([float(n)])])
+        if stats_groups is None:
+            stats = torch.cat([stat_sums[0], stat_sums.new_tensor([float(n)])])
+        else:
+            counts = torch.bincount(stats_groups[rows], minlength=num_groups).to(stat_sums.dtype)
+            stats = torch.cat([stat_sums[:num_groups], counts.unsqueeze(1)], dim=1)
         ctx.mark_non_differentiable(stats)
         return loss, stats
 
@@ -204,7 +214,7 @@ class _FusedLinearShapedLoss(torch.autograd.Function):
             g_bias = g_bias * grad_loss if g_bias is not None else None
         if g_bias is not None:
             g_bias = g_bias.to(ctx.bias_dtype)
-        return g_hidden, g_weight, g_bias, *([None] * 11)
+        return g_hidden, g_weight, g_bias, *([None] * 13)
 
 
 def fused_linear_shaped_loss(
@@ -226,6 +236,7 @@ def fused_linear_shaped_loss(
     logit_scale: float = 1.0,
     final_logit_softcapping: float | None = None,
     return_stats: bool = False,
+    stats_groups: torch.Tensor | None = None,
 ):
     """Shaped loss of the logits `hidden @ weight.T + bias`, computed chunk by chunk without materialising them.
 
@@ -247,6 +258,9 @@ def fused_linear_shaped_loss(
         final_logit_softcapping (`float`, *optional*): c in tanh(z / c) * c (Gemma-style), applied last.
         return_stats (`bool`): also return a dict of detached float32 SUMS over valid tokens of the diagnostics
             (keys of `distribution_stats` with K_t of size `top_k`) plus "num_tokens".
+        stats_groups (`torch.Tensor`, *optional*): non-negative integer group of each position (e.g. the sample it
+            belongs to), shaped like `labels`; with it each stats value is a (G,) tensor of per-group sums, G = the
+            largest group + 1 (so that metrics can be gathered per sample, dropping duplicated ones).
 
     Returns:
         The float32 loss, or `(loss, stats)` when `return_stats=True`.
@@ -279,6 +293,12 @@ def fused_linear_shaped_loss(
     # Labels and the divisor are checked here, before any logits are computed.
     rows = check_labels(flat_labels, weight.shape[0], ignore_index).nonzero().squeeze(-1)
     num_items_in_batch = check_num_items(num_items_in_batch, rows.numel())
+    num_groups = 0
+    if stats_groups is not None:
+        if stats_groups.shape != labels.shape or stats_groups.dtype.is_floating_point:
+            raise ValueError(f"stats_groups must be integers shaped like labels {tuple(labels.shape)}")
+        stats_groups = stats_groups.reshape(-1).to(flat_labels.device)
+        num_groups = int(stats_groups.max()) + 1 if stats_groups.numel() else 0
     loss, stats = _FusedLinearShapedLoss.apply(
         flat_hidden,
         weight,
@@ -292,9 +312,11 @@ def fused_linear_shaped_loss(
         logit_scale,
         softcap,
         return_stats,
+        stats_groups,
+        num_groups,
         torch.is_grad_enabled(),
         _matmul_dtype(weight),
     )
     if not return_stats:
         return loss
-    return loss, {name: stats[i] for i, name in enumerate((*STAT_NAMES, "num_tokens"))}
+    return loss, {name: stats[..., i] for i, name in enumerate((*STAT_NAMES, "num_tokens"))}

@@ -138,8 +138,9 @@ def add_shaped_lm_head(model: torch.nn.Module) -> None:
             `get_output_embeddings()` and a backbone under `base_model_prefix`.
 
     The patched forward takes, besides the model's inputs: `labels` (`(B, T)`, shifted inside like the model's own
-    loss) or `shift_labels` (already aligned), `num_items_in_batch` (the normaliser, as in TRL) and `shaped_lm_head`
-    (a [`ShapingConfig`]).
+    loss) or `shift_labels` (already aligned), `num_items_in_batch` (the normaliser, as in TRL), `shaped_lm_head`
+    (a [`ShapingConfig`]) and `stats_groups` (`(B, T)` integers aligned with `labels`: per-group stats sums, see
+    `fused_linear_shaped_loss`).
     """
     model: transformers.PreTrainedModel = _base_model(model)
     if getattr(model, "_trl_shaped_lm_head", False):
@@ -149,7 +150,10 @@ def add_shaped_lm_head(model: torch.nn.Module) -> None:
     logit_scale, final_logit_softcapping = logit_transform(text_config)  # a bad config fails here, before any step
 
     @functools.wraps(type(model).forward)
-    def _forward(self, *args, shaped_lm_head=None, labels=None, shift_labels=None, num_items_in_batch=None, **kwargs):
+    def _forward(
+        self, *args, shaped_lm_head=None, labels=None, shift_labels=None, num_items_in_batch=None, stats_groups=None,
+        **kwargs,
+    ):  # fmt: skip
         if shaped_lm_head is None:
             extra = {"labels": labels, "shift_labels": shift_labels, "num_items_in_batch": num_items_in_batch}
             return original_forward(*args, **kwargs, **{k: v for k, v in extra.items() if v is not None})
@@ -163,6 +167,7 @@ def add_shaped_lm_head(model: torch.nn.Module) -> None:
         backbone_outputs = self.base_model(*args, **kwargs)
         if shift_labels is None:
             hidden_states, labels = backbone_outputs.last_hidden_state[:, :-1], labels[:, 1:]
+            stats_groups = None if stats_groups is None else stats_groups[:, 1:]
         else:
             hidden_states, labels = backbone_outputs.last_hidden_state, shift_labels
         head = _weight_owner(self.get_output_embeddings())
@@ -176,6 +181,7 @@ def add_shaped_lm_head(model: torch.nn.Module) -> None:
             num_items_in_batch=num_items_in_batch,
             logit_scale=logit_scale,
             final_logit_softcapping=final_logit_softcapping,
+            **({} if stats_groups is None else {"stats_groups": stats_groups.to(head.weight.device)}),
         )
 
         aux_loss = None

@@ -11,6 +11,7 @@ tail_reward, positive_form, needs_topk); this module validates numbers but does 
 """
 
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -201,6 +202,30 @@ def xlogx_terms(p: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
     return torch.where(p == 0, 0.0, p * logp)
 
 
+class RowTerms(NamedTuple):
+    """Per-row sums that the loss value and the diagnostics are made of (each (n,) unless said; `None` when not
+    computed).
+
+    Args:
+        logp_y, p_y: log-probability and probability of the ground-truth token.
+        plogp: sum over the vocabulary of p log p (`with_entropy`).
+        head_p: (n, k) p over K_t (with head ids).
+        topk_mass: sum over K_t of p (with head ids).
+        topk_plogp: sum over K_t of p log p (with head ids).
+        target_in_topk: 1.0 where the ground-truth token is in K_t, else 0.0 (with head ids).
+        top1: 1.0 where the ground-truth token is the argmax, else 0.0 (with head ids and `with_top1`).
+    """
+
+    logp_y: torch.Tensor
+    p_y: torch.Tensor
+    plogp: torch.Tensor | None = None
+    head_p: torch.Tensor | None = None
+    topk_mass: torch.Tensor | None = None
+    topk_plogp: torch.Tensor | None = None
+    target_in_topk: torch.Tensor | None = None
+    top1: torch.Tensor | None = None
+
+
 def row_terms(
     shifted: torch.Tensor,
     unnorm: torch.Tensor,
@@ -209,27 +234,26 @@ def row_terms(
     head_ids: torch.Tensor | None,
     with_entropy: bool = True,
     with_top1: bool = True,
-) -> dict[str, torch.Tensor]:
+) -> RowTerms:
     """Per-row sums that the loss value and the diagnostics are made of.
 
     Args:
         shifted, unnorm, norm: the output of `softmax_parts` for (n, V) logits (p = unnorm / norm).
         labels (`torch.Tensor`): (n,) ground-truth ids, all valid.
         head_ids (`torch.Tensor` or `None`): (n, k) ids of K_t from `topk_indices`; `None` computes only
-            "logp_y" and "p_y".
-        with_entropy (`bool`): also compute "plogp" (one pass over the vocabulary).
-        with_top1 (`bool`): also compute "top1" (an argmax over the vocabulary).
+            `logp_y`, `p_y` (and `plogp`).
+        with_entropy (`bool`): also compute `plogp` (one pass over the vocabulary).
+        with_top1 (`bool`): also compute `top1` (an argmax over the vocabulary).
 
     Returns:
-        dict of (n,) tensors: "logp_y", "p_y"; with head ids also "head_p" (n, k: p over K_t), "topk_mass"
-        (sum over K_t of p), "topk_plogp" (sum over K_t of p log p), "target_in_topk" (0/1); "plogp"
-        (sum_a p_a log p_a) and "top1" (0/1) when asked.
+        [`RowTerms`].
     """
     rows = labels.unsqueeze(-1)
     log_norm = norm.log().squeeze(-1)
     inv_norm = norm.reciprocal()
-    terms = {"logp_y": shifted.gather(-1, rows).squeeze(-1) - log_norm}
-    terms["p_y"] = unnorm.gather(-1, rows).squeeze(-1) * inv_norm.squeeze(-1)
+    logp_y = shifted.gather(-1, rows).squeeze(-1) - log_norm
+    p_y = unnorm.gather(-1, rows).squeeze(-1) * inv_norm.squeeze(-1)
+    plogp = None
     if with_entropy:
         # sum p = 1, so sum p log p = (unnorm . shifted) / norm - log norm.
         dot = row_dot(unnorm, shifted)
@@ -239,36 +263,34 @@ def row_terms(
             # rows, so that finite logits pay one (n,) check and no extra pass over the vocabulary.
             idx = nan_rows.nonzero().squeeze(-1)
             dot[idx] = row_dot(unnorm[idx], torch.where(unnorm[idx] == 0, 0.0, shifted[idx]))
-        terms["plogp"] = dot * inv_norm.squeeze(-1) - log_norm
+        plogp = dot * inv_norm.squeeze(-1) - log_norm
     if head_ids is None:
-        return terms
+        return RowTerms(logp_y, p_y, plogp)
     # K_t has k entries per row: everything about it is a gather of (n, k) values, not a pass over the vocabulary.
     head_p = unnorm.gather(-1, head_ids) * inv_norm
-    terms["head_p"] = head_p
-    terms["topk_mass"] = head_p.sum(dim=-1)
+    topk_mass = head_p.sum(dim=-1)
     # K_t may hold -inf tokens when fewer than k are finite: the clamp turns their 0 * -inf into 0 * (-3.4e38) = 0.
     head_shifted = shifted.gather(-1, head_ids).clamp_min_(torch.finfo(shifted.dtype).min)
-    terms["topk_plogp"] = (head_p * head_shifted).sum(dim=-1) - terms["topk_mass"] * log_norm
-    terms["target_in_topk"] = (head_ids == rows).any(dim=-1).to(shifted.dtype)
-    if with_top1:
-        # argmax returns the first maximum: the same lower-id rule as the ties of K_t.
-        terms["top1"] = (shifted.argmax(dim=-1) == labels).to(shifted.dtype)
-    return terms
+    topk_plogp = (head_p * head_shifted).sum(dim=-1) - topk_mass * log_norm
+    target_in_topk = (head_ids == rows).any(dim=-1).to(shifted.dtype)
+    # argmax returns the first maximum: the same lower-id rule as the ties of K_t.
+    top1 = (shifted.argmax(dim=-1) == labels).to(shifted.dtype) if with_top1 else None
+    return RowTerms(logp_y, p_y, plogp, head_p, topk_mass, topk_plogp, target_in_topk, top1)
 
 
-def stats_from_terms(terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def stats_from_terms(terms: RowTerms) -> dict[str, torch.Tensor]:
     """The per-row diagnostics of docs/method.md from `row_terms` (computed with head ids, entropy, top1)."""
-    mass = terms["topk_mass"]
+    mass = terms.topk_mass
     return {
-        "entropy": -terms["plogp"],
+        "entropy": -terms.plogp,
         # Entropy of p restricted to K_t and renormalised: log M - (1/M) sum_K p log p. M >= max p > 0.
-        "topk_entropy": torch.log(mass) - terms["topk_plogp"] / mass,
+        "topk_entropy": torch.log(mass) - terms.topk_plogp / mass,
         "topk_mass": mass,
         "tail_mass": (1.0 - mass).clamp_min(0.0),
-        "target_prob": terms["p_y"],
-        "target_in_topk": terms["target_in_topk"],
-        "top1_accuracy": terms["top1"],
-        "nll": -terms["logp_y"],
+        "target_prob": terms.p_y,
+        "target_in_topk": terms.target_in_topk,
+        "top1_accuracy": terms.top1,
+        "nll": -terms.logp_y,
     }
 
 
@@ -288,7 +310,7 @@ def chunk_loss_and_grad(z, labels, config, want_grad: bool, want_stats: bool, ex
     terms = row_terms(
         shifted, unnorm, norm, labels, head_ids, with_entropy=(tail != 0.0 or want_stats), with_top1=want_stats
     )
-    logp_y, p_y = terms["logp_y"], terms["p_y"]
+    logp_y, p_y = terms.logp_y, terms.p_y
     one_minus_p = -torch.expm1(logp_y)
     w_y = positive_weight(logp_y, config)
 
@@ -299,12 +321,12 @@ def chunk_loss_and_grad(z, labels, config, want_grad: bool, want_stats: bool, ex
     if tail != 0.0 or head != tail:
         target_plogp = xlogx_terms(p_y, logp_y)
     if tail != 0.0:
-        loss_rows = loss_rows - tail * (terms["plogp"] - target_plogp)
+        loss_rows = loss_rows - tail * (terms.plogp - target_plogp)
         total_w = total_w + tail * one_minus_p
     if head != tail:
-        in_k = terms["target_in_topk"]
-        loss_rows = loss_rows - (head - tail) * (terms["topk_plogp"] - in_k * target_plogp)
-        total_w = total_w + (head - tail) * (terms["topk_mass"] - in_k * p_y)
+        in_k = terms.target_in_topk
+        loss_rows = loss_rows - (head - tail) * (terms.topk_plogp - in_k * target_plogp)
+        total_w = total_w + (head - tail) * (terms.topk_mass - in_k * p_y)
 
     grad = None
     if want_grad:
@@ -313,7 +335,7 @@ def chunk_loss_and_grad(z, labels, config, want_grad: bool, want_stats: bool, ex
         # p_y * (S - w_y) - w_y * (1 - p_y): no cancellation when w_y is large and p_y close to 1 (linear form).
         grad = unnorm.mul_((total_w - tail).unsqueeze(-1) / norm)
         if head != tail:
-            grad.scatter_add_(-1, head_ids, terms["head_p"] * -(head - tail))
+            grad.scatter_add_(-1, head_ids, terms.head_p * -(head - tail))
         grad.scatter_(-1, labels.unsqueeze(-1), (p_y * (total_w - w_y) - w_y * one_minus_p).unsqueeze(-1))
 
     stats = stats_from_terms(terms) if want_stats else None
@@ -346,6 +368,16 @@ def default_chunk_size(num_tokens: int, vocab_size: int, budget_bytes: int = CHU
     if rows >= 16:
         rows -= rows % 16  # multiples of 16 keep the matmuls on their fast paths
     return max(1, min(rows, num_tokens))
+
+
+def logits_buffers(
+    rows: int, vocab_size: int, weight: torch.Tensor, device
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`(out, mm_out)` for `chunk_logits`, allocated once and reused by every chunk: (rows, V) logits in the compute
+    dtype, and a buffer in the weight's dtype for the matmul when that is not the compute dtype (else None)."""
+    out = torch.empty(rows, vocab_size, dtype=compute_dtype(weight.dtype), device=device)
+    mm_out = None if weight.dtype == out.dtype else torch.empty(rows, vocab_size, dtype=weight.dtype, device=device)
+    return out, mm_out
 
 
 def chunk_logits(hidden, weight, bias, logit_scale, softcap, out, mm_out):

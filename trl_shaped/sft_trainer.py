@@ -114,6 +114,15 @@ def check_sft_dataset(dataset, argument: str, args, formatting_func=None) -> Non
     )
 
 
+def _sample_ids(inputs: dict) -> torch.Tensor:
+    """(B, T) index of the sample each position belongs to: its row, or with padding-free batches (one row of packed
+    sequences, `position_ids` restarting at 0) its sequence."""
+    input_ids = inputs["input_ids"]
+    if "attention_mask" not in inputs and "position_ids" in inputs and input_ids.size(0) == 1:
+        return ((inputs["position_ids"] == 0).cumsum(dim=-1) - 1).clamp_min(0)
+    return torch.arange(input_ids.size(0), device=input_ids.device).unsqueeze(1).expand_as(input_ids)
+
+
 class ShapedSFTTrainer(SafeCheckpointsMixin, SFTTrainer):
     """[`~trl.SFTTrainer`] that minimises the rank-aware shaped loss of arXiv 2512.22955 (see docs/method.md).
 
@@ -206,7 +215,10 @@ class ShapedSFTTrainer(SafeCheckpointsMixin, SFTTrainer):
         inputs["use_cache"] = False
         if self.aux_loss_enabled:
             inputs["output_router_logits"] = True
-        outputs = model(**inputs, shaped_lm_head=self.shaping, num_items_in_batch=num_items_in_batch)
+        # Eval diagnostics are summed per sample so that `gather_for_metrics` can drop the samples accelerate repeats
+        # to even out the last batch over processes, as stock TRL's eval metrics do.
+        groups = {"stats_groups": _sample_ids(inputs)} if mode == "eval" else {}
+        outputs = model(**inputs, shaped_lm_head=self.shaping, num_items_in_batch=num_items_in_batch, **groups)
         loss = outputs.loss
         # From here on the normalisation is SFTTrainer's (sft_trainer.py, compute_loss), which has no hook to reuse:
         # `num_items_in_batch` counts the tokens of every rank, and DDP / DeepSpeed average the gradients over ranks.
@@ -231,12 +243,15 @@ class ShapedSFTTrainer(SafeCheckpointsMixin, SFTTrainer):
 
     def _accumulate_stats(self, mode: str, stats: dict) -> None:
         # Sums, reduced over processes: `log` divides once by the token count (a mean of per-batch means would weight
-        # a batch with few scored tokens like a full one).
+        # a batch with few scored tokens like a full one). Eval stats are per sample: (samples, keys).
         keys = (*STAT_NAMES, "num_tokens")
         local = torch.stack(
-            [torch.as_tensor(stats[k], dtype=torch.float64, device=self.accelerator.device) for k in keys]
+            [torch.as_tensor(stats[k], dtype=torch.float64, device=self.accelerator.device) for k in keys], dim=-1
         )
-        total = self.accelerator.reduce(local, reduction="sum").tolist()
+        if local.dim() == 2:
+            total = self.accelerator.gather_for_metrics(local).sum(dim=0).tolist()
+        else:
+            total = self.accelerator.reduce(local, reduction="sum").tolist()
         sums = self._shaped_sums[mode]
         for key, value in zip(keys, total, strict=True):
             sums[key] = sums.get(key, 0.0) + value

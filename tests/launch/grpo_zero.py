@@ -3,9 +3,12 @@
 
 A short ShapedGRPOTrainer run under DeepSpeed on every process, with the prior as KL anchor (beta > 0), dynamic
 sampling (half the prompts give all-equal rewards), drift diagnostics every step and the auxiliary shaped loss.
-Rank 0 writes the log history to OUT.json.
+On the first diagnostics step the last process has no scored completion token (its completion mask zeroed, as when
+all its completions were truncated). The drift chunks are recorded with a chunk budget of 4 rows of the true
+vocabulary. Rank 0 writes the log history to OUT.json.
 """
 
+import functools
 import json
 import os
 import sys
@@ -17,9 +20,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from _grpo_common import arithmetic_prompts, arithmetic_solutions, grpo_config, varied_reward
 
-from trl_shaped import ShapedGRPOTrainer
+from trl_shaped import ShapedGRPOTrainer, drift
+from trl_shaped.loss_core import default_chunk_size
 from trl_shaped.scripts import end_launched_process
 from trl_shaped.tiny import build_char_tokenizer
+
+VOCAB = 4096  # the policy's head rows (tests/test_grpo_distributed.py)
 
 
 def half_constant_reward(completions, prompts, completion_ids, **kwargs):
@@ -53,6 +59,32 @@ def record_dynamic_sampling(trainer) -> list:
     return batches
 
 
+def record_drift_chunks() -> list:
+    """Chunk the drift statistics by 4 rows of the true vocabulary's float32 logits; record each call's arguments."""
+    calls = []
+
+    def chunk_size(num_tokens, vocab_size):
+        rows = default_chunk_size(num_tokens, vocab_size, budget_bytes=4 * 4 * VOCAB)
+        calls.append({"num_tokens": num_tokens, "vocab_size": vocab_size, "rows": rows})
+        return rows
+
+    drift.default_chunk_size = chunk_size
+    return calls
+
+
+def without_scored_tokens_on_the_last_process_once(trainer) -> None:
+    inner, done = trainer._drift_diagnostics_sums, []
+
+    @functools.wraps(inner)
+    def wrapped(batch):
+        if not done and trainer.accelerator.process_index == trainer.accelerator.num_processes - 1:
+            batch = {**batch, "completion_mask": torch.zeros_like(batch["completion_mask"])}
+        done.append(True)
+        return inner(batch)
+
+    trainer._drift_diagnostics_sums = wrapped
+
+
 def main():
     policy_dir, out = sys.argv[1], sys.argv[2]
     args = grpo_config(
@@ -80,12 +112,15 @@ def main():
         aux_dataset=arithmetic_solutions(),
     )
     batches = record_dynamic_sampling(trainer)
+    chunks = record_drift_chunks()
+    without_scored_tokens_on_the_last_process_once(trainer)
     trainer.train()
     # ZeRO-3 leaves an empty tensor outside the forward for a sharded parameter
     sharded = trainer.model.get_output_embeddings().weight.numel() == 0
     if trainer.accelerator.is_main_process:
         with open(out, "w") as f:
-            json.dump({"log_history": trainer.state.log_history, "lm_head_sharded": sharded, "batches": batches}, f)
+            record = {"log_history": trainer.state.log_history, "lm_head_sharded": sharded, "batches": batches}
+            json.dump({**record, "drift_chunks": chunks}, f)
     trainer.accelerator.end_training()
     end_launched_process()  # gloo's threads outlive the process group; interpreter finalization can abort on them
 
