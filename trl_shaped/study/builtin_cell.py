@@ -41,9 +41,9 @@ from .cells import newest_checkpoint, say, write_json_atomic
 from .config import StudyConfig
 from .task import ArithmeticTask, build_datasets, solution_strategy, task_alphabet
 
-# Longest completion of the default task ("19+19=38; 38+19=57 #### 57", 26 characters) plus the eos token and
+# Longest completion of the default task ("9+9=18; 18+9=27; 27+9=36 #### 36", 33 characters) plus the eos token and
 # room for a few mistakes (a BPE token covers at least one character).
-MAX_COMPLETION_TOKENS = 32
+MAX_COMPLETION_TOKENS = 40
 MAX_SEQUENCE_TOKENS = 64
 # Trainer arguments recorded with each stage (read back from the configs actually used).
 STAGE1_SETTINGS = ("max_steps", "per_device_train_batch_size", "learning_rate", "lr_scheduler_type", "shaping_preset")
@@ -121,7 +121,11 @@ def _settings(args, names) -> dict:
 def task_data(config: StudyConfig):
     """The study's task: the same problems in every cell (they come from the first seed)."""
     return build_datasets(
-        ArithmeticTask(), num_train=config.num_train_problems, num_test=config.num_test_problems, seed=config.seed
+        ArithmeticTask(),
+        num_train=config.num_train_problems,
+        num_rl=config.num_rl_problems,
+        num_test=config.num_test_problems,
+        seed=config.seed,
     )
 
 
@@ -210,7 +214,7 @@ def train_rl(preset: str, seed: int, config: StudyConfig, data, tokenizer, cell:
         per_device_train_batch_size=config.grpo_prompts_per_step * config.num_generations,
         num_generations=config.num_generations,
         max_completion_length=MAX_COMPLETION_TOKENS,
-        temperature=1.0,
+        temperature=config.grpo_temperature,
         # The paper's recipe (no KL, clip-higher, dynamic sampling) at a learning rate that moves a tiny model
         # within a few dozen steps.
         beta=0.0,
