@@ -10,8 +10,8 @@ DIGITS = set("0123456789")
 
 
 def digit_share_reward(completions, **kwargs):
-    """The share of a completion's characters that are digits: about 10/23 for a random character model, 1 for a
-    model that writes only digits; reachable by raising a few token probabilities, so a learner climbs it fast."""
+    """The share of a completion's characters that are digits: low for a random character model, 1 for a model that
+    writes only digits; reachable by raising a few token probabilities, so a learner climbs it fast."""
     return [sum(c in DIGITS for c in text) / len(text) if text else 0.0 for text in completions]
 
 
@@ -38,6 +38,7 @@ def test_grpo_raises_a_learnable_reward(tmp_path):
     rewards = [entry["reward"] for entry in trainer.state.log_history if "reward" in entry]
     assert len(rewards) == steps
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
-    # A random character model starts near 10/23; learning must add at least 0.25 (a flat or falling curve fails).
-    assert first < 0.6, rewards
-    assert last > first + 0.25, rewards
+    # The random model starts low (0.13 over the first five steps at this seed, 0.77 over the last five); learning
+    # must add at least 0.3 (a flat or falling curve fails).
+    assert first < 0.5, rewards
+    assert last > first + 0.3, rewards

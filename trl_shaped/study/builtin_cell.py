@@ -192,13 +192,19 @@ def train_stage1(preset: str, seed: int, config: StudyConfig, data, tokenizer, c
         model=model, args=args, train_dataset=data["sft"].remove_columns("answer"), processing_class=tokenizer
     )
     _compact(trainer, f"stage 1 [{preset} seed {seed}]", {"loss": "loss", "entropy": "entropy"}, max(1, steps // 4))
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     trainer.train(resume_from_checkpoint=resumed)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     trainer.save_model(str(out))
     settings = _settings(args, STAGE1_SETTINGS)
     settings["shaping"] = dataclasses.asdict(args.shaping)  # the resolved preset
-    return {"seconds": seconds, "settings": settings, "log_history": trainer.state.log_history, "resumed_from": resumed}
+    return {
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "settings": settings,
+        "log_history": trainer.state.log_history,
+        "resumed_from": resumed,
+    }
 
 
 def train_rl(preset: str, seed: int, config: StudyConfig, data, tokenizer, cell: Path) -> dict:
@@ -244,12 +250,13 @@ def train_rl(preset: str, seed: int, config: StudyConfig, data, tokenizer, cell:
     )
     keys = {"reward": "reward", "entropy": "entropy", "completions/mean_length": "length"}
     _compact(trainer, f"GRPO [{preset} seed {seed}]", keys, every=max(1, steps // 4))
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     trainer.train(resume_from_checkpoint=resumed)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     trainer.save_model(str(out))
     return {
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "settings": _settings(args, RL_SETTINGS),
         "log_history": trainer.state.log_history,
         "resumed_from": resumed,
@@ -324,9 +331,9 @@ def evaluate_checkpoint(folder: Path, tokenizer, data, config: StudyConfig, seed
         run_name=str(folder),
         progress=False,
     )
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     result = evaluate(model, tokenizer, data["test"], eval_config)
-    result["seconds"] = time.perf_counter() - start
+    result["seconds"], result["cpu_seconds"] = time.perf_counter() - start, time.process_time() - cpu_start
     result.update(completion_profile(result["per_problem"], list(data["test"]["answer"]), eval_config.pass_k))
     result.update(first_token_stats(model, tokenizer, list(data["test"]["prompt"])))
     write_json_atomic(samples_path, result)
@@ -375,7 +382,8 @@ def run_cell(config: StudyConfig, preset: str, seed: int, cell: Path) -> dict:
         "eval_stage1": eval_stage1,
         "rl": rl,
         "eval_rl": eval_rl,
-        # CPU time of this process, imports included: about the cell's wall time on an idle core
+        # CPU time of this process, imports included: about the cell's wall time on an idle core (each stage records
+        # its own `seconds` and `cpu_seconds`)
         "cpu_seconds": time.process_time(),
         "torch_threads": torch.get_num_threads(),
     }
