@@ -413,7 +413,8 @@ def test_study_recipes_parse(monkeypatch):
 
     monkeypatch.chdir(ROOT)  # the recipes name files relative to the repository root
     (tiny,) = make_parser().parse_args_and_config(["--config", str(RECIPES / "study_tiny.yaml")])
-    assert tiny.builtin and len(tiny.preset_names()) == 5 and tiny.num_seeds == 4 and tiny.shaping_top_k == 100
+    assert tiny.builtin and len(tiny.preset_names()) == 5 and tiny.num_seeds == 6 and tiny.shaping_top_k == 100
+    assert tiny.eval_num_samples == 32  # Pass@k up to 32, with the paper's k = n/2 = 16
     (qwen,) = make_parser().parse_args_and_config(["--config", str(RECIPES / "study_qwen3.yaml"), "--num_seeds", "5"])
     assert not qwen.builtin and qwen.num_seeds == 5 and qwen.parallel(15) == 1
     commands = dict(stage_commands(qwen, "head_reward", 42, Path("cell")))

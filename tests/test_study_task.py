@@ -67,12 +67,12 @@ def check_solution(prompt: str, completion: str, answer: str) -> str:
 
 @pytest.fixture(scope="module")
 def data():
-    return build_datasets(num_train=400, num_test=60, seed=1)
+    return build_datasets(num_train=400, num_rl=150, num_test=60, seed=1)
 
 
 def test_task_is_deterministic_given_the_seed(data):
-    again = build_datasets(num_train=400, num_test=60, seed=1)
-    other = build_datasets(num_train=400, num_test=60, seed=2)
+    again = build_datasets(num_train=400, num_rl=150, num_test=60, seed=1)
+    other = build_datasets(num_train=400, num_rl=150, num_test=60, seed=2)
     for split in ("sft", "rl", "test"):
         assert data[split].to_list() == again[split].to_list()
     assert data["sft"].to_list() != other["sft"].to_list()
@@ -116,13 +116,33 @@ def test_solution_orders_are_the_valid_commutations():
     assert solution_orders((1, -5)) == []
 
 
-def test_train_and_test_problems_are_disjoint(data):
-    train = set(data["rl"]["prompt"])
-    assert len(train) == len(data["rl"])
-    assert set(data["sft"]["prompt"]) == train
-    test = data["test"]["prompt"]
-    assert len(set(test)) == len(test)
-    assert not train & set(test)
+def _expressions(text: str) -> set[str]:
+    """Every expression written as a problem in `text` (what precedes "=?")."""
+    return set(re.findall(r"(\d+(?:[+-]\d+)+)=\?", text))
+
+
+@pytest.mark.parametrize("profile", [{}, {"quick": True}])
+def test_rl_and_test_problems_never_occur_in_the_stage1_corpus(profile, tmp_path):
+    """On the data a study's cells actually train on: no RL or held-out problem is written anywhere in the stage-1
+    text (prompts and completions), and the held-out problems are not RL problems."""
+    from trl_shaped.study.builtin_cell import task_data
+
+    config = DemoConfig(output_dir=str(tmp_path), **profile)
+    data = task_data(config)
+    assert (len(data["rl"]), len(data["test"])) == (config.num_rl_problems, config.num_test_problems)
+    corpus = "\n".join(row["prompt"] + row["completion"] for row in data["sft"])
+    seen = _expressions(corpus)
+    assert len(seen) == config.num_train_problems
+    rl = [p.removesuffix("=?\n") for p in data["rl"]["prompt"]]
+    test = [p.removesuffix("=?\n") for p in data["test"]["prompt"]]
+    assert len(set(rl)) == len(rl) and len(set(test)) == len(test)
+    # the same sum with its terms in another order is the same problem for the model's purposes: compare term
+    # multisets, not only strings
+    seen_terms = {tuple(sorted(signed_terms(e))) for e in seen}
+    for expression in rl + test:
+        assert f"{expression}=" not in corpus, expression
+        assert tuple(sorted(signed_terms(expression))) not in seen_terms, expression
+    assert not {tuple(sorted(signed_terms(e))) for e in rl} & {tuple(sorted(signed_terms(e))) for e in test}
 
 
 def test_task_alphabet_covers_the_text_and_fits_the_default_tokenizer(data):
@@ -142,7 +162,9 @@ def test_task_and_config_reject_bad_values():
     with pytest.raises(ValueError, match="direct_prob"):
         ArithmeticTask(direct_prob=1.0)
     with pytest.raises(ValueError, match="num_train"):
-        build_datasets(ArithmeticTask(min_terms=2, max_terms=2, max_operand=2), num_train=50, num_test=5)
+        build_datasets(ArithmeticTask(min_terms=2, max_terms=2, max_operand=2), num_train=50, num_rl=5, num_test=5)
+    with pytest.raises(ValueError, match="num_rl"):
+        build_datasets(num_train=50, num_rl=0, num_test=5)
     with pytest.raises(ValueError, match="presets"):
         DemoConfig(presets="ce,nope")
     with pytest.raises(ValueError, match="tokenizer"):

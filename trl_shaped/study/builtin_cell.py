@@ -53,9 +53,9 @@ from .cells import (
 from .config import StudyConfig, stage1_arguments
 from .task import build_datasets, solution_strategy, task_alphabet
 
-# Longest completion of the default task ("19+19=38; 38+19=57 #### 57", 26 characters) plus the eos token and
+# Longest completion of the default task ("9+9=18; 18+9=27; 27+9=36 #### 36", 33 characters) plus the eos token and
 # room for a few mistakes (a BPE token covers at least one character).
-MAX_COMPLETION_TOKENS = 32
+MAX_COMPLETION_TOKENS = 40
 MAX_SEQUENCE_TOKENS = 64
 # Trainer arguments recorded with each stage (read back from the configs actually used).
 STAGE1_SETTINGS = ("max_steps", "per_device_train_batch_size", "learning_rate", "lr_scheduler_type", "shaping_preset")
@@ -219,14 +219,20 @@ def train_stage1(preset: str, seed: int, config: StudyConfig, data, tokenizer, c
         model=model, args=args, train_dataset=data["sft"].remove_columns("answer"), processing_class=tokenizer
     )
     _compact(trainer, f"stage 1 [{preset} seed {seed}]", {"loss": "loss", "entropy": "entropy"}, max(1, steps // 4))
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     trainer.train(resume_from_checkpoint=resumed)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     trainer.save_model(str(out))
     settings = _settings(args, STAGE1_SETTINGS)
     settings["shaping"] = dataclasses.asdict(args.shaping)  # the resolved preset
     settings["loss_type"] = args.loss_type  # "dft" for the dft arm (with the ce shaping)
-    return {"seconds": seconds, "settings": settings, "log_history": trainer.state.log_history, "resumed_from": resumed}
+    return {
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "settings": settings,
+        "log_history": trainer.state.log_history,
+        "resumed_from": resumed,
+    }
 
 
 def train_rl(preset: str, seed: int, config: StudyConfig, data, tokenizer, cell: Path) -> dict:
@@ -242,7 +248,7 @@ def train_rl(preset: str, seed: int, config: StudyConfig, data, tokenizer, cell:
         per_device_train_batch_size=config.grpo_prompts_per_step * config.num_generations,
         num_generations=config.num_generations,
         max_completion_length=MAX_COMPLETION_TOKENS,
-        temperature=1.0,
+        temperature=config.grpo_temperature,
         # The paper's recipe (no KL, clip-higher, dynamic sampling) at a learning rate that moves a tiny model
         # within a few dozen steps.
         beta=0.0,
@@ -272,12 +278,13 @@ def train_rl(preset: str, seed: int, config: StudyConfig, data, tokenizer, cell:
     )
     keys = {"reward": "reward", "entropy": "entropy", "completions/mean_length": "length"}
     _compact(trainer, f"GRPO [{preset} seed {seed}]", keys, every=max(1, steps // 4))
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     trainer.train(resume_from_checkpoint=resumed)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     trainer.save_model(str(out))
     return {
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "settings": _settings(args, RL_SETTINGS),
         "log_history": trainer.state.log_history,
         "resumed_from": resumed,
@@ -352,9 +359,9 @@ def evaluate_checkpoint(folder: Path, tokenizer, data, config: StudyConfig, seed
         run_name=str(folder),
         progress=False,
     )
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     result = evaluate(model, tokenizer, data["test"], eval_config)
-    result["seconds"] = time.perf_counter() - start
+    result["seconds"], result["cpu_seconds"] = time.perf_counter() - start, time.process_time() - cpu_start
     result.update(completion_profile(result["per_problem"], list(data["test"]["answer"]), eval_config.pass_k))
     result.update(first_token_stats(model, tokenizer, list(data["test"]["prompt"])))
     write_json_atomic(samples_path, result)
@@ -405,7 +412,8 @@ def run_cell(config: StudyConfig, preset: str, seed: int, cell: Path) -> dict:
         "eval_stage1": eval_stage1,
         "rl": rl,
         "eval_rl": eval_rl,
-        # CPU time of this process, imports included: about the cell's wall time on an idle core
+        # CPU time of this process, imports included: about the cell's wall time on an idle core (each stage records
+        # its own `seconds` and `cpu_seconds`)
         "cpu_seconds": time.process_time(),
         "torch_threads": torch.get_num_threads(),
     }

@@ -121,6 +121,7 @@ def builtin_task_args(config) -> dict:
     return dict(
         task=ArithmeticTask(),
         num_train=config.num_train_problems,
+        num_rl=config.num_rl_problems,
         num_test=config.num_test_problems,
         solutions_per_problem=SOLUTIONS_PER_PROBLEM,
         seed=config.seed,

@@ -9,13 +9,15 @@ while the arithmetic and the answer after ``####`` are not. That is where the sh
 the distribution without changing what is right, and where the exploration they leave matters to RL (the direct
 strategy is valid but unreliable for a small model, so RL has a real choice to learn).
 
-Datasets (all deterministic given the seed; train and test problems are disjoint expressions):
+Datasets (all deterministic given the seed), drawn from three disjoint pools of expressions, as in the paper's
+pipeline where the RL data is not the pre-training data: RL must improve how the model solves problems it has not
+memorised, and the test measures that on problems neither stage saw.
 
-- ``sft``: prompt-completion rows for stage 1 (``prompt``, ``completion``, ``answer``), several sampled worked
-  solutions per training problem;
-- ``rl``: prompt-only rows with ``answer`` for GRPO, one per training problem;
-- ``test``: prompt-only rows with ``answer`` (and one sampled worked ``completion``, the held-out text on which
-  the stage-1 distribution is measured).
+- ``sft``: prompt-completion rows for stage 1 (``prompt``, ``completion``, ``answer``), several sampled
+  solutions per stage-1 problem;
+- ``rl``: prompt-only rows with ``answer`` for GRPO, one per RL problem (none of them in ``sft``);
+- ``test``: prompt-only rows with ``answer`` (and one sampled ``completion``, the held-out text on which the
+  stage-1 distribution is measured); none of them in ``sft`` or ``rl``.
 """
 
 import itertools
@@ -47,11 +49,11 @@ class ArithmeticTask:
             ``1 / rank ** order_skew``: 0 is uniform, larger values favour the first orders.
     """
 
-    min_terms: int = 3
-    max_terms: int = 3
-    max_operand: int = 19
+    min_terms: int = 4
+    max_terms: int = 4
+    max_operand: int = 9
     minus_prob: float = 0.4
-    direct_prob: float = 0.25
+    direct_prob: float = 0.5
     order_skew: float = 1.0
 
     def __post_init__(self):
@@ -139,6 +141,7 @@ def build_datasets(
     task: ArithmeticTask | None = None,
     *,
     num_train: int = 1000,
+    num_rl: int = 500,
     num_test: int = 100,
     solutions_per_problem: int = 4,
     seed: int = 0,
@@ -147,32 +150,36 @@ def build_datasets(
 
     Args:
         task (`ArithmeticTask`, *optional*): the problem generator; the default one when `None`.
-        num_train (`int`): distinct training problems.
-        num_test (`int`): distinct held-out problems, none of which is a training problem.
-        solutions_per_problem (`int`): sampled worked solutions per training problem in the ``sft`` split.
+        num_train (`int`): distinct stage-1 problems (the ``sft`` split).
+        num_rl (`int`): distinct RL problems, none of which is a stage-1 problem.
+        num_test (`int`): distinct held-out problems, none of which is a stage-1 or RL problem.
+        solutions_per_problem (`int`): sampled solutions per stage-1 problem in the ``sft`` split.
         seed (`int`): seed of everything random here.
     """
     task = task or ArithmeticTask()
-    if num_train < 1 or num_test < 1:
-        raise ValueError(f"num_train and num_test must be >= 1, got {num_train} and {num_test}")
+    for name, value in (("num_train", num_train), ("num_rl", num_rl), ("num_test", num_test)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
     if solutions_per_problem < 1:
         raise ValueError(f"solutions_per_problem must be >= 1, got {solutions_per_problem}")
     rng = random.Random(seed)
+    total = num_train + num_rl + num_test
     problems, seen = [], set()
-    # Distinct expressions; give up when the space is too small rather than loop forever.
-    for _ in range(50 * (num_train + num_test)):
+    # Distinct problems up to the order of their terms (a worked solution of 7+5-3 adds 5+7, so 5+7-3 is the same
+    # problem to the model); give up when the space is too small rather than loop forever.
+    for _ in range(50 * total):
         terms = task.sample_terms(rng)
-        if terms not in seen:
-            seen.add(terms)
+        if tuple(sorted(terms)) not in seen:
+            seen.add(tuple(sorted(terms)))
             problems.append(terms)
-            if len(problems) == num_train + num_test:
+            if len(problems) == total:
                 break
     else:
         raise ValueError(
-            f"the task has fewer than num_train + num_test = {num_train + num_test} distinct problems; "
+            f"the task has fewer than num_train + num_rl + num_test = {total} distinct problems; "
             "lower them or widen the task (max_operand, max_terms)"
         )
-    train, test = problems[:num_train], problems[num_train:]
+    train, rl, test = problems[:num_train], problems[num_train : num_train + num_rl], problems[num_train + num_rl :]
 
     sft_rows = []
     for terms in train:
@@ -182,7 +189,7 @@ def build_datasets(
                 {"prompt": format_prompt(terms), "completion": task.sample_solution(terms, rng), "answer": answer}
             )
     rng.shuffle(sft_rows)
-    rl_rows = [{"prompt": format_prompt(t), "answer": str(sum(t))} for t in train]
+    rl_rows = [{"prompt": format_prompt(t), "answer": str(sum(t))} for t in rl]
     test_rows = [
         {"prompt": format_prompt(t), "answer": str(sum(t)), "completion": task.sample_solution(t, rng)} for t in test
     ]
