@@ -20,6 +20,7 @@ from trl_shaped.study import runner
 from trl_shaped.study.cells import RESULT, StaleCells, cell_dir, cell_fingerprint, cell_lock, tokenizer_fingerprint
 from trl_shaped.study.config import STUDY_LEVEL_FIELDS, StudyConfig
 from trl_shaped.study.runner import BUILTIN_CELL_MODULE, launcher, run_cells, run_stage, stage_commands
+from trl_shaped.study.task import ArithmeticTask
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
@@ -209,7 +210,8 @@ def test_cells_and_tokenizers_without_a_fingerprint_count_as_differing(tmp_path,
 def test_the_fingerprint_covers_the_task_the_version_and_at_real_scale_the_recipes(tmp_path, monkeypatch):
     config = tiny()
     fingerprint = cell_fingerprint(config, "ce")
-    assert fingerprint["trl_shaped_version"] and fingerprint["task.max_operand"] == 19
+    assert fingerprint["trl_shaped_version"] and fingerprint["task.max_operand"] == ArithmeticTask().max_operand
+    assert fingerprint["num_rl_problems"] == config.num_rl_problems  # the RL split is part of the cell
     assert not set(fingerprint) & set(STUDY_LEVEL_FIELDS)
     # the task the cell actually builds is the one fingerprinted
     monkeypatch.setattr(cells_module, "SOLUTIONS_PER_PROBLEM", 5)
