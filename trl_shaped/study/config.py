@@ -22,9 +22,9 @@ ARMS = ALL_PRESETS + EXTRA_ARMS
 BASELINE = "ce"  # every paired difference is "preset minus this preset, same seed"
 
 # Per-profile defaults of the built-in task's fields left `None`. The full profile (9 cells, two at a time) is sized to
-# 10 minutes on 2 CPU cores (measured: 767 s of cell CPU time, about 6.5 minutes), the quick one to 2; measurements in
+# 10 minutes on 2 CPU cores (measured: 371 s), the quick one to 2 (51 s); measurements in
 # benchmarks/RESULTS.md (demo_study). Why these sizes:
-# - stage 1 (hidden 128 x 2 layers, 1500 steps at `sft_learning_rate` 1e-3) is 70% of a cell's CPU time, and the least
+# - stage 1 (hidden 128 x 2 layers, 1500 steps at `sft_learning_rate` 1e-3) is 3/4 of a cell's CPU time, and the least
 #   that works sums out reliably (worked solutions right 55% of the time vs 17% for direct answers on held-out
 #   problems) while still answering directly three times in four (ce Avg@8 26%): room for RL. Smaller models could not
 #   add (worked no better than direct); 4 layers x 1000 steps reached 22% and RL gained only 3 points there.
@@ -32,7 +32,7 @@ BASELINE = "ce"  # every paired difference is "preset minus this preset, same se
 #   needs: lr 1e-4 (1e-3 collapsed a model from 53% to 7%), 50 steps of 8 prompts x 8 samples, on 600 problems stage 1
 #   never showed. RL learns to work the sum out: ce +18.0 points of held-out Avg@8 [12.6, 23.4] over 3 seeds.
 # - 3 seeds (the fewest an interval allows) and 8 evaluation samples pay for stage 1; generation is cheap here
-#   (GRPO 12-15 s, an evaluation 1-3 s of CPU per cell).
+#   (GRPO 10-12 s, an evaluation 1-2 s of CPU per cell).
 BUILTIN_PROFILES = {
     "full": {
         "num_seeds": 3,

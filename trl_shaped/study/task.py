@@ -9,7 +9,7 @@ while the arithmetic and the answer after ``####`` are not. That is where the sh
 the distribution without changing what is right, and where the exploration they leave matters to RL (the direct
 strategy is valid but unreliable for a small model, so RL has a real choice to learn).
 
-Datasets (all deterministic given the seed), drawn from three disjoint pools of expressions, as in the paper's
+Datasets (all deterministic given the seed), drawn from three disjoint pools of problems, as in the paper's
 pipeline where the RL data is not the pre-training data: RL must improve how the model solves problems it has not
 memorised, and the test measures that on problems neither stage saw.
 
@@ -36,6 +36,10 @@ ANSWER_MARK = "####"
 @dataclass(frozen=True)
 class ArithmeticTask:
     """Generator of signed-sum problems with several worked solutions each.
+
+    The defaults (four terms up to 9, half the solutions direct) suit a tiny model: each worked step is a one-digit
+    addition it learns, while a direct answer to four terms is right far less often, so a stage-1 model that often
+    answers directly leaves RL something to learn that carries to unseen problems (benchmarks/RESULTS.md).
 
     Args:
         min_terms (`int`): fewest terms in a problem (at least 2).
