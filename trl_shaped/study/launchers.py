@@ -106,7 +106,7 @@ def run_local(config: StudyConfig, out: Path, todo: list[tuple[str, int]]) -> li
 
     start, finished, failures, refused = time.perf_counter(), [0], [], []
 
-    def one(cell):
+    def run_one_cell(cell):
         try:
             run_cell(config, *cell, out)
         except StaleCells as error:  # another process wrote the cell with other settings since the check
@@ -120,7 +120,7 @@ def run_local(config: StudyConfig, out: Path, todo: list[tuple[str, int]]) -> li
         say("study", f"({finished[0]}/{len(todo)}) {cell[0]} seed {cell[1]} done ({time.perf_counter() - start:.0f}s)")
 
     with ThreadPoolExecutor(max_workers=config.parallel(max(1, len(todo)))) as pool:
-        list(pool.map(one, todo))
+        list(pool.map(run_one_cell, todo))
     if refused:
         raise refused[0]
     return failures
