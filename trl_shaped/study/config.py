@@ -213,8 +213,7 @@ class StudyConfig:
     sft_learning_rate: float = field(
         default=1e-3,
         metadata={
-            "help": "Stage-1 peak learning rate (cosine schedule). 1e-3: at 3e-3 the paired runs of a seed diverged and "
-            "the stage-1 entropy differences changed sign between seeds (benchmarks/RESULTS.md, demo_study)."
+            "help": "Stage-1 peak learning rate (cosine schedule); why 1e-3: benchmarks/RESULTS.md (Demo and study)."
         },
     )
     grpo_steps: int | None = field(default=None, metadata={"help": _profile_help("GRPO optimizer steps", "grpo_steps")})
