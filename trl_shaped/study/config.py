@@ -213,7 +213,7 @@ class StudyConfig:
     sft_learning_rate: float = field(
         default=1e-3,
         metadata={
-            "help": "Stage-1 peak learning rate (cosine schedule); why 1e-3: benchmarks/RESULTS.md (Demo and study)."
+            "help": "Stage-1 peak learning rate (cosine schedule); how it was sized: benchmarks/RESULTS.md (Demo and study)."
         },
     )
     grpo_steps: int | None = field(default=None, metadata={"help": _profile_help("GRPO optimizer steps", "grpo_steps")})
