@@ -332,3 +332,17 @@ def test_the_report_states_what_results_json_says_for_each_open_claim(tmp_path):
             (line,) = [line for line in section.splitlines() if f"`{entry['interval']}`" in line]
             assert f"{scale * entry['half_width']:.3g}" in line
             assert f"about {entry['seeds_needed']}" in line
+
+
+def test_the_rl_gain_is_each_cells_own_after_minus_before():
+    cells = []
+    for seed, (before, after) in enumerate([(0.25, 0.45), (0.30, 0.40), (0.20, 0.41)]):
+        cell = make_cell("ce", seed, entropy=1.0, nll=1.0)
+        cell["eval_stage1"]["avg_at_n"], cell["eval_rl"]["avg_at_n"] = before, after
+        cells.append(cell)
+    gains = metric_values(cells)["rl_avg_at_n_gain"]["ce"]
+    assert gains == pytest.approx({0: 0.20, 1: 0.10, 2: 0.21})
+    interval = summarize(metric_values(cells))["mean"]["rl_avg_at_n_gain"]["ce"]
+    mean, sd = statistics.mean(gains.values()), statistics.stdev(gains.values())
+    half = stats.t.ppf(0.975, 2) * sd / math.sqrt(3)  # the paired interval, computed independently
+    assert interval.low == pytest.approx(mean - half) and interval.high == pytest.approx(mean + half)

@@ -47,6 +47,7 @@ METRICS = {
     "stage1_pass_at_k": "stage-1 Pass@k",
     "rl_avg_at_n": "Avg@n after RL",
     "rl_pass_at_k": "Pass@k after RL",
+    "rl_avg_at_n_gain": "Avg@n gain through RL (after RL minus stage 1, same cell)",
     "rl_reward_change": "GRPO reward, end minus start",
     "rl_entropy_change": "GRPO policy entropy, end minus start (nats/token)",
     "rl_length_change": "GRPO completion length, end minus start (tokens)",
@@ -88,6 +89,7 @@ def cell_metrics(cell: dict) -> dict[str, float]:
         "stage1_pass_at_k": s1["pass_at_k"][str(k)],
         "rl_avg_at_n": rl["avg_at_n"],
         "rl_pass_at_k": rl["pass_at_k"][str(k)],
+        "rl_avg_at_n_gain": rl["avg_at_n"] - s1["avg_at_n"],  # paired within the cell: what RL did to this prior
     }
     history = cell["rl"]["log_history"]
     for key, name in (("reward", "reward"), ("entropy", "entropy"), ("completions/mean_length", "length")):

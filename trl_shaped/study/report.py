@@ -17,7 +17,7 @@ from .config import ALL_PRESETS, BASELINE
 from .stats import t_quantile
 
 # Metrics shown in percent.
-PERCENT = ("stage1_avg_at_n", "stage1_pass_at_k", "rl_avg_at_n", "rl_pass_at_k")
+PERCENT = ("stage1_avg_at_n", "stage1_pass_at_k", "rl_avg_at_n", "rl_pass_at_k", "rl_avg_at_n_gain")
 
 
 def cpu_model() -> str:
