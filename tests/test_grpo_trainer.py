@@ -260,16 +260,21 @@ def _grads(model, loss_fn):
     return [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
 
 
-def _aux_trainer(tmp_path, coef):
+def _trainer_with_aux_data(tmp_path, **overrides):
+    """A trainer with the tail_penalty shaping on auxiliary prompt-completion data (`overrides`: config fields)."""
     args = grpo_config(
-        tmp_path, shaping_aux_coef=coef, shaping_preset="tail_penalty", shaping_top_k=5, aux_max_length=32,
-        aux_batch_size=3, diagnostics_steps=0,
+        tmp_path, **{"shaping_preset": "tail_penalty", "shaping_top_k": 5, "aux_max_length": 32,
+                     "diagnostics_steps": 0, **overrides},
     )  # fmt: skip
     model, tokenizer = tiny_policy()
-    trainer = ShapedGRPOTrainer(
+    return ShapedGRPOTrainer(
         model, [varied_reward], args, train_dataset=arithmetic_prompts(), processing_class=tokenizer,
         aux_dataset=arithmetic_solutions(),
     )  # fmt: skip
+
+
+def _aux_trainer(tmp_path, coef):
+    trainer = _trainer_with_aux_data(tmp_path, shaping_aux_coef=coef, aux_batch_size=3)
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1
     prompts = arithmetic_prompts(2)
@@ -311,15 +316,8 @@ def test_aux_shaped_loss_runs_under_the_models_autocast(tmp_path, monkeypatch):
     import trl_shaped.fused_loss
     import trl_shaped.grpo_trainer
 
-    args = grpo_config(
-        tmp_path, max_steps=1, bf16=True, shaping_aux_coef=0.5, shaping_preset="tail_penalty", shaping_top_k=5,
-        aux_max_length=32, diagnostics_steps=0,
-    )  # fmt: skip
-    model, tokenizer = tiny_policy()
-    trainer = ShapedGRPOTrainer(
-        model, [varied_reward], args, train_dataset=arithmetic_prompts(), processing_class=tokenizer,
-        aux_dataset=arithmetic_solutions(),
-    )  # fmt: skip
+    trainer = _trainer_with_aux_data(tmp_path, max_steps=1, bf16=True, shaping_aux_coef=0.5)
+    model = trainer.model
     seen, in_aux = {"backbone": [], "head": []}, []
     layer = model.model.layers[0].self_attn.q_proj
     layer.register_forward_hook(
