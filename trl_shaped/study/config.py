@@ -470,6 +470,10 @@ class StudyConfig:
     def seeds(self) -> list[int]:
         return [self.seed + i for i in range(self.num_seeds)]
 
+    def cells(self) -> list[tuple[str, int]]:
+        """Every (preset, seed) of the study, seed by seed (so the first cells to finish pair with ce)."""
+        return [(preset, seed) for seed in self.seeds() for preset in self.preset_names()]
+
     def parallel(self, num_cells: int) -> int:
         """How many cells run at once."""
         if self.max_parallel is not None:

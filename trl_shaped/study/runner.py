@@ -287,7 +287,7 @@ def prepare_cells(config: StudyConfig, out: Path) -> tuple[list[tuple[str, int]]
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    cells = [(p, s) for s in config.seeds() for p in config.preset_names()]
+    cells = config.cells()
     stale = stale_cells(config, out, cells)
     if stale and not config.overwrite:
         raise StaleCells(_refusal(out, stale))
@@ -340,7 +340,7 @@ def finished_cells(config: StudyConfig, out: Path) -> tuple[list[dict], list[dic
     """`--report_only`: the results of the cells finished so far, and what is missing of the others (per cell: the
     stages already recorded)."""
     done, missing = [], []
-    cells = [(p, s) for s in config.seeds() for p in config.preset_names()]
+    cells = config.cells()
     stale = {name for name, _ in stale_cells(config, out, cells)}  # other settings: never mixed into the report
     for preset, seed in cells:
         cell = cell_dir(out, preset, seed)
@@ -366,18 +366,17 @@ def print_commands(config: StudyConfig, out: Path) -> None:
     if not config.builtin:
         print("# the runner adds --resume_from_checkpoint <newest checkpoint> to an interrupted training stage and "
               "writes <cell>/<stage>.json when a stage ends", flush=True)  # fmt: skip
-    for seed in config.seeds():
-        for preset in config.preset_names():
-            cell = cell_dir(out, preset, seed)
-            done = " (done)" if (cell / RESULT).is_file() else ""
-            print(f"\n# cell {preset} seed {seed}: {cell}{done}", flush=True)
-            if config.builtin:
-                argv = [sys.executable, "-m", BUILTIN_CELL_MODULE, str(out / "study_config.json"), preset, str(seed)]
-                commands = [argv + [str(cell)]]
-            else:
-                commands = [launcher(config) + argv for _, argv in stage_commands(config, preset, seed, cell)]
-            for argv in commands:
-                print(" ".join(filter(None, [prefix, shlex.join(argv)])), flush=True)
+    for preset, seed in config.cells():
+        cell = cell_dir(out, preset, seed)
+        done = " (done)" if (cell / RESULT).is_file() else ""
+        print(f"\n# cell {preset} seed {seed}: {cell}{done}", flush=True)
+        if config.builtin:
+            argv = [sys.executable, "-m", BUILTIN_CELL_MODULE, str(out / "study_config.json"), preset, str(seed)]
+            commands = [argv + [str(cell)]]
+        else:
+            commands = [launcher(config) + argv for _, argv in stage_commands(config, preset, seed, cell)]
+        for argv in commands:
+            print(" ".join(filter(None, [prefix, shlex.join(argv)])), flush=True)
 
 
 def build_results(
