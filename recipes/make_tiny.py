@@ -6,7 +6,7 @@ accelerate launch --config_file accelerate_configs/cpu.yaml recipes/sft.py --con
 ```
 
 The model is a randomly initialised Qwen3-architecture network with the character-level tokenizer of
-`trl_shaped.tiny`; the data is `trl_shaped.study.task.build_datasets` written as JSON lines.
+`trl_shaped.tiny`; the data is `trl_shaped.tasks.arithmetic.build_datasets` written as JSON lines.
 """
 
 import argparse
@@ -22,7 +22,7 @@ def make_tiny(output_dir, *, num_train: int = 200, num_test: int = 20, hidden_si
         hidden_size (`int`): width of the model (2 layers).
         seed (`int`): seed of the model initialisation and of the data.
     """
-    from trl_shaped.study.task import build_datasets
+    from trl_shaped.tasks.arithmetic import build_datasets
     from trl_shaped.tiny import build_char_tokenizer, build_tiny_model
 
     out = Path(output_dir)

@@ -10,7 +10,7 @@ placeholders (`<file>.yaml`) are not checked. Braces expand (`stage1_{ce,precisi
 A command is a line of a fenced block or a code span that starts with `trl-shaped`, `bash`, `python` or
 `accelerate launch` (in a docstring or a comment, any line that does): its script and config arguments must exist,
 and a `trl-shaped` subcommand must be one of `trl_shaped.cli.SUBCOMMANDS` (read from the code, so a new subcommand is
-known without editing this file). Paths in a docstring may also be relative to the package (`study/task.py`).
+known without editing this file). Paths in a docstring may also be relative to the package (`tasks/arithmetic.py`).
 """
 
 import ast

@@ -12,7 +12,7 @@ from trl_shaped.sft_trainer import ShapedSFTTrainer
 from trl_shaped.study import builtin_cell
 from trl_shaped.study.config import ALL_PRESETS, StudyConfig, stage1_arguments
 from trl_shaped.study.runner import stage_commands
-from trl_shaped.study.task import task_alphabet
+from trl_shaped.tasks.arithmetic import task_alphabet
 from trl_shaped.tiny import build_char_tokenizer, build_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]

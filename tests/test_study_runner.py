@@ -15,12 +15,11 @@ from pathlib import Path
 import pytest
 
 from trl_shaped.checkpoints import MANIFEST_NAME, last_complete_checkpoint, resolve_resume
-from trl_shaped.study import cells as cells_module
 from trl_shaped.study import runner
 from trl_shaped.study.cells import RESULT, StaleCells, cell_dir, cell_fingerprint, cell_lock, tokenizer_fingerprint
 from trl_shaped.study.config import STUDY_LEVEL_FIELDS, StudyConfig
 from trl_shaped.study.runner import BUILTIN_CELL_MODULE, launcher, run_cells, run_stage, stage_commands
-from trl_shaped.study.task import ArithmeticTask
+from trl_shaped.tasks.arithmetic import ArithmeticTask
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
@@ -213,11 +212,12 @@ def test_the_fingerprint_covers_the_task_the_version_and_at_real_scale_the_recip
     assert fingerprint["trl_shaped_version"] and fingerprint["task.max_operand"] == ArithmeticTask().max_operand
     assert fingerprint["num_rl_problems"] == config.num_rl_problems  # the RL split is part of the cell
     assert not set(fingerprint) & set(STUDY_LEVEL_FIELDS)
-    # the task the cell actually builds is the one fingerprinted
-    monkeypatch.setattr(cells_module, "SOLUTIONS_PER_PROBLEM", 5)
+    # the task the cell actually builds is the one fingerprinted, with its judge
+    config = tiny(task_args='{"solutions_per_problem": 5}')
     assert cell_fingerprint(config, "ce")["task.solutions_per_problem"] == 5
-    assert cells_module.builtin_task_args(config)["solutions_per_problem"] == 5
+    assert config.study_task().solutions_per_problem == 5
     assert tokenizer_fingerprint(config)["task.solutions_per_problem"] == 5
+    assert cell_fingerprint(config, "ce")["task.judge"] == "exact"
     # real scale: a recipe's contents, for the presets that use it
     for preset in ("ce", "precision"):
         (tmp_path / f"{preset}.yaml").write_text("max_steps: 10\n")

@@ -12,7 +12,7 @@ from collections import Counter, defaultdict
 import pytest
 
 from trl_shaped.study import DemoConfig
-from trl_shaped.study.task import ArithmeticTask, build_datasets, solution_orders, task_alphabet
+from trl_shaped.tasks.arithmetic import ArithmeticTask, build_datasets, solution_orders, task_alphabet
 from trl_shaped.tiny import DEFAULT_ALPHABET, build_bpe_tokenizer, build_char_tokenizer
 
 STEP = re.compile(r"^(\d+)([+-])(\d+)=(\d+)$")

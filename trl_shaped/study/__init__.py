@@ -5,8 +5,8 @@ figures and a report.
     from trl_shaped.study import StudyConfig, run_study
     study_dir = run_study(StudyConfig(presets="ce,precision,diversity", num_seeds=3))
 
-The built-in demo (`trl-shaped demo`) is a profile of it: `run_study(DemoConfig(quick=True))`. The built-in task is
-`task.py`, its cell `builtin_cell.py`; the runner (`runner.py`) starts one process per cell and `cells.py` is where
+The built-in demo (`trl-shaped demo`) is a profile of it: `run_study(DemoConfig(quick=True))`. The built-in tasks are in
+`trl_shaped/tasks/`, the cell `builtin_cell.py`; the runner (`runner.py`) starts one process per cell and `cells.py` is where
 a cell's files live.
 
 `run_study` is imported on first use, so that parsing a `StudyConfig` does not load the statistics or plotting.

@@ -3,7 +3,7 @@ checkpoint, evaluation. `trl_shaped.study.run_study` runs each cell in its own p
 
     python -m trl_shaped.study.builtin_cell <study_config.json> <preset> <seed> <cell_dir>
 
-Everything is built locally: the task (`task.py`), a tokenizer (byte-level BPE trained on the task's text, or one id
+Everything is built locally: the task (`trl_shaped.tasks`), a tokenizer (byte-level BPE trained on the task's text, or one id
 per character) shared by every cell of the study, and a tiny Qwen3-architecture model (`trl_shaped.tiny`). The cell's
 seed sets the initial weights, the data order and the sampling; the problems are those of the study's first seed.
 
@@ -38,7 +38,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, T
 from .. import ShapedGRPOConfig, ShapedGRPOTrainer, ShapedSFTConfig, ShapedSFTTrainer
 from ..checkpoints import last_complete_checkpoint
 from ..evaluation import EvalConfig, evaluate, pass_at_k
-from ..rewards import exact_answer_reward
+from ..rewards import get_judge
 from ..tiny import build_bpe_tokenizer, build_char_tokenizer, build_tiny_model
 from .cells import (
     FINGERPRINT,
@@ -51,12 +51,7 @@ from .cells import (
     write_json_atomic,
 )
 from .config import StudyConfig, stage1_arguments
-from .task import build_datasets, solution_strategy, task_alphabet
 
-# Longest completion of the default task ("9+9=18; 18+9=27; 27+9=36 #### 36", 33 characters) plus the eos token and
-# room for a few mistakes (a BPE token covers at least one character).
-MAX_COMPLETION_TOKENS = 40
-MAX_SEQUENCE_TOKENS = 64
 # Trainer arguments recorded with each stage (read back from the configs actually used).
 STAGE1_SETTINGS = ("max_steps", "per_device_train_batch_size", "learning_rate", "lr_scheduler_type", "shaping_preset")
 RL_SETTINGS = (
@@ -131,8 +126,8 @@ def _settings(args, names) -> dict:
 
 
 def task_data(config: StudyConfig):
-    """The study's task: the same problems in every cell (they come from the first seed)."""
-    return build_datasets(**builtin_task_args(config))
+    """The study's task data: the same problems in every cell (they come from the first seed)."""
+    return config.study_task().build_datasets(**builtin_task_args(config))
 
 
 def shared_tokenizer(config: StudyConfig, data, folder: Path):
@@ -150,7 +145,7 @@ def shared_tokenizer(config: StudyConfig, data, folder: Path):
             )
     else:
         if config.tokenizer == "char":
-            tokenizer = build_char_tokenizer(task_alphabet())
+            tokenizer = build_char_tokenizer(config.study_task().alphabet())
         else:
             corpus = [row["prompt"] + row["completion"] for row in data["sft"]]
             tokenizer = build_bpe_tokenizer(corpus, vocab_size=config.bpe_vocab_size)
@@ -190,7 +185,7 @@ def train_stage1(preset: str, seed: int, config: StudyConfig, data, tokenizer, c
         len(tokenizer),
         hidden_size=config.hidden_size,
         num_layers=config.num_layers,
-        max_position_embeddings=MAX_SEQUENCE_TOKENS,
+        max_position_embeddings=config.study_task().max_sequence_tokens,
         tokenizer=tokenizer,
         seed=seed,
     )
@@ -205,7 +200,7 @@ def train_stage1(preset: str, seed: int, config: StudyConfig, data, tokenizer, c
         lr_scheduler_type="cosine",
         warmup_steps=max(1, steps // 20),
         weight_decay=0.0,
-        max_length=MAX_SEQUENCE_TOKENS,
+        max_length=config.study_task().max_sequence_tokens,
         logging_steps=max(1, steps // 20),
         save_strategy="steps",
         save_steps=max(1, steps // config.checkpoints_per_stage),
@@ -247,7 +242,7 @@ def train_rl(preset: str, seed: int, config: StudyConfig, data, tokenizer, cell:
         max_steps=steps,
         per_device_train_batch_size=config.grpo_prompts_per_step * config.num_generations,
         num_generations=config.num_generations,
-        max_completion_length=MAX_COMPLETION_TOKENS,
+        max_completion_length=config.study_task().max_completion_tokens,
         temperature=config.grpo_temperature,
         # The paper's recipe (no KL, clip-higher, dynamic sampling) at a learning rate that moves a tiny model
         # within a few dozen steps.
@@ -271,7 +266,7 @@ def train_rl(preset: str, seed: int, config: StudyConfig, data, tokenizer, cell:
     )
     trainer = ShapedGRPOTrainer(
         model=stage1_dir,
-        reward_funcs=exact_answer_reward,
+        reward_funcs=get_judge(config.study_task().judge),
         args=args,
         train_dataset=data["rl"],
         processing_class=tokenizer,
@@ -297,18 +292,21 @@ def _stderr(values: list[float]) -> float:
     return math.sqrt(sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1) / len(values))
 
 
-def completion_profile(per_problem: list[dict], answers: list[str], pass_k: list[int]) -> dict:
-    """What the sampled completions look like: the share of each strategy, how many distinct correct solutions a
-    problem gets (the exploration the prior offers RL; judged by `exact_answer_reward`, as evaluation and RL judge),
-    and the standard errors of Avg@n and Pass@k over the test problems."""
+def completion_profile(per_problem: list[dict], rows: list[dict], pass_k: list[int], task) -> dict:
+    """What the sampled completions look like: the share of each of the task's strategies, how many distinct correct
+    solutions a problem gets (the exploration the prior offers RL; judged by the task's judge, as evaluation and RL
+    judge), and the standard errors of Avg@n and Pass@k over the test problems."""
+    judge = get_judge(task.judge)
     strategies = {"worked": 0, "direct": 0, "other": 0}
     distinct_correct = []
-    for record, gold in zip(per_problem, answers, strict=True):
+    for record, row in zip(per_problem, rows, strict=True):
         texts = record["completions"]
         for text in texts:
-            strategies[solution_strategy(text)] += 1
-        rewards = exact_answer_reward(texts, [gold] * len(texts))
-        correct = {t.strip() for t, r in zip(texts, rewards, strict=True) if r is not None and r > 0}
+            label = task.solution_strategy(text)
+            strategies[label] = strategies.get(label, 0) + 1
+        columns = {k: [v] * len(texts) for k, v in row.items() if k not in ("prompt", "completion")}
+        rewards = judge(texts, **columns)
+        correct = {t.strip() for t, r in zip(texts, rewards, strict=True) if r is not None and r >= 1.0}
         distinct_correct.append(len(correct))
     n = len(per_problem[0]["completions"])
     total = sum(strategies.values())
@@ -352,7 +350,7 @@ def evaluate_checkpoint(folder: Path, tokenizer, data, config: StudyConfig, seed
         num_samples=config.eval_num_samples,
         temperature=config.eval_temperature,
         top_p=config.eval_top_p,
-        max_new_tokens=MAX_COMPLETION_TOKENS,
+        max_new_tokens=config.study_task().max_completion_tokens,
         diagnostics_top_k=config.shaping_top_k,
         diagnostics_batch_size=64,
         seed=seed,
@@ -362,7 +360,8 @@ def evaluate_checkpoint(folder: Path, tokenizer, data, config: StudyConfig, seed
     start, cpu_start = time.perf_counter(), time.process_time()
     result = evaluate(model, tokenizer, data["test"], eval_config)
     result["seconds"], result["cpu_seconds"] = time.perf_counter() - start, time.process_time() - cpu_start
-    result.update(completion_profile(result["per_problem"], list(data["test"]["answer"]), eval_config.pass_k))
+    task = config.study_task()
+    result.update(completion_profile(result["per_problem"], [dict(r) for r in data["test"]], eval_config.pass_k, task))
     result.update(first_token_stats(model, tokenizer, list(data["test"]["prompt"])))
     write_json_atomic(samples_path, result)
     return {k: v for k, v in result.items() if k != "per_problem"}

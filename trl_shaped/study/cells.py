@@ -30,8 +30,6 @@ from .config import STUDY_LEVEL_FIELDS
 
 RESULT = "result.json"
 FINGERPRINT = "fingerprint.json"
-# Worked solutions sampled per training problem in the built-in task's stage-1 corpus.
-SOLUTIONS_PER_PROBLEM = 4
 
 
 def say(tag: str, message: str) -> None:
@@ -114,24 +112,20 @@ def acquire_cell(lock: FileLock, what: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- fingerprints
 def builtin_task_args(config) -> dict:
-    """The keyword arguments of `task.build_datasets` for the built-in task's cells (one place for the cell and its
-    fingerprint)."""
-    from .task import ArithmeticTask
-
+    """The keyword arguments of the task's `build_datasets` for the built-in study's cells (one place for the cell and
+    its fingerprint): the problems come from the study's first seed."""
     return dict(
-        task=ArithmeticTask(),
         num_train=config.num_train_problems,
         num_rl=config.num_rl_problems,
         num_test=config.num_test_problems,
-        solutions_per_problem=SOLUTIONS_PER_PROBLEM,
         seed=config.seed,
     )
 
 
 def _task_settings(config) -> dict:
-    args = builtin_task_args(config)
-    settings = {f"task.{k}": v for k, v in dataclasses.asdict(args.pop("task")).items()}
-    settings["task.solutions_per_problem"] = args["solutions_per_problem"]
+    task = config.study_task()
+    settings = {f"task.{k}": v for k, v in task.settings().items()}
+    settings["task"], settings["task.judge"] = task.name, task.judge
     return settings
 
 

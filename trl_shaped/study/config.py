@@ -2,7 +2,7 @@
 
 Two backends, chosen by `model_name_or_path`:
 
-- left `None`: the built-in arithmetic task (`trl_shaped.study.task`) on a tiny Qwen3 model built locally; the sizes
+- left `None`: the built-in task (`trl_shaped.tasks`, arithmetic by default) on a tiny Qwen3 model built locally; the sizes
   come from a profile (`BUILTIN_PROFILES`, "full" or `quick`) unless given;
 - a hub name or a local path: every stage of every cell runs through the recipes (`trl-shaped sft|grpo|eval --config
   <recipe>` with overrides), under `accelerate launch --config_file <accelerate_config>` when one is given.
@@ -182,6 +182,17 @@ class StudyConfig:
         },
     )
     quick: bool = field(default=False, metadata={"help": "Quick profile of the built-in task (fewer seeds, steps)."})
+    task: str = field(
+        default="arithmetic",
+        metadata={
+            "help": "Task of the built-in study: arithmetic, code, or reasoning_gym:<name> (trl_shaped.tasks); its "
+            "judge is GRPO's reward and the evaluations' correctness."
+        },
+    )
+    task_args: str = field(
+        default="{}",
+        metadata={"help": "Settings of the task as a JSON object, e.g. '{\"max_operand\": 5}' (the task's fields)."},
+    )
     tokenizer: str = field(
         default="bpe",
         metadata={
@@ -353,6 +364,7 @@ class StudyConfig:
                 raise ValueError(f"eval_temperature must be >= 0, got {self.eval_temperature}")
             if self.tokenizer not in ("bpe", "char"):
                 raise ValueError(f"tokenizer must be 'bpe' or 'char', got {self.tokenizer!r}")
+            self.study_task()  # validates task and task_args
             if self.tokenizer == "bpe" and self.bpe_vocab_size < 512:
                 raise ValueError(
                     f"bpe_vocab_size must be >= 512 (k=100 much smaller than V), got {self.bpe_vocab_size}"
@@ -425,6 +437,18 @@ class StudyConfig:
                     f"report_to at real scale names one tracker (the stage commands take one), got {self.report_to}; "
                     "set several in the recipes' `report_to` instead"
                 )
+
+    def study_task(self):
+        """The built-in study's task (`trl_shaped.tasks.StudyTask`), built from `task` and `task_args`."""
+        from ..tasks import get_task
+
+        try:
+            settings = json.loads(self.task_args or "{}")
+        except json.JSONDecodeError as error:
+            raise ValueError(f"task_args must be a JSON object, got {self.task_args!r}: {error}") from None
+        if not isinstance(settings, dict):
+            raise ValueError(f"task_args must be a JSON object, got {self.task_args!r}")
+        return get_task(self.task, **settings)
 
     def slurm_extra(self) -> dict:
         """`slurm_additional_parameters` as a dict (validated)."""

@@ -1,4 +1,4 @@
-"""The demo's reasoning task: sums of signed integers, solved step by step, with several valid solution paths.
+"""The built-in arithmetic task: sums of signed integers, solved step by step, with several valid solution paths.
 
 A problem is an expression such as ``7+5-3+8``. A worked solution adds the terms one at a time in some order
 that keeps every running total non-negative, e.g. ``7+5=12 12-3=9 9+8=17 #### 17`` or ``8-3=5; 5+7=12; 12+5=17
@@ -20,9 +20,11 @@ memorised, and the test measures that on problems neither stage saw.
   stage-1 distribution is measured); none of them in ``sft`` or ``rl``.
 """
 
+import dataclasses
 import itertools
 import random
 from dataclasses import dataclass
+from typing import ClassVar
 
 from datasets import Dataset, DatasetDict
 
@@ -51,7 +53,17 @@ class ArithmeticTask:
             between strategies as well as between orders.
         order_skew (`float`): the valid orders of a problem (left to right first) are drawn with weights
             ``1 / rank ** order_skew``: 0 is uniform, larger values favour the first orders.
+        solutions_per_problem (`int`): sampled solutions per stage-1 problem in the ``sft`` split.
+
+    A `trl_shaped.tasks.StudyTask`: judged by the exact number after ``####`` (judge ``exact``).
     """
+
+    name: ClassVar[str] = "arithmetic"
+    judge: ClassVar[str] = "exact"
+    # Longest completion of the default task ("9+9=18; 18+9=27; 27+9=36 #### 36", 33 characters) plus the eos token
+    # and room for a few mistakes (a BPE token covers at least one character).
+    max_completion_tokens: ClassVar[int] = 40
+    max_sequence_tokens: ClassVar[int] = 64
 
     min_terms: int = 4
     max_terms: int = 4
@@ -59,6 +71,7 @@ class ArithmeticTask:
     minus_prob: float = 0.4
     direct_prob: float = 0.5
     order_skew: float = 1.0
+    solutions_per_problem: int = 4
 
     def __post_init__(self):
         if self.min_terms < 2:
@@ -73,6 +86,21 @@ class ArithmeticTask:
             raise ValueError(f"direct_prob must be in [0, 1), got {self.direct_prob}")
         if not self.order_skew >= 0.0:
             raise ValueError(f"order_skew must be >= 0, got {self.order_skew}")
+        if self.solutions_per_problem < 1:
+            raise ValueError(f"solutions_per_problem must be >= 1, got {self.solutions_per_problem}")
+
+    def build_datasets(self, *, num_train: int, num_rl: int, num_test: int, seed: int) -> DatasetDict:
+        """The ``sft``, ``rl`` and ``test`` splits of this task (see the module-level `build_datasets`)."""
+        return build_datasets(self, num_train=num_train, num_rl=num_rl, num_test=num_test, seed=seed)
+
+    def settings(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def alphabet(self) -> str:
+        return task_alphabet()
+
+    def solution_strategy(self, completion: str) -> str:
+        return solution_strategy(completion)
 
     def sample_terms(self, rng: random.Random) -> tuple[int, ...]:
         """Signed terms of one problem (the first is positive), re-drawn until some order stays non-negative."""
@@ -147,7 +175,7 @@ def build_datasets(
     num_train: int = 1000,
     num_rl: int = 500,
     num_test: int = 100,
-    solutions_per_problem: int = 4,
+    solutions_per_problem: int | None = None,
     seed: int = 0,
 ) -> DatasetDict:
     """Generate the ``sft``, ``rl`` and ``test`` splits described in the module docstring.
@@ -157,10 +185,13 @@ def build_datasets(
         num_train (`int`): distinct stage-1 problems (the ``sft`` split).
         num_rl (`int`): distinct RL problems, none of which is a stage-1 problem.
         num_test (`int`): distinct held-out problems, none of which is a stage-1 or RL problem.
-        solutions_per_problem (`int`): sampled solutions per stage-1 problem in the ``sft`` split.
+        solutions_per_problem (`int`, *optional*): sampled solutions per stage-1 problem in the ``sft`` split
+            (default: the task's).
         seed (`int`): seed of everything random here.
     """
     task = task or ArithmeticTask()
+    if solutions_per_problem is None:
+        solutions_per_problem = task.solutions_per_problem
     for name, value in (("num_train", num_train), ("num_rl", num_rl), ("num_test", num_test)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")

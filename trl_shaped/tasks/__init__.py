@@ -1,0 +1,8 @@
+"""The study's tasks: each builds its stage-1 corpus, RL prompts and test problems from seeds and names its judge.
+
+base.py            StudyTask (the interface), get_task (a task from its name), TASKS
+arithmetic.py      ArithmeticTask: signed sums worked out step by step (judge: exact)
+"""
+
+from .arithmetic import ArithmeticTask
+from .base import TASKS, StudyTask, check_disjoint, get_task
