@@ -177,9 +177,17 @@ def test_evaluate_gives_the_judge_the_rows_columns(writer_dir):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def test_cli_eval_with_the_math_judge_logs_to_tensorboard(writer_dir, tmp_path):
+def _tensorboard(folder):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    texts = {tag: events.Tensors(tag)[0].tensor_proto.string_val[0].decode() for tag in events.Tags()["tensors"]}
+    return scalars, texts
+
+
+def test_cli_eval_with_the_math_judge_logs_to_tensorboard(writer_dir, tmp_path):
     data = tmp_path / "test.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in PROBLEMS))
     out = tmp_path / "eval"
@@ -202,13 +210,13 @@ def test_cli_eval_with_the_math_judge_logs_to_tensorboard(writer_dir, tmp_path):
     assert saved["per_problem"][0]["scores"] == [1.0, 1.0]
     assert "judge `math`" in (out / "math.md").read_text()
 
-    events = EventAccumulator(str(out))
-    events.Reload()
-    logged = {tag: events.Scalars(tag) for tag in events.Tags()["scalars"]}
+    logged, texts = _tensorboard(out)
     expected = tracked_metrics(result)
     assert set(logged) == set(expected) and "eval/diagnostics/entropy" in logged and "eval/mean_score" in logged
-    for tag, value in expected.items():  # event files hold float32 (this model's perplexity overflows it)
-        assert [(e.step, e.value) for e in logged[tag]] == [(0, pytest.approx(float(np.float32(value))))], tag
+    with np.errstate(over="ignore"):  # event files hold float32 (this model's perplexity overflows it)
+        expected = {tag: float(np.float32(value)) for tag, value in expected.items()}
+    assert logged == {tag: [(0, pytest.approx(value))] for tag, value in expected.items()}
+    assert texts["eval/run_name/text_summary"] == "study/ce/seed0/eval_rl"
 
 
 def test_report_to_names_known_installed_trackers():
@@ -229,3 +237,31 @@ def test_grpo_reward_funcs_take_the_judge_names():
     assert funcs[1] is math_answer_reward
     with pytest.raises(ValueError, match=r"unknown reward function 'mathh'; use a judge out of \['code'"):
         resolve_reward_funcs(["mathh"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A study's evaluation stages report like its training stages: <study>/<preset>/seed<k>/<stage>
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_builtin_study_evaluation_logs_under_the_stage_run_name(tmp_path):
+    from trl_shaped.study import StudyConfig
+    from trl_shaped.study.builtin_cell import evaluate_checkpoint, shared_tokenizer, task_data, tracking
+
+    config = StudyConfig(
+        presets="ce", num_seeds=1, output_dir=str(tmp_path / "arith"), num_train_problems=8, num_rl_problems=4,
+        num_test_problems=3, eval_num_samples=2, report_to=["tensorboard"],
+    )  # fmt: skip
+    data = task_data(config)
+    tokenizer = shared_tokenizer(config, data, tmp_path / "tokenizer")
+    build_tiny_model(len(tokenizer), hidden_size=16, num_layers=1, tokenizer=tokenizer).save_pretrained(tmp_path / "rl")
+    cell = tmp_path / "cell"
+    cell.mkdir()
+    record = evaluate_checkpoint(
+        tmp_path / "rl", tokenizer, data, config, 0, cell / "eval_rl_samples.json", tracking(config, "ce", 0, "eval_rl")
+    )
+    assert record["judge"] == config.study_task().judge  # the judge RL rewards with
+    scalars, texts = _tensorboard(cell / "eval_rl")
+    assert scalars["eval/avg_at_n"] == [(0, pytest.approx(record["avg_at_n"]))]
+    assert scalars["eval/pass_at_2"] == [(0, pytest.approx(record["pass_at_k"]["2"]))]
+    assert texts["eval/run_name/text_summary"] == "arith/ce/seed0/eval_rl"

@@ -4,7 +4,8 @@ Each tracker is driven through its own public API, as transformers' callbacks dr
 
     trackio       trackio.init(project, name) / trackio.log / trackio.finish
     wandb         wandb.init(project, name, group=$WANDB_RUN_GROUP) / wandb.log / wandb.finish
-    tensorboard   torch.utils.tensorboard.SummaryWriter(output_dir) / add_scalar / add_text / close
+    tensorboard   torch.utils.tensorboard.SummaryWriter(output_dir) / add_scalar / add_text / close (the run name
+                  and the markdown summary as text)
 
 The metrics go under ``eval/``: ``avg_at_n``, ``cons_at_n``, ``pass_at_<k>``, ``mean_score``,
 ``mean_completion_tokens`` and the distribution diagnostics (``eval/diagnostics/<name>``), at step 0. Only the main
@@ -14,19 +15,24 @@ process logs.
 import importlib.util
 import math
 import os
+import warnings
 
 TRACKERS = ("trackio", "wandb", "tensorboard")
 # The module each tracker needs (tensorboard: torch's SummaryWriter writes with the tensorboard package).
 _MODULES = {"trackio": "trackio", "wandb": "wandb", "tensorboard": "tensorboard"}
 
 
-def check_report_to(report_to) -> list[str]:
-    """`report_to` as a list of trackers to log to: TRL's names (trackio, wandb, tensorboard), "none" (nothing) or
-    "all" (every installed one). A named tracker that is not installed is a ValueError naming the field."""
+def check_report_to(report_to, *, warn: bool = False) -> list[str]:
+    """`report_to` as the list of trackers to log to: TRL's names, "none" (nothing) or "all" (every installed one of
+    `TRACKERS`). A name TRL does not know, or a tracker of `TRACKERS` that is not installed, is a ValueError naming
+    the field; another of TRL's trackers (a study's `report_to` reaches its evaluation stages too) is skipped, with
+    a warning when `warn`."""
     if report_to is None:
         return []
     names = [report_to] if isinstance(report_to, str) else list(report_to)
-    allowed = [*TRACKERS, "all", "none"]
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    allowed = sorted({*INTEGRATION_TO_CALLBACK, *TRACKERS, "all", "none"})
     unknown = [name for name in names if name not in allowed]
     if unknown:
         raise ValueError(f"report_to must name trackers out of {allowed}, got {unknown}")
@@ -35,7 +41,10 @@ def check_report_to(report_to) -> list[str]:
     missing = [name for name in names if name in TRACKERS and not _installed(name)]
     if missing:
         raise ValueError(f"report_to names {missing}, which is not installed here: pip install {' '.join(missing)}")
-    return [name for name in dict.fromkeys(names) if name != "none"]
+    skipped = [name for name in names if name not in (*TRACKERS, "none")]
+    if skipped and warn:
+        warnings.warn(f"evaluation results are logged to {list(TRACKERS)} only; report_to {skipped} skipped")
+    return [name for name in dict.fromkeys(names) if name in TRACKERS]
 
 
 def _installed(tracker: str) -> bool:
@@ -69,7 +78,7 @@ def log_evaluation(results: dict, report_to, *, project: str, run_name: str, out
     Returns:
         list[str]: the trackers logged to.
     """
-    trackers = check_report_to(report_to)
+    trackers = check_report_to(report_to, warn=True)
     metrics = tracked_metrics(results)
     config = {"judge": results.get("judge"), **results.get("settings", {})}
     for tracker in trackers:
@@ -79,6 +88,7 @@ def log_evaluation(results: dict, report_to, *, project: str, run_name: str, out
             writer = SummaryWriter(log_dir=output_dir)
             for name, value in metrics.items():
                 writer.add_scalar(name, value, global_step=0)
+            writer.add_text("eval/run_name", run_name, global_step=0)  # tensorboard names runs by folder only
             if summary:
                 writer.add_text("eval/summary", summary, global_step=0)
             writer.close()
