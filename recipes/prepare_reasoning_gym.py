@@ -2,7 +2,7 @@
 
 ```bash
 pip install 'trl_shaped[reasoning]'
-python recipes/prepare_reasoning_gym.py data/syllogism                  # the default task (syllogism)
+python recipes/prepare_reasoning_gym.py data/propositional_logic     # the default task (propositional_logic)
 python recipes/prepare_reasoning_gym.py data/kk --task knights_knaves --config '{"n_people": 3}'
 ```
 

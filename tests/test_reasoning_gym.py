@@ -132,7 +132,8 @@ def test_default_task_splits_are_disjoint_deterministic_and_scored_right_by_thei
                 line.strip() for line in entry["question"].splitlines() if line.strip() in row["prompt"].splitlines()
             ]
             assert row["prompt"] == "\n".join(kept) + "\n"
-            assert "Answer Yes or No" in entry["question"] and "Answer Yes or No" not in row["prompt"]
+            assert "FORMAT INSTRUCTIONS:" in entry["question"] and "FORMAT INSTRUCTIONS:" not in row["prompt"]
+            assert row["prompt"].startswith("1. ")  # the premises alone
             assert task.solution_strategy(row["completion"]) == "direct"
     assert task.solution_strategy("hmm\n#### Yes") == "worked" and task.solution_strategy("Yes") == "other"
 
@@ -151,7 +152,7 @@ def test_bad_settings_are_refused_before_any_data():
     with pytest.raises(ValueError, match="dataset must be a reasoning-gym task"):
         get_task("reasoning_gym:no_such_puzzle")
     with pytest.raises(ValueError, match="refused by reasoning-gym task 'syllogism'"):
-        get_task("reasoning_gym", config={"invalid_ratio": 2.0})
+        get_task("reasoning_gym:syllogism", config={"invalid_ratio": 2.0})
     with pytest.raises(ValueError, match="refused"):
         get_task("reasoning_gym", config={"no_such_setting": 1})
     with pytest.raises(ValueError, match="without seed and size"):
@@ -173,7 +174,7 @@ def test_task_settings_change_the_cell_fingerprint():
     assert default["task.reasoning_gym_version"] == importlib.metadata.version("reasoning-gym")
     for changed in (
         fingerprint(task="reasoning_gym:knights_knaves"),
-        fingerprint(task="reasoning_gym", task_args='{"config": {"invalid_ratio": 0.5}}'),
+        fingerprint(task="reasoning_gym", task_args='{"config": {"max_vars": 3}}'),
         fingerprint(task="reasoning_gym", task_args='{"compact": false}'),
     ):
         assert changed != default
@@ -202,3 +203,25 @@ def test_prepare_script_writes_disjoint_jsonl_splits_the_judge_scores(tmp_path):
             [r["completion"] for r in rows], reasoning_gym=[r["reasoning_gym"] for r in rows]
         )
         assert scores == [1.0] * len(rows)
+
+
+def test_logic_recipes_are_the_paper_recipes_with_the_reasoning_gym_judge():
+    from trl_shaped import ShapedGRPOConfig
+    from trl_shaped.scripts import eval as eval_script
+    from trl_shaped.scripts import grpo
+
+    no_gpu = ["--bf16", "false", "--use_cpu", "true"]
+    script_args, args, _, _ = grpo.make_parser().parse_args_and_config(
+        ["--config", str(ROOT / "recipes" / "rl_logic.yaml"), *no_gpu]
+    )
+    paper = grpo.make_parser().parse_args_and_config(["--config", str(ROOT / "recipes" / "rl_paper.yaml"), *no_gpu])[1]
+    for name in (*ShapedGRPOConfig.PAPER_RECIPE, "per_device_train_batch_size", "gradient_accumulation_steps"):
+        assert getattr(args, name) == getattr(paper, name), name
+    assert grpo.resolve_reward_funcs(script_args.reward_funcs) == [rg_reward.reasoning_gym_reward]
+    (config,) = eval_script.make_parser().parse_args_and_config(["--config", str(ROOT / "recipes" / "eval_logic.yaml")])
+    (paper_eval,) = eval_script.make_parser().parse_args_and_config(
+        ["--config", str(ROOT / "recipes" / "eval_paper.yaml")]
+    )
+    assert config.judge == "reasoning_gym" and config.dataset_name == "data/propositional_logic/test.jsonl"
+    for name in ("num_samples", "temperature", "top_p", "pass_k", "diagnostics_top_k", "seed"):
+        assert getattr(config, name) == getattr(paper_eval, name), name

@@ -2,10 +2,13 @@
 ``reasoning_gym``, the puzzle's own verifier).
 
 ``get_task("reasoning_gym:knights_knaves")`` names the puzzle; ``get_task("reasoning_gym")`` runs the default,
-`DEFAULT_DATASET` (syllogisms: two premises and a conclusion, answered Yes or No). Its settings pass through:
-``config`` is the puzzle's own configuration (its difficulty: ``{"n_people": 3}`` for knights_knaves,
-``{"invalid_ratio": 0.5}`` for syllogism), so ``trl-shaped demo --task reasoning_gym:syllogism --task_args
-'{"config": {"invalid_ratio": 0.5}}'``.
+`DEFAULT_DATASET`: propositional logic, where a few premises over two to four variables are given and any conclusion
+they entail that is not a bare variable or a tautology is right (the verifier checks entailment by truth table), so a
+problem has many right answers, as in the arithmetic task's many worked solutions, and the verifier gives partial
+credit (0.25 for a trivial conclusion, 0.05 for a wrong one) that GRPO sees and the evaluation does not count.
+Its settings pass through: ``config`` is the puzzle's own configuration (its difficulty: ``{"n_people": 3}`` for
+knights_knaves, ``{"max_vars": 3}`` for propositional_logic), so ``trl-shaped demo --task
+reasoning_gym:knights_knaves --task_args '{"config": {"n_people": 3}, "max_sequence_tokens": 256}'``.
 
 Problems come from ``reasoning_gym.create_dataset(dataset, seed=seed, **config)``, read in index order and
 de-duplicated by prompt: the first ``num_train`` distinct ones are the ``sft`` split, the next ``num_rl`` the ``rl``
@@ -14,25 +17,17 @@ split and the next ``num_test`` the ``test`` split, so the splits are disjoint a
 Each row has ``prompt``, ``answer`` (the reference answer) and ``reasoning_gym`` (the entry as JSON, what the judge
 scores against); ``sft`` and ``test`` rows also have the reference ``completion`` ``#### <answer>`` (the answer mark
 of the project's other tasks; the judge also reads ``<answer>...</answer>`` tags and, failing both, the last line:
-`trl_shaped.rewards.reasoning_gym`). A puzzle whose entries carry no answer (propositional logic: any entailed
-conclusion is right) uses the example answer of its metadata.
+`trl_shaped.rewards.reasoning_gym`). A puzzle whose entries carry no answer (propositional logic, whose right answers
+are many) uses the example answer of its metadata.
 
 Compact prompts: reasoning-gym's questions are English texts that repeat the same instructions in every entry,
 which a tiny model on a CPU pays for in every sequence. With ``compact=True`` (the default) the prompt keeps only
 the question's lines that vary: a line found in every question of a fixed probe sample of the puzzle (same
-configuration) is instruction boilerplate and is dropped, as are blank lines. A syllogism
-
-    Consider these statements:
-    1. Some teachers are not parents
-    2. All parents are lawyers
-
-    Does it logically follow that:
-    Some lawyers are parents?
-    (Answer Yes or No)
-
-becomes ``1. Some teachers are not parents\\n2. All parents are lawyers\\nSome lawyers are parents?\\n``. The
-verifier scores the answer against the full entry, which the ``reasoning_gym`` column keeps; a puzzle whose question
-is one paragraph (knights_knaves) is left whole. ``compact=False`` keeps every question whole.
+configuration) is instruction boilerplate and is dropped, as are blank lines. A propositional-logic question of 17
+lines (what the task is, the notation of the connectives, "Given:", the premises, "What can we conclude from the
+above statements?") becomes its premises alone: ``1. (P ∨ Q)\n.2. ¬P\n`` (the stray full stops are
+reasoning-gym's). The verifier scores the answer against the full entry, which the ``reasoning_gym`` column keeps; a
+puzzle whose question is one paragraph (knights_knaves) is left whole. ``compact=False`` keeps every question whole.
 """
 
 import importlib.metadata
@@ -44,7 +39,7 @@ from datasets import Dataset, DatasetDict
 
 from ..rewards.reasoning_gym import extract_reasoning_gym_answer, import_reasoning_gym, reasoning_gym_reward
 
-DEFAULT_DATASET = "syllogism"
+DEFAULT_DATASET = "propositional_logic"
 ANSWER_MARK = "####"
 # Questions of the probe sample that decides which lines are boilerplate (from a fixed seed, so that the prompt form
 # depends on the puzzle and its configuration only).
@@ -55,9 +50,9 @@ DRAWS_PER_PROBLEM = 20
 # Rejected reference answers with none accepted before a puzzle is refused (its entries do not survive JSON).
 REJECTS_BEFORE_REFUSAL = 16
 
-# The built-in study's sizes for the default puzzle, by profile (read by the study like the per-task profiles):
-# measured in benchmarks/RESULTS.md (logic task).
-STUDY_PROFILES = {
+# The built-in study's sizes on the default puzzle, by profile (`StudyConfig` fills the fields left `None` from
+# them): measured in benchmarks/RESULTS.md (logic task).
+PROFILES = {
     "full": {
         "num_seeds": 3,
         "num_train_problems": 2000,
@@ -116,6 +111,7 @@ class ReasoningGymTask:
 
     ARGUMENT: ClassVar[str] = "dataset"  # get_task("reasoning_gym:<dataset>")
     judge: ClassVar[str] = "reasoning_gym"
+    profiles: ClassVar[dict] = PROFILES
 
     dataset: str = DEFAULT_DATASET
     config: dict = field(default_factory=dict)
