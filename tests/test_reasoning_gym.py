@@ -225,3 +225,43 @@ def test_logic_recipes_are_the_paper_recipes_with_the_reasoning_gym_judge():
     assert config.judge == "reasoning_gym" and config.dataset_name == "data/propositional_logic/test.jsonl"
     for name in ("num_samples", "temperature", "top_p", "pass_k", "diagnostics_top_k", "seed"):
         assert getattr(config, name) == getattr(paper_eval, name), name
+
+
+def test_a_cell_of_the_study_on_the_default_logic_task_end_to_end(tmp_path):
+    """stage 1 -> evaluation -> GRPO -> evaluation on a tiny profile, the judge being the puzzle's verifier in both."""
+    from trl_shaped.study.builtin_cell import run_cell
+
+    config = StudyConfig(
+        task="reasoning_gym", presets="ce", num_seeds=1, num_train_problems=40, num_rl_problems=8, num_test_problems=6,
+        hidden_size=32, sft_steps=4, grpo_steps=2, eval_num_samples=3, num_generations=2, grpo_prompts_per_step=2,
+        shaping_top_k=4, output_dir=str(tmp_path),
+    )  # fmt: skip
+    result = run_cell(config, "ce", 0, tmp_path / "cell")
+    test = config.study_task().build_datasets(num_train=40, num_rl=8, num_test=6, seed=0)["test"]
+    verifier = reasoning_gym.get_score_answer_fn(DEFAULT_DATASET)
+    for stage in ("stage1", "rl"):
+        assert result[f"eval_{stage}"]["judge"] == "reasoning_gym"
+        samples = json.loads((tmp_path / "cell" / f"eval_{stage}_samples.json").read_text())["per_problem"]
+        assert len(samples) == 6
+        for record, row in zip(samples, test, strict=True):
+            # recount with the library's verifier on the text after the last "####", else the last line (the tiny
+            # model has no "<" in its vocabulary, so it cannot write answer tags)
+            entry = json.loads(row["reasoning_gym"])
+            answers = [
+                c.rsplit("####", 1)[1].strip().split("\n")[0].strip()
+                if "####" in c
+                else (c.strip().split("\n") or [""])[-1]
+                for c in record["completions"]
+            ]
+            expected = sum(a.strip() != "" and verifier(a.strip(), entry) == 1.0 for a in answers)
+            assert record["num_correct"] == expected
+    rewards = [log["reward"] for log in result["rl"]["log_history"] if "reward" in log]
+    assert len(rewards) == 2 and all(0.0 <= r <= 1.0 for r in rewards)
+
+
+def test_study_logic_recipe_runs_the_default_logic_task_with_its_profile():
+    from trl_shaped.scripts.study import make_parser
+
+    (config,) = make_parser().parse_args_and_config(["--config", str(ROOT / "recipes" / "study_logic.yaml")])
+    assert config.task == "reasoning_gym" and config.study_task().name == f"reasoning_gym:{DEFAULT_DATASET}"
+    assert config.presets == "all" and config.num_seeds == 6 and config.eval_num_samples == 32

@@ -32,7 +32,7 @@ puzzle whose question is one paragraph (knights_knaves) is left whole. ``compact
 
 import importlib.metadata
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
 from datasets import Dataset, DatasetDict
@@ -40,6 +40,11 @@ from datasets import Dataset, DatasetDict
 from ..rewards.reasoning_gym import extract_reasoning_gym_answer, import_reasoning_gym, reasoning_gym_reward
 
 DEFAULT_DATASET = "propositional_logic"
+# A puzzle's configuration when none is given: reasoning-gym's own, except where noted. Propositional logic with
+# reasoning-gym's 2-4 premises is often inconsistent (anything follows), so that a random well-formed conclusion is
+# right about half the time; with 1-2 premises a random conclusion is right a quarter of the time (measured on 3000
+# random candidates, benchmarks/RESULTS.md), which leaves a tiny model something to learn.
+DEFAULT_CONFIGS = {"propositional_logic": {"min_statements": 1, "max_statements": 2}}
 ANSWER_MARK = "####"
 # Questions of the probe sample that decides which lines are boilerplate (from a fixed seed, so that the prompt form
 # depends on the puzzle and its configuration only).
@@ -95,8 +100,9 @@ class ReasoningGymTask:
 
     Args:
         dataset (`str`): the puzzle's reasoning-gym name (``reasoning_gym.factory.DATASETS``); default `DEFAULT_DATASET`.
-        config (`dict`): the puzzle's configuration (its config dataclass's fields, e.g. difficulty); ``seed`` and
-            ``size`` are set by the task.
+        config (`dict`, *optional*): the puzzle's configuration (its config dataclass's fields, e.g. difficulty);
+            ``seed`` and ``size`` are set by the task. Default: `DEFAULT_CONFIGS` for the puzzle, else reasoning-gym's
+            own (``{}``).
         compact (`bool`): drop the question's instruction lines that every entry repeats (module docstring).
         max_completion_tokens (`int`): generation budget of GRPO and the evaluations.
         max_sequence_tokens (`int`): longest prompt + completion of stage 1 (the tiny model's context). The defaults
@@ -114,13 +120,15 @@ class ReasoningGymTask:
     profiles: ClassVar[dict] = PROFILES
 
     dataset: str = DEFAULT_DATASET
-    config: dict = field(default_factory=dict)
+    config: dict | None = None
     compact: bool = True
     max_completion_tokens: int = 16
     max_sequence_tokens: int = 96
 
     def __post_init__(self):
         rg = import_reasoning_gym()
+        if self.config is None:  # frozen: set the resolved default once
+            object.__setattr__(self, "config", dict(DEFAULT_CONFIGS.get(self.dataset, {})))
         if self.dataset not in rg.factory.DATASETS:
             raise ValueError(
                 f"dataset must be a reasoning-gym task ({', '.join(sorted(rg.factory.DATASETS))}), got {self.dataset!r}"
