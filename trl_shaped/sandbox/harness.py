@@ -14,7 +14,7 @@ out. Per request the server forks; the child becomes the program:
    frames (sys._getframe, tracebacks' and generators' frames, trace and profile functions, signal handlers), the
    garbage collector's object lists, ctypes, exec of another program, /proc;
 5. runs the program, then every test statement in the program's namespace, counting those that return;
-6. only after every test ran, writes ``<secret> <passed> <total>`` to the result pipe and ends with os._exit.
+6. only after every test ran, writes ``<secret> <passed> <total> <first error>`` to the result pipe and ends with os._exit.
 
 The server accepts a result only when it carries the secret: an exit code, printed text, SystemExit, os._exit or an
 atexit hook never make a pass. It waits at most the wall time, then kills every process of the program (everything
@@ -100,8 +100,18 @@ def _tokens(text: str) -> list[str]:
     return text.split()
 
 
-def _run_tests(code: str, tests: list, limits: dict) -> int:
-    """Step 5: the number of tests that returned. A program that raises before its tests passes none."""
+def _describe(error) -> str:
+    """The first line of an error, for the outcome's detail (information only: it never decides a score)."""
+    try:
+        text = f"{type(error).__name__}: {error}"
+    except BaseException:  # noqa: BLE001 - a program's exception may refuse to be printed
+        text = "an exception that cannot be printed"
+    return text.splitlines()[0][:200] if text else ""
+
+
+def _run_tests(code: str, tests: list, limits: dict) -> tuple[int, str]:
+    """Step 5: the number of tests that returned, and the first error. A program that raises before its tests
+    passes none."""
     run, build, base = exec, compile, BaseException
     file_cap = max(limits["max_output_bytes"], limits["tmp_bytes"])
     stdio = bool(tests) and all(isinstance(t, str) and t.lstrip().startswith(STDIO_CALL) for t in tests)
@@ -143,16 +153,17 @@ def _run_tests(code: str, tests: list, limits: dict) -> int:
         namespace = {"__name__": "__main__"}
         try:
             run(build(code, "<program>", "exec"), namespace)
-        except base:
-            return 0
-    passed = 0
-    for test in tests:
+        except base as error:
+            return 0, "program: " + _describe(error)
+    passed, first_error = 0, ""
+    for number, test in enumerate(tests):
         try:
             run(build(test, "<test>", "exec"), namespace)
-        except base:
+        except base as error:
+            first_error = first_error or f"test {number}: " + _describe(error)
             continue
         passed += 1
-    return passed
+    return passed, first_error
 
 
 def _child(request: dict, settings: dict, secret_fd: int, result_fd: int) -> None:
@@ -190,6 +201,9 @@ def _child(request: dict, settings: dict, secret_fd: int, result_fd: int) -> Non
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if settings["limit_processes"]:
         resource.setrlimit(resource.RLIMIT_NPROC, (limits["max_processes"],) * 2)
+    import signal  # dropped from sys.modules below, with the other modules the program may not use
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # Python ignores it: writing past the output limit must kill
     secret = os.read(secret_fd, 64)
     os.close(secret_fd)
     code, tests = request["code"], request["tests"]
@@ -198,8 +212,8 @@ def _child(request: dict, settings: dict, secret_fd: int, result_fd: int) -> Non
         sys.modules.pop(name, None)
     sys.modules["__main__"] = type(sys)("__main__")  # `import __main__` must not reach the harness
     _install_guard({result_fd})
-    passed = _run_tests(code, tests, limits)
-    write(result_fd, secret + f" {passed} {len(tests)}\n".encode())
+    passed, error = _run_tests(code, tests, limits)
+    write(result_fd, secret + f" {passed} {len(tests)} {json.dumps(error)}\n".encode())
     leave(0)
 
 
@@ -210,7 +224,7 @@ def _await_result(pid: int, result_fd: int, wall_time: float) -> tuple[bytes, st
     pidfd = os.pidfd_open(pid)
     data, finished = b"", False
     try:
-        while b"\n" not in data and len(data) < 4096:
+        while b"\n" not in data and len(data) < 8192:
             left = deadline - time.monotonic()
             if left <= 0:
                 return data, "timeout"
@@ -241,8 +255,8 @@ def _ending(status: int) -> str:
     return f"exited with {os.WEXITSTATUS(status)} before reporting"
 
 
-def _kill_everything(pid: int, settings: dict) -> None:
-    """Kill the program's whole process tree and reap the child.
+def _kill_everything(pid: int, settings: dict) -> int:
+    """Kill the program's whole process tree and reap the child; returns the child's wait status.
 
     In its own pid namespace the server kills everything but itself (kill(-1) spares the caller and init). Without
     one, as root, a child that dropped to the worker's uid does it (its signals reach that uid's processes only).
@@ -254,9 +268,9 @@ def _kill_everything(pid: int, settings: dict) -> None:
         except OSError:
             pass
     try:
-        os.waitpid(pid, 0)
+        status = os.waitpid(pid, 0)[1]
     except ChildProcessError:
-        pass
+        status = 0
     if settings["own_pid_namespace"]:
         _kill_all_signalable()
     elif os.getuid() == 0 and settings["uid"]:
@@ -270,6 +284,7 @@ def _kill_everything(pid: int, settings: dict) -> None:
             finally:
                 os._exit(0)
         os.waitpid(reaper, 0)
+    return status
 
 
 def _kill_all_signalable() -> None:
@@ -324,20 +339,17 @@ def serve_one(request: dict, settings: dict) -> dict:
     os.close(secret_w)
     data, ending = _await_result(pid, result_r, request["limits"]["wall_time_s"])
     os.close(result_r)
-    status_detail = ""
-    try:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            status_detail = _ending(status)
-    except ChildProcessError:
-        pass
-    _kill_everything(pid, settings)
+    status_detail = _ending(_kill_everything(pid, settings))
     _empty_workdir(settings["workdir"])
-    line = data.split(b"\n", 1)[0].split(b" ")
-    if ending == "ok" and len(line) == 3 and line[0] == secret and line[1].isdigit() and line[2].isdigit():
+    line = data.split(b"\n", 1)[0].split(b" ", 3)
+    if ending == "ok" and len(line) == 4 and line[0] == secret and line[1].isdigit() and line[2].isdigit():
         passed, reported = int(line[1]), int(line[2])
         if reported == total and passed <= total:
-            return {"passed": passed, "total": total, "status": "ok", "detail": ""}
+            try:
+                detail = str(json.loads(line[3]))[:300]
+            except ValueError:
+                detail = ""
+            return {"passed": passed, "total": total, "status": "ok", "detail": detail}
     if ending == "timeout":
         return {"passed": 0, "total": total, "status": "timeout", "detail": "wall time limit"}
     return {"passed": 0, "total": total, "status": "no_result", "detail": status_detail or "no result"}

