@@ -1,5 +1,6 @@
 """recipes/: every YAML parses with its script's parser and says what the paper ran; LoRA trains adapters."""
 
+import dataclasses
 import importlib
 import importlib.util
 from pathlib import Path
@@ -9,6 +10,7 @@ import torch
 
 from trl_shaped import PAPER_PRESETS, ShapedGRPOConfig
 from trl_shaped.cli import dispatch
+from trl_shaped.evaluation import EvalConfig
 from trl_shaped.rewards import exact_answer_reward
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +34,7 @@ def test_every_yaml_is_covered():
     tested = {
         "stage1.yaml", "rl_paper.yaml", "sft_lora_gsm8k.yaml", "eval_paper.yaml", "tiny_sft.yaml", "tiny_grpo.yaml",
         "tiny_eval.yaml", "demo.yaml", "demo_quick.yaml", "demo_all_presets.yaml", "study_tiny.yaml", "study_qwen3.yaml",
+        "eval_math.yaml", "rl_code.yaml", "eval_code.yaml",
     }  # fmt: skip
     assert {p.name for p in RECIPES.glob("*.yaml")} == tested
 
@@ -56,15 +59,48 @@ def test_rl_recipe_is_the_paper_recipe():
     script_args, args, _, _ = _parse("grpo", "rl_paper.yaml", *NO_GPU)
     for name, value in ShapedGRPOConfig.PAPER_RECIPE.items():
         assert getattr(args, name) == value, name
-    assert script_args.reward_funcs == ["exact_answer_reward"]
+    assert script_args.reward_funcs == ["exact"]
+
+
+def _eval_config(yaml_name):
+    from trl_shaped.scripts.eval import make_parser
+
+    (config,) = make_parser().parse_args_and_config(["--config", str(RECIPES / yaml_name)])
+    return config
 
 
 def test_eval_recipe_is_the_paper_protocol():
-    from trl_shaped.scripts.eval import make_parser
-
-    (config,) = make_parser().parse_args_and_config(["--config", str(RECIPES / "eval_paper.yaml")])
+    config = _eval_config("eval_paper.yaml")
     assert (config.num_samples, config.temperature, config.top_p) == (128, 0.7, 0.95)
     assert max(config.pass_k) == 64
+    assert config.judge == "exact"  # the judge of rl_paper.yaml's reward
+
+
+# The protocol every domain's evaluation recipe keeps (eval_paper.yaml's), whatever its judge.
+PROTOCOL = ("num_samples", "temperature", "top_p", "pass_k", "diagnostics_top_k", "seed")
+
+
+def test_math_eval_recipe_is_the_paper_protocol_with_the_math_judge():
+    config, paper = _eval_config("eval_math.yaml"), _eval_config("eval_paper.yaml")
+    assert {name: getattr(config, name) for name in PROTOCOL} == {name: getattr(paper, name) for name in PROTOCOL}
+    assert config.judge == "math" and (config.prompt_column, config.answer_column) == ("problem", "answer")
+
+
+def test_code_recipes_are_the_paper_recipes_with_the_code_judge():
+    import yaml
+
+    script_args, args, _, _ = _parse("grpo", "rl_code.yaml", *NO_GPU)
+    for name, value in ShapedGRPOConfig.PAPER_RECIPE.items():
+        assert getattr(args, name) == value, name
+    assert script_args.reward_funcs == ["code"]  # the same judge as eval_code.yaml
+    # Building an EvalConfig resolves its judge, and the code judge needs the sandbox: compare the YAML's values with
+    # the paper protocol's, and parse it in full where the code judge imports.
+    recipe, paper = (yaml.safe_load((RECIPES / name).read_text()) for name in ("eval_code.yaml", "eval_paper.yaml"))
+    assert recipe["judge"] == "code"
+    assert {name: recipe.get(name) for name in PROTOCOL} == {name: paper.get(name) for name in PROTOCOL}
+    assert set(recipe) <= {f.name for f in dataclasses.fields(EvalConfig)}
+    if importlib.util.find_spec("trl_shaped.rewards.code") is not None:
+        assert _eval_config("eval_code.yaml").judge == "code"
 
 
 def test_demo_recipes_parse():

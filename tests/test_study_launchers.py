@@ -84,6 +84,10 @@ def test_the_slurm_job_of_a_cell(tmp_path, monkeypatch):
         _, args, _, _ = module.make_parser().parse_args_and_config(commands[stage][1:] + ["--bf16", "false"])
         assert args.run_name == f"qwen_study/precision/seed43/{stage}" and args.project == "qwen_study"
         assert args.report_to == ["wandb"]
+    for stage in ("eval_stage1", "eval_rl"):  # the evaluation stages report to the same tracker
+        argv = commands[stage]
+        assert argv[argv.index("--tracker_run_name") + 1] == f"qwen_study/precision/seed43/{stage}"
+        assert argv[argv.index("--report_to") + 1] == "wandb" and argv[argv.index("--project") + 1] == "qwen_study"
     # launch fields are fields of the config; the GPU count is not among them (it sets the global batch)
     assert set(LAUNCH_FIELDS) <= set(vars(config)) and "slurm_gpus_per_cell" not in LAUNCH_FIELDS
     # the local launcher keeps the accelerate config's process count, and the recipe's tracker without report_to

@@ -61,6 +61,8 @@ def test_real_scale_cells_run_the_recipes_with_the_cells_overrides(tmp_path):
         assert evaluation.model_name_or_path == str(cell / model) and evaluation.seed == 8
         assert evaluation.output_dir == str(cell / stage) and evaluation.dataset_name == "data/test.jsonl"
         assert evaluation.num_samples == 128  # from the recipe
+        assert evaluation.tracker_run_name == config.run_name("precision", 8, stage)  # the file name stays "eval"
+        assert evaluation.project == config.study_name and evaluation.run_name == "eval"
 
 
 def test_launcher_and_config_errors(tmp_path):

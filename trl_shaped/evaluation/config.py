@@ -2,7 +2,9 @@
 
 from dataclasses import dataclass, field
 
+from ..rewards.judges import DEFAULT_JUDGE, JUDGES, get_judge
 from ..validation import check_choice, check_int, check_real
+from .tracking import check_report_to
 from .vllm_sampling import INSTALL_HINT, vllm_available
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -34,7 +36,10 @@ class EvalConfig:
         dataset_config (`str`, *optional*): configuration name passed to `datasets.load_dataset`.
         dataset_split (`str`): split to evaluate.
         prompt_column, answer_column, completion_column (`str`): column names; the completion column (optional in
-            the data) gives the held-out text of the diagnostics.
+            the data) gives the held-out text of the diagnostics. The answer column reaches the judge as `answer`.
+        judge (`str`): what scores a completion: a name of `trl_shaped.rewards.JUDGES` (exact, math, code,
+            reasoning_gym) or a dotted import path to a TRL reward function; the same name as the RL reward. A sample
+            is correct when its score is 1.0. Every column but the prompt and completion columns reaches it.
         max_problems (`int`, *optional*): evaluate only the first problems.
         num_samples (`int`): n, completions per problem.
         temperature, top_p (`float`): sampling parameters (the paper: 0.7, 0.95 for base models).
@@ -48,6 +53,10 @@ class EvalConfig:
         diagnostics_top_k (`int`), diagnostics_batch_size (`int`), diagnostics_max_length (`int`).
         seed (`int`), dtype (`str`), trust_remote_code (`bool`), output_dir (`str`), run_name (`str`),
         progress (`bool`): see the field help.
+        report_to (`list[str]`): trackers the results are logged to once at the end, as TRL's `report_to`
+            (trackio, wandb, tensorboard, all, none).
+        project (`str`): the trackio / wandb project.
+        tracker_run_name (`str`, *optional*): the run's name in the trackers (default: `run_name`).
     """
 
     model_name_or_path: str | None = field(default=None, metadata={"help": "Hub name or local path of the model."})
@@ -58,10 +67,19 @@ class EvalConfig:
     dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
     dataset_split: str = field(default="test", metadata={"help": "Dataset split to evaluate."})
     prompt_column: str = field(default="prompt", metadata={"help": "Column holding the prompts."})
-    answer_column: str = field(default="answer", metadata={"help": "Column holding the gold answers."})
+    answer_column: str = field(
+        default="answer", metadata={"help": "Column holding the gold answers (the judge's `answer` argument)."}
+    )
     completion_column: str = field(
         default="completion",
         metadata={"help": "Column holding reference completions: the held-out text of the diagnostics, if present."},
+    )
+    judge: str = field(
+        default=DEFAULT_JUDGE,
+        metadata={
+            "help": f"What scores a completion, the same name as the RL reward: one of {sorted(JUDGES)} or a dotted "
+            "import path to a TRL reward function. A sample is correct when its score is 1.0."
+        },
     )
     max_problems: int | None = field(default=None, metadata={"help": "Evaluate only the first this many problems."})
     num_samples: int = field(default=16, metadata={"help": "Completions sampled per problem (n of Avg@n, Cons@n)."})
@@ -95,6 +113,14 @@ class EvalConfig:
     output_dir: str = field(default="eval_results", metadata={"help": "Where the JSON, markdown and plots go."})
     run_name: str = field(default="eval", metadata={"help": "Label of this run in file names and plots."})
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
+    report_to: list[str] = field(
+        default_factory=lambda: ["none"],
+        metadata={"help": "Trackers the results are logged to at the end: trackio, wandb, tensorboard, all or none."},
+    )
+    project: str = field(default="huggingface", metadata={"help": "The trackio / wandb project (as TRL's)."})
+    tracker_run_name: str | None = field(
+        default=None, metadata={"help": "The run's name in the trackers (default: run_name)."}
+    )
 
     def __post_init__(self):
         # Integral floats (5.0, as YAML may hand them over) count as integers; the optional fields may be None.
@@ -109,6 +135,10 @@ class EvalConfig:
             "vllm_gpu_memory_utilization", self.vllm_gpu_memory_utilization, minimum=0, maximum=1, open_minimum=True
         )
         check_choice("dtype", self.dtype, DTYPES)
+        get_judge(self.judge)  # an unknown judge fails here, naming `judge` and the registered names
+        if isinstance(self.report_to, str):
+            self.report_to = [self.report_to]
+        check_report_to(self.report_to)
         if self.use_vllm and not vllm_available():
             raise ValueError(
                 f"use_vllm=True needs vLLM, which is not installed: {INSTALL_HINT} on a machine with a supported GPU, "

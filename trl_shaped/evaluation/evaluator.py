@@ -6,7 +6,7 @@ from transformers.utils import logging
 
 from .config import EvalConfig
 from .heldout import combine_text_sums, text_sums
-from .metrics import score_completions
+from .metrics import judge_scores, missing_judge_columns, resolve_judge, score_completions
 from .sampling import prompts_per_call, sample_completions
 from .sharding import block_range, current_shard, gather_in_order
 from .vllm_sampling import build_vllm_engine, sample_completions_vllm
@@ -17,15 +17,17 @@ logger = logging.get_logger(__name__)
 def evaluate(model, tokenizer, problems, config: EvalConfig, *, llm=None, shard: bool | None = None) -> dict:
     """Sample, score and (optionally) diagnose `model` on `problems`.
 
-    Under `accelerate launch` every process samples and diagnoses its share of the problems (whole batches, see
-    `sharding`), the shares are gathered, and every process returns the full result, equal to a one-process run:
-    problem i is sampled from seeds derived from (config.seed, i) only. Scoring is cheap and done everywhere.
+    Under `accelerate launch` every process samples, scores and diagnoses its share of the problems (whole batches,
+    see `sharding`), the shares are gathered, and every process returns the full result, equal to a one-process
+    run: problem i is sampled from seeds derived from (config.seed, i) only. The judge (`config.judge`) is called
+    once per process, for all of its completions, with the problems' columns as TRL passes them to a reward.
 
     Args:
         model, tokenizer: the causal LM (on this process's device) and its tokenizer.
-        problems: rows (a list of dicts or a `datasets.Dataset`) with `config.prompt_column` and
-            `config.answer_column`; `config.completion_column`, when present, is the held-out text of the
-            diagnostics (scored after its prompt).
+        problems: rows (a list of dicts or a `datasets.Dataset`) with `config.prompt_column` and the columns
+            `config.judge` reads (exact, math: `config.answer_column`, which reaches the judge as `answer`; code:
+            `tests`); `config.completion_column`, when present, is the held-out text of the diagnostics (scored after
+            its prompt).
         config (`EvalConfig`): sampling and scoring settings.
         llm (*optional*): a `vllm.LLM` to sample with when `config.use_vllm`; built from `config.model_name_or_path`
             (else `model.name_or_path`) when not given.
@@ -33,18 +35,26 @@ def evaluate(model, tokenizer, problems, config: EvalConfig, *, llm=None, shard:
             None (default) splits the work when launched.
 
     Returns:
-        dict: "run_name", "settings" (the sampling settings), "avg_at_n", "cons_at_n", "pass_at_k",
-        "mean_completion_tokens", "diagnostics" (None when off or without reference text; NaN values with a warning
-        when no token could be scored), "num_problems", "num_samples" and "per_problem" (with the completions).
+        dict: "run_name", "settings" (the sampling settings and the judge), "judge", "avg_at_n", "cons_at_n",
+        "pass_at_k", "mean_score", "mean_completion_tokens", "diagnostics" (None when off or without reference text;
+        NaN values with a warning when no token could be scored), "num_problems", "num_samples" and "per_problem"
+        (with the completions and their scores).
     """
     rows = [dict(r) for r in problems]
     if config.max_problems is not None:
         rows = rows[: config.max_problems]
     if not rows:
         raise ValueError("problems must not be empty")
-    for column in (config.prompt_column, config.answer_column):
-        if column not in rows[0]:
-            raise ValueError(f"problems have no column {column!r}; columns: {sorted(rows[0])}")
+    if config.prompt_column not in rows[0]:
+        raise ValueError(f"problems have no column {config.prompt_column!r}; columns: {sorted(rows[0])}")
+    judge = resolve_judge(config.judge)
+    columns = judge_columns(rows, config)
+    missing = missing_judge_columns(judge, columns)
+    if missing:
+        named = [config.answer_column if name == "answer" else name for name in missing]
+        raise ValueError(
+            f"problems have no column {named[0]!r}, which judge {config.judge!r} reads; columns: {sorted(rows[0])}"
+        )
     prompts = [r.get(config.prompt_column) for r in rows]
     _check_column(prompts, config.prompt_column, (str, list), "a string or a list of chat messages")
     with_reference = config.diagnostics and config.completion_column in rows[0]
@@ -87,10 +97,12 @@ def evaluate(model, tokenizer, problems, config: EvalConfig, *, llm=None, shard:
         local = sample_completions(
             model, tokenizer, prompts[own_problems.start : own_problems.stop], batch_size=config.batch_size, **sampling
         )
-    sampled = gather_in_order(list(zip(*local, strict=True)), process, len(rows))
-    completions, lengths = [c for c, _ in sampled], [n for _, n in sampled]
+    own_columns = {name: values[own_problems.start : own_problems.stop] for name, values in columns.items()}
+    local_scores = judge_scores(local[0], own_columns, judge=judge)
+    sampled = gather_in_order(list(zip(*local, local_scores, strict=True)), process, len(rows))
+    completions, lengths, scores = ([s[i] for s in sampled] for i in range(3))
 
-    results = score_completions(completions, [str(r[config.answer_column]) for r in rows], pass_k=config.pass_k)
+    results = score_completions(completions, pass_k=config.pass_k, judge=judge, columns=columns, scores=scores)
     for record, samples in zip(results["per_problem"], completions, strict=True):
         record["completions"] = samples
     all_lengths = [length for row in lengths for length in row]
@@ -110,8 +122,22 @@ def evaluate(model, tokenizer, problems, config: EvalConfig, *, llm=None, shard:
         )
         sums = gather_in_order(local_sums, process, len(rows))
         results["diagnostics"] = combine_text_sums(sums, warn=process.is_main)
-    settings = {k: v for k, v in asdict(config).items() if k not in ("output_dir", "progress")}
+    # what the numbers depend on; where they are written and logged is not part of it
+    excluded = ("output_dir", "progress", "report_to", "project", "tracker_run_name")
+    settings = {k: v for k, v in asdict(config).items() if k not in excluded}
     return {"run_name": config.run_name, "settings": settings, **results}
+
+
+def judge_columns(rows: list[dict], config: EvalConfig) -> dict[str, list]:
+    """The columns the judge gets, one value per problem, as TRL passes dataset columns to a reward function: all
+    but the prompt and completion columns, the answer column (as text) under the name `answer`."""
+    skip = {config.prompt_column, config.completion_column, config.answer_column}
+    columns = {name: [r.get(name) for r in rows] for name in rows[0] if name not in skip}
+    if config.answer_column in rows[0]:
+        columns["answer"] = [
+            None if r.get(config.answer_column) is None else str(r[config.answer_column]) for r in rows
+        ]
+    return columns
 
 
 def _check_column(values: list, column: str, types, allowed: str) -> None:

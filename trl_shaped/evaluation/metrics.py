@@ -1,25 +1,37 @@
 """The paper's metrics of sampled completions (docs/method.md, evaluation protocol): pure Python, no model.
 
-is_correct(completion, answer) -> bool      THE answer judge: evaluation, the demo and the study all use it
+A *judge* (`trl_shaped.rewards.JUDGES`: exact, math, code, reasoning_gym, or a dotted path) scores the completions;
+a sample is correct when its score is 1.0, its full score, so evaluation counts what RL rewarded.
+
+judge_scores(completions, columns, judge) -> scores   one call to the judge for every completion of every problem
+is_correct(completion, answer) -> bool      the exact judge on one completion (numbers; kept for callers)
 pass_at_k(n, c, k) -> float                 unbiased Pass@k = 1 - C(n - c, k) / C(n, k)
 majority_vote(answers) -> str | None        most frequent answer, ties to the first occurrence
 cons_at_n(answers, correct) -> float        1.0 when the majority answer is correct
-score_completions(completions, answers, pass_k=...) -> dict   Avg@n, Cons@n, Pass@k and per-problem records
+score_completions(completions, answers, pass_k=..., judge=...) -> dict   Avg@n, Cons@n, Pass@k, mean score and
+                                            per-problem records
 """
 
+import inspect
+import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from trl_shaped.rewards import exact_answer_reward, extract_answer, normalize_answer
+from trl_shaped.rewards import completion_text, exact_answer_reward, extract_answer, normalize_answer
+from trl_shaped.rewards.judges import DEFAULT_JUDGE, get_judge
+from trl_shaped.rewards.judges import judge_name as name_of_judge
 from trl_shaped.validation import check_int
+
+# What TRL passes to every reward function besides the dataset's columns: never a column a judge needs from the data.
+_TRAINER_ARGUMENTS = ("completions", "prompts", "completion_ids", "trainer_state", "kwargs")
 
 
 def is_correct(completion, answer) -> bool:
-    """Whether `completion` answers `answer` correctly: the one judge of correctness in this package.
+    """Whether `completion` answers `answer` correctly by the `exact` judge (the default of `score_completions`).
 
     The final answer is read with `trl_shaped.rewards.extract_answer` (after the last "####", else the last
     \\boxed{}) and compared with the gold answer as an exact number (`exact_answer_reward`: "12", "12.0", "$12" and
-    "1,2" -> 12 ... all equal 12). RL rewards the same judgement, so an evaluation measures what training optimised.
+    "1,2" -> 12 ... all equal 12). Other domains: `score_completions(..., judge="math")`.
 
     Args:
         completion (`str` or `list[dict]`): a completion, plain or conversational.
@@ -31,6 +43,84 @@ def is_correct(completion, answer) -> bool:
 def answer_key(answer: str | None) -> str | None:
     """The form extracted answers are grouped by for the majority vote ("3" and "3.0" vote together)."""
     return None if answer is None else normalize_answer(answer)
+
+
+def resolve_judge(judge) -> Callable:
+    """The reward function of `judge`: a callable as is, else `trl_shaped.rewards.get_judge(judge)`."""
+    return judge if callable(judge) else get_judge(judge)
+
+
+def missing_judge_columns(judge, columns: Sequence[str]) -> list[str]:
+    """The arguments `judge` requires (no default) that are neither TRL's trainer arguments nor in `columns`."""
+    try:
+        parameters = inspect.signature(judge).parameters.values()
+    except (TypeError, ValueError):  # a callable without a signature: let the call tell
+        return []
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [
+        p.name
+        for p in parameters
+        if p.kind in kinds and p.default is inspect.Parameter.empty
+        and p.name not in _TRAINER_ARGUMENTS and p.name not in columns
+    ]  # fmt: skip
+
+
+def judge_scores(completions: Sequence[Sequence], columns: dict | None = None, *, judge=DEFAULT_JUDGE) -> list:
+    """Each completion's score by `judge`, from one call for all the problems (a judge that runs programs runs them
+    in parallel).
+
+    Args:
+        completions: for each problem, its completions (strings or conversational message lists).
+        columns (`dict`, *optional*): column name -> one value per problem (`answer`, `tests`, ...); each reaches the
+            judge as TRL passes dataset columns, one value per completion.
+        judge: a name of `trl_shaped.rewards.JUDGES`, a dotted import path, or a reward function.
+
+    Returns:
+        for each problem, the scores of its completions, floats in [0, 1] (a judge's None counts as 0.0).
+    """
+    judge = resolve_judge(judge)
+    columns = dict(columns or {})
+    for name, values in columns.items():
+        if len(values) != len(completions):
+            raise ValueError(f"column {name!r} has {len(values)} values for {len(completions)} problems")
+    flat = [c for samples in completions for c in samples]
+    if not flat:
+        return [[] for _ in completions]
+    per_completion = {
+        name: [v for v, samples in zip(values, completions, strict=True) for _ in samples]
+        for name, values in columns.items()
+    }
+    scores = judge(completions=flat, **per_completion)
+    name = name_of_judge(judge)
+    if scores is None or len(scores) != len(flat):
+        raise ValueError(f"judge {name} returned {None if scores is None else len(scores)} scores for {len(flat)}")
+    checked = []
+    for score in scores:
+        score = 0.0 if score is None else float(score)
+        if not 0.0 <= score <= 1.0:  # NaN fails too
+            raise ValueError(f"judge {name} must score in [0, 1], returned {score}")
+        checked.append(score)
+    out, start = [], 0
+    for samples in completions:
+        out.append(checked[start : start + len(samples)])
+        start += len(samples)
+    return out
+
+
+def vote_keys(judge, samples: Sequence) -> list[str | None]:
+    """What each sample votes for in Cons@n: `judge.answer_key(completion)` when the judge has one, else its
+    normalised extracted answer (`extract_answer`, `answer_key`). None does not vote."""
+    key_of = getattr(judge, "answer_key", None)
+    if key_of is None:
+        return [answer_key(extract_answer(completion_text(s))) for s in samples]
+    keys = []
+    for sample in samples:
+        try:
+            key = key_of(sample)
+        except Exception:  # noqa: BLE001 -- model output never stops an evaluation
+            key = None
+        keys.append(None if key is None else str(key))
+    return keys
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -74,7 +164,8 @@ def cons_at_n(answers: Sequence[str | None], correct: Sequence[bool]) -> float:
 
     Args:
         answers: the extracted (normalised) answer of each sample, None where none was found.
-        correct: whether each sample is correct, same length as `answers`; samples with the same answer must agree.
+        correct: whether each sample is correct, same length as `answers`; the first sample with the majority answer
+            decides (samples with the same answer agree for the answer judges).
     """
     if len(answers) != len(correct):
         raise ValueError(f"answers and correct must have the same length, got {len(answers)} and {len(correct)}")
@@ -85,23 +176,39 @@ def cons_at_n(answers: Sequence[str | None], correct: Sequence[bool]) -> float:
 
 
 def score_completions(
-    completions: Sequence[Sequence[str]], answers: Sequence[str], *, pass_k: Sequence[int] = (1,)
+    completions: Sequence[Sequence],
+    answers: Sequence | None = None,
+    *,
+    pass_k: Sequence[int] = (1,),
+    judge=DEFAULT_JUDGE,
+    columns: dict | None = None,
+    scores: Sequence[Sequence[float]] | None = None,
 ) -> dict:
-    """Avg@n, Cons@n and Pass@k of sampled completions against gold answers, judged by `is_correct`.
+    """Avg@n, Cons@n, Pass@k and the mean score of sampled completions, scored by `judge`.
+
+    A sample is correct when its score is 1.0. For the answer judges (exact, math) the score is 0 or 1; a
+    partial-credit judge (code: the fraction of tests passed) makes `mean_score` differ from Avg@n.
 
     Args:
         completions: for each problem, its n >= 1 completions (same n for all problems).
-        answers: the gold answer of each problem.
+        answers (*optional*): the gold answer of each problem (the judge's `answer` column).
         pass_k: the k of Pass@k, each an integer in [1, n].
+        judge: a name of `trl_shaped.rewards.JUDGES` (default `exact`), a dotted import path, or a reward function.
+        columns (`dict`, *optional*): the judge's other columns, name -> one value per problem (`tests`, ...).
+        scores (*optional*): the scores already computed by `judge_scores` (e.g. per process); else computed here.
 
     Returns:
-        dict with "num_problems", "num_samples", "avg_at_n", "cons_at_n", "pass_at_k" ({str(k): value}) and
-        "per_problem" (a list of {"answer", "num_correct", "majority_answer", "cons_correct", "extracted"}).
+        dict with "judge" (its name), "num_problems", "num_samples", "avg_at_n", "cons_at_n", "pass_at_k"
+        ({str(k): value}), "mean_score" and "per_problem" (a list of {"answer", "scores", "num_correct",
+        "mean_score", "majority_answer", "cons_correct", "extracted"}).
     """
-    if len(completions) != len(answers):
-        raise ValueError(
-            f"completions and answers must have the same length, got {len(completions)} and {len(answers)}"
-        )
+    columns = dict(columns or {})
+    if answers is not None:
+        if len(completions) != len(answers):
+            raise ValueError(
+                f"completions and answers must have the same length, got {len(completions)} and {len(answers)}"
+            )
+        columns["answer"] = list(answers)
     if not completions:
         raise ValueError("completions must hold at least one problem, got an empty list")
     n = len(completions[0])
@@ -117,26 +224,33 @@ def score_completions(
         check_int("pass_k values", k, minimum=1, maximum=n, note=f"num_samples={n}", integral_float=True)
         for k in pass_k
     ]
+    judge = resolve_judge(judge)
+    if scores is None:
+        scores = judge_scores(completions, columns, judge=judge)
+    golds = columns.get("answer", [None] * len(completions))
     per_problem = []
-    for samples, gold in zip(completions, answers, strict=True):
-        correct = [is_correct(s, gold) for s in samples]
-        extracted = [extract_answer(s) for s in samples]
-        keys = [answer_key(a) for a in extracted]
+    for samples, sample_scores, gold in zip(completions, scores, golds, strict=True):
+        correct = [s == 1.0 for s in sample_scores]
+        keys = vote_keys(judge, samples)
         per_problem.append(
             {
                 "answer": gold,
+                "scores": list(sample_scores),
                 "num_correct": sum(correct),
+                "mean_score": math.fsum(sample_scores) / n,
                 "majority_answer": majority_vote(keys),
                 "cons_correct": cons_at_n(keys, correct) == 1.0,
-                "extracted": extracted,
+                "extracted": [extract_answer(completion_text(s)) for s in samples],
             }
         )
     num = len(per_problem)
     return {
+        "judge": name_of_judge(judge),
         "num_problems": num,
         "num_samples": n,
         "avg_at_n": sum(p["num_correct"] / n for p in per_problem) / num,
         "cons_at_n": sum(p["cons_correct"] for p in per_problem) / num,
         "pass_at_k": {str(k): sum(pass_at_k(n, p["num_correct"], k) for p in per_problem) / num for k in ks},
+        "mean_score": sum(p["mean_score"] for p in per_problem) / num,
         "per_problem": per_problem,
     }

@@ -49,12 +49,17 @@ def markdown_summary(results: dict) -> str:
         + (f", temperature {s['temperature']}, top-p {s['top_p']}" if "temperature" in s else "")
         + ".",
         "",
+        f"Scored by the judge `{results.get('judge', s.get('judge', 'exact'))}`: a sample is correct when its score is "
+        "1.0 (mean score: the mean of every sample's score).",
+        "",
         "| metric | value |",
         "|---|---|",
         f"| Avg@{n} | {100 * results['avg_at_n']:.2f}% |",
         f"| Cons@{n} | {100 * results['cons_at_n']:.2f}% |",
     ]
     lines += [f"| Pass@{k} | {100 * v:.2f}% |" for k, v in results["pass_at_k"].items()]
+    if results.get("mean_score") is not None:
+        lines.append(f"| mean score | {results['mean_score']:.4f} |")
     if "mean_completion_tokens" in results:
         lines.append(f"| mean completion length (tokens) | {results['mean_completion_tokens']:.1f} |")
     diag = results.get("diagnostics")

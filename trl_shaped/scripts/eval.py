@@ -2,11 +2,13 @@
 
 ```bash
 trl-shaped eval --model_name_or_path runs/rl_precision --dataset_name data/test.jsonl --num_samples 64
+trl-shaped eval --config recipes/eval_math.yaml --model_name_or_path runs/rl_math --judge math --report_to tensorboard
 accelerate launch --config_file accelerate_configs/multi_gpu.yaml recipes/eval.py --config recipes/eval_paper.yaml
 ```
 
 Under `accelerate launch` every process loads the model on its own device and evaluates its share of the problems;
-the results are gathered and the main process alone writes the files (the same files a single process writes).
+the results are gathered and the main process alone writes the files (the same files a single process writes) and
+logs the metrics to the trackers of `--report_to`.
 """
 
 import logging
@@ -15,6 +17,7 @@ import torch
 
 from trl_shaped.evaluation import EvalConfig, evaluate, markdown_summary, write_results
 from trl_shaped.evaluation.sharding import current_shard, launched, partial_state
+from trl_shaped.evaluation.tracking import log_evaluation
 from trl_shaped.scripts import make_trl_parser, run_script
 from trl_shaped.scripts.data import load_split
 
@@ -55,8 +58,8 @@ def load_model(config: EvalConfig):
 
 
 def main(config: EvalConfig) -> dict:
-    """Load the model (hub name or local path), tokenizer and dataset of `config`, evaluate, and write the files
-    (on the main process only when launched).
+    """Load the model (hub name or local path), tokenizer and dataset of `config`, evaluate, write the files and log
+    the metrics to `config.report_to` (on the main process only when launched).
 
     Returns:
         the result of `evaluate` (on every process), with "files" (the paths written, as strings) added.
@@ -72,7 +75,16 @@ def main(config: EvalConfig) -> dict:
     results = evaluate(model, tokenizer, problems, config)
     if current_shard().is_main:
         paths = write_results(results, config.output_dir, name=config.run_name)
-        print(markdown_summary(results))
+        summary = markdown_summary(results)
+        print(summary)
+        log_evaluation(
+            results,
+            config.report_to,
+            project=config.project,
+            run_name=config.tracker_run_name or config.run_name,
+            output_dir=config.output_dir,
+            summary=summary,
+        )
     else:
         out = config.output_dir
         paths = {k: f"{out}/{config.run_name}{s}" for k, s in (("json", ".json"), ("markdown", ".md"))}

@@ -6,11 +6,9 @@ accelerate launch --config_file accelerate_configs/zero3.yaml recipes/grpo.py --
 ```
 """
 
-import importlib
-import os
-import sys
 from dataclasses import dataclass, field
 
+from trl_shaped.rewards.judges import JUDGES, get_judge
 from trl_shaped.scripts import end_launched_process, make_trl_parser, run_script, train_and_save, write_log_history
 from trl_shaped.scripts.data import ShapedScriptArguments
 from trl_shaped.scripts.loading import split_or_fail, trainer_inputs
@@ -22,18 +20,20 @@ class ShapedGRPOScriptArguments(ShapedScriptArguments):
 
     Args:
         reward_funcs (`list[str]`):
-            Reward functions: names from `trl_shaped.rewards` (`exact_answer_reward`, `math_answer_reward`), names
-            from `trl.rewards`, or dotted import paths (`my_pkg.rewards.my_reward`). The dataset's `answer` column
-            reaches them as the `answer` argument.
+            Reward functions: judges (`exact`, `math`, `code`, `reasoning_gym`: the names `trl-shaped eval --judge`
+            takes, so RL and evaluation score alike), names from `trl_shaped.rewards` (`exact_answer_reward`,
+            `math_answer_reward`), names from `trl.rewards`, or dotted import paths (`my_pkg.rewards.my_reward`).
+            The dataset's columns reach them as keyword arguments (`answer`, `tests`, ...).
         aux_dataset_split (`str`, *optional*):
             Split of the dataset holding supervised rows for the auxiliary shaped loss (`shaping_aux_coef > 0`).
     """
 
     reward_funcs: list[str] = field(
-        default_factory=lambda: ["exact_answer_reward"],
+        default_factory=lambda: ["exact"],
         metadata={
-            "help": "Reward functions: names from trl_shaped.rewards (exact_answer_reward, math_answer_reward), "
-            "names from trl.rewards, or dotted import paths (my_pkg.rewards.my_reward)."
+            "help": f"Reward functions: judges {sorted(JUDGES)} (the names `trl-shaped eval --judge` takes), names "
+            "from trl_shaped.rewards (exact_answer_reward, math_answer_reward), names from trl.rewards, or dotted "
+            "import paths (my_pkg.rewards.my_reward)."
         },
     )
     aux_dataset_split: str | None = field(
@@ -46,15 +46,18 @@ class ShapedGRPOScriptArguments(ShapedScriptArguments):
 
 
 def resolve_reward_funcs(names: list[str]) -> list:
-    """Reward callables for `names` (see `ShapedGRPOScriptArguments.reward_funcs`); unknown names fail clearly."""
+    """Reward callables for `names` (see `ShapedGRPOScriptArguments.reward_funcs`); unknown names fail clearly.
+
+    A judge name (`trl_shaped.rewards.JUDGES`: exact, math, code, reasoning_gym) and a dotted import path resolve
+    through `get_judge`, as `trl-shaped eval --judge` does, so RL and evaluation use one function per name; a bare
+    name is a function of `trl_shaped.rewards` or of `trl.rewards`.
+    """
     from trl_shaped import rewards as shaped_rewards
 
     funcs = []
     for name in names:
-        if "." in name:
-            module_path, attr = name.rsplit(".", 1)
-            sys.path.insert(0, os.getcwd())  # lets a recipe name a rewards file next to it
-            funcs.append(getattr(importlib.import_module(module_path), attr))
+        if name in JUDGES or "." in name or ":" in name:
+            funcs.append(get_judge(name))
             continue
         func = getattr(shaped_rewards, name, None) if name.endswith("_reward") else None
         if func is None:
@@ -64,8 +67,8 @@ def resolve_reward_funcs(names: list[str]) -> list:
         if not callable(func):
             known = sorted(n for n in dir(shaped_rewards) if n.endswith("_reward") and not n.startswith("_"))
             raise ValueError(
-                f"reward_funcs: unknown reward function {name!r}; use one of {known}, a name from trl.rewards, "
-                "or a dotted import path"
+                f"reward_funcs: unknown reward function {name!r}; use a judge out of {sorted(JUDGES)}, one of "
+                f"{known}, a name from trl.rewards, or a dotted import path"
             )
         funcs.append(func)
     if not funcs:

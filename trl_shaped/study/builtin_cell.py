@@ -38,7 +38,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, T
 
 from .. import ShapedGRPOConfig, ShapedGRPOTrainer, ShapedSFTConfig, ShapedSFTTrainer
 from ..checkpoints import last_complete_checkpoint
-from ..evaluation import EvalConfig, evaluate, pass_at_k
+from ..evaluation import EvalConfig, evaluate, log_evaluation, pass_at_k
 from ..rewards import get_judge
 from ..tiny import build_bpe_tokenizer, build_char_tokenizer, build_tiny_model
 from .cells import (
@@ -378,20 +378,27 @@ def first_token_stats(model, tokenizer, prompts: list[str]) -> dict:
     }
 
 
-def evaluate_checkpoint(folder: Path, tokenizer, data, config: StudyConfig, seed: int, samples_path: Path) -> dict:
+def evaluate_checkpoint(
+    folder: Path, tokenizer, data, config: StudyConfig, seed: int, samples_path: Path, tracker: dict | None = None
+) -> dict:
     """Avg@n, Cons@n, Pass@k and held-out diagnostics of the model saved in `folder`; the samples go to
-    `samples_path` and the metrics are returned."""
+    `samples_path`, the metrics to the trackers of `tracker` (`tracking(...)` of the stage) and are returned."""
+    tracker = tracker or {}
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     eval_config = EvalConfig(
         num_samples=config.eval_num_samples,
         temperature=config.eval_temperature,
         top_p=config.eval_top_p,
         max_new_tokens=config.study_task().max_completion_tokens,
+        judge=config.study_task().judge,  # the judge RL rewarded with
         diagnostics_top_k=config.shaping_top_k,
         diagnostics_batch_size=64,
         seed=seed,
         run_name=str(folder),
         progress=False,
+        report_to=tracker.get("report_to") or ["none"],
+        project=tracker.get("project", "huggingface"),
+        tracker_run_name=tracker.get("run_name"),
     )
     start, cpu_start = time.perf_counter(), time.process_time()
     result = evaluate(model, tokenizer, data["test"], eval_config)
@@ -400,6 +407,9 @@ def evaluate_checkpoint(folder: Path, tokenizer, data, config: StudyConfig, seed
     result.update(completion_profile(result["per_problem"], eval_config.pass_k, task))
     result.update(first_token_stats(model, tokenizer, list(data["test"]["prompt"])))
     write_json_atomic(samples_path, result)
+    stage = samples_path.parent / samples_path.stem.removesuffix("_samples")
+    log_evaluation(result, eval_config.report_to, project=eval_config.project,
+                   run_name=str(eval_config.tracker_run_name), output_dir=str(stage))  # fmt: skip
     return {k: v for k, v in result.items() if k != "per_problem"}
 
 
@@ -424,21 +434,15 @@ def run_cell(config: StudyConfig, preset: str, seed: int, cell: Path) -> dict:
     tokenizer = shared_tokenizer(config, data, Path(config.output_dir) / "tokenizer")
     with quiet_libraries():
         stage1 = _stage(cell, "stage1", lambda: train_stage1(preset, seed, config, data, tokenizer, cell))
-        eval_stage1 = _stage(
-            cell,
-            "eval_stage1",
-            lambda: evaluate_checkpoint(
-                cell / "stage1", tokenizer, data, config, seed, cell / "eval_stage1_samples.json"
-            ),
-        )
+        eval_stage1 = _stage(cell, "eval_stage1", lambda: evaluate_checkpoint(
+            cell / "stage1", tokenizer, data, config, seed, cell / "eval_stage1_samples.json",
+            tracking(config, preset, seed, "eval_stage1")))  # fmt: skip
         say("cell", f"{preset} seed {seed} stage 1: Avg@n {eval_stage1['avg_at_n']:.3f}, held-out entropy "
             f"{(eval_stage1['diagnostics'] or {}).get('entropy', math.nan):.4f}")  # fmt: skip
         rl = _stage(cell, "rl", lambda: train_rl(preset, seed, config, data, tokenizer, cell))
-        eval_rl = _stage(
-            cell,
-            "eval_rl",
-            lambda: evaluate_checkpoint(cell / "rl", tokenizer, data, config, seed, cell / "eval_rl_samples.json"),
-        )
+        eval_rl = _stage(cell, "eval_rl", lambda: evaluate_checkpoint(
+            cell / "rl", tokenizer, data, config, seed, cell / "eval_rl_samples.json",
+            tracking(config, preset, seed, "eval_rl")))  # fmt: skip
         say("cell", f"{preset} seed {seed} after RL: Avg@n {eval_rl['avg_at_n']:.3f}")
     result = {
         "preset": preset,

@@ -103,10 +103,10 @@ def launcher(config: StudyConfig) -> list[str]:
     return argv + ["-m", "trl_shaped"]
 
 
-def tracking_args(config: StudyConfig, preset: str, seed: int, stage: str) -> list[str]:
-    """Real scale: the run name `<study>/<preset>/seed<k>/<stage>` and the trackio project of a training stage, and
-    the study's `report_to` when it names trackers (else the recipe's own setting stays)."""
-    argv = ["--run_name", config.run_name(preset, seed, stage), "--project", config.study_name]
+def tracking_args(config: StudyConfig, preset: str, seed: int, stage: str, name_flag: str = "--run_name") -> list[str]:
+    """Real scale: the run name `<study>/<preset>/seed<k>/<stage>` (an evaluation's `name_flag`: --tracker_run_name)
+    and the trackio project of a stage, and the study's `report_to` when it names trackers (else the recipe's)."""
+    argv = [name_flag, config.run_name(preset, seed, stage), "--project", config.study_name]
     if config.report_to is not None:
         argv += ["--report_to", (config.report_to or ["none"])[0]]
     return argv
@@ -139,7 +139,7 @@ def stage_commands(config: StudyConfig, preset: str, seed: int, cell: Path) -> l
         return [
             "eval", "--config", config.eval_recipe, "--model_name_or_path", model, "--seed", str(seed),
             "--output_dir", str(cell / name), "--run_name", "eval", *dataset(config.eval_dataset),
-            *shlex.split(config.eval_args),
+            *tracking_args(config, preset, seed, name, "--tracker_run_name"), *shlex.split(config.eval_args),
         ]  # fmt: skip
 
     return [

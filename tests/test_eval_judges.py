@@ -1,0 +1,281 @@
+"""Evaluation scored by the judges that RL rewards with: the math judge on LaTeX answers, the columns a judge gets,
+partial credit, the majority vote by a judge's answer key, `trl-shaped eval --judge` end to end and its tracker."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from trl_shaped.cli import dispatch
+from trl_shaped.evaluation import EvalConfig, evaluate, score_completions
+from trl_shaped.evaluation.tracking import check_report_to, tracked_metrics
+from trl_shaped.rewards import exact_answer_reward, get_judge, math_answer_reward
+from trl_shaped.scripts.grpo import resolve_reward_funcs
+from trl_shaped.tiny import build_char_tokenizer, build_tiny_model
+
+pytest.importorskip("math_verify")  # the math extra (in `dev`): without it `math` is a string match
+
+HALF = r"\boxed{\frac{1}{2}}"
+# A judge in this module, reached by its dotted path as a user's own judge would be.
+JUDGE_PATH = f"{__name__}.share_of_tests_held"
+CALLS = []
+
+
+def share_of_tests_held(completions, tests, **kwargs):
+    """A partial-credit judge like code's: the fraction of the problem's `tests` (here substrings) the completion
+    holds. Records each call."""
+    CALLS.append({"completions": list(completions), "tests": list(tests), **kwargs})
+    return [sum(t in c for t in ts) / len(ts) for c, ts in zip(completions, tests, strict=True)]
+
+
+def _answer_writer(path):
+    """A real checkpoint whose completion of any prompt is `HALF` and then eos, at any temperature: one token holds
+    the whole answer; with the layers' outputs zeroed the last hidden state is the last token's one-hot embedding,
+    and the LM head maps every token to the answer token, and the answer token to eos, by a wide margin."""
+    tokenizer = build_char_tokenizer()
+    tokenizer.add_tokens([HALF])
+    answer_id, vocab = tokenizer.convert_tokens_to_ids(HALF), len(tokenizer)
+    model = build_tiny_model(vocab, hidden_size=vocab + (-vocab) % 8, num_layers=1, tokenizer=tokenizer)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.model.embed_tokens.weight.zero_()
+        model.model.embed_tokens.weight[:, :vocab].copy_(torch.eye(vocab))
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[answer_id, :vocab] = 10.0
+        model.lm_head.weight[answer_id, answer_id] = 0.0
+        model.lm_head.weight[tokenizer.eos_token_id, answer_id] = 10.0
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def writer_dir(tmp_path_factory):
+    return _answer_writer(tmp_path_factory.mktemp("writer"))
+
+
+PROBLEMS = [
+    {"prompt": "Half of one? ", "answer": r"\frac{1}{2}", "completion": "one half"},
+    {"prompt": "A third of one? ", "answer": r"\frac{1}{3}", "completion": "one third"},
+]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The math judge: what the exact judge cannot score
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_math_judge_scores_latex_answers_that_exact_cannot():
+    cases = [  # (completion, gold, right?)
+        (f"so {HALF}", r"\frac{1}{2}", True),
+        ("#### 0.5", r"\frac{1}{2}", True),
+        (r"\boxed{x^2+1}", "x^2+1", True),
+        (r"\boxed{1+x^2}", "x^2+1", True),
+        (r"\boxed{(0, 1]}", "(0,1]", True),
+        (r"\boxed{\{2,1\}}", r"\{1,2\}", True),
+        ("#### 0.6", r"\frac{1}{2}", False),
+        (r"\boxed{x^2+2}", "x^2+1", False),
+        (r"\boxed{[0,1)}", "(0,1]", False),
+        (r"\boxed{\{1,3\}}", r"\{1,2\}", False),
+        ("#### 12", "12", True),
+    ]
+    completions = [[c] for c, _, _ in cases]
+    golds = [g for _, g, _ in cases]
+    math_result = score_completions(completions, golds, judge="math")
+    assert [p["scores"] for p in math_result["per_problem"]] == [[float(right)] for _, _, right in cases]
+    assert math_result["judge"] == "math"
+    # the exact judge (the default) reads numbers only: none of the LaTeX answers, "#### 0.5" against a fraction
+    # neither; only the plain number is right
+    exact = score_completions(completions, golds)
+    assert exact["judge"] == "exact"
+    assert [p["num_correct"] for p in exact["per_problem"]] == [0] * 10 + [1]
+    assert exact["per_problem"] == score_completions(completions, golds, judge=exact_answer_reward)["per_problem"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What a judge gets and what its scores become
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_partial_credit_counts_only_full_scores_and_columns_reach_the_judge_once():
+    CALLS.clear()
+    completions = [["abc", "ab", "a", "abc"], ["x", "y", "x", "z"]]
+    tests = [["a", "b", "c"], ["x"]]
+    result = score_completions(completions, judge=JUDGE_PATH, columns={"tests": tests}, pass_k=[1, 2, 4])
+    assert len(CALLS) == 1  # every completion of every problem in one call, each with its own problem's tests
+    assert CALLS[0]["completions"] == completions[0] + completions[1]
+    assert CALLS[0]["tests"] == [tests[0]] * 4 + [tests[1]] * 4
+    first, second = result["per_problem"]
+    assert first["scores"] == pytest.approx([1, 2 / 3, 1 / 3, 1]) and second["scores"] == [1, 0, 1, 0]
+    assert (first["num_correct"], second["num_correct"]) == (2, 2)
+    assert result["avg_at_n"] == pytest.approx(0.5)
+    assert result["mean_score"] == pytest.approx(((1 + 2 / 3 + 1 / 3 + 1) / 4 + 0.5) / 2)  # partial credit counts
+    assert result["pass_at_k"]["1"] == pytest.approx(0.5) and result["pass_at_k"]["4"] == 1.0
+    assert first["answer"] is None and result["judge"] == JUDGE_PATH
+
+
+def test_majority_vote_groups_by_the_judges_answer_key():
+    def letter_a(completions, **kwargs):
+        return [float(c.strip().lower() == "a") for c in completions]
+
+    samples = [["A", "a ", "b", "c"]]
+    # without an answer key a sample votes with its extracted answer: none here, so nothing wins
+    assert score_completions(samples, judge=letter_a)["cons_at_n"] == 0.0
+    letter_a.answer_key = lambda completion: completion.strip().lower()
+    result = score_completions(samples, judge=letter_a)
+    assert result["per_problem"][0]["majority_answer"] == "a" and result["cons_at_n"] == 1.0
+
+
+def test_math_majority_vote_counts_equal_answers_together():
+    samples = [["#### 0.5", r"\boxed{\frac12}", "#### 3", "#### 3.0", r"\boxed{\frac{1}{2}}"]]
+    result = score_completions(samples, [r"\frac{1}{2}"], judge="math")
+    # three samples answer 1/2 in three forms, two answer 3: the vote goes to 1/2, which is right
+    assert result["per_problem"][0]["scores"] == [1.0, 1.0, 0.0, 0.0, 1.0]
+    assert result["per_problem"][0]["majority_answer"] == "1/2" and result["cons_at_n"] == 1.0
+
+    def same_scores_without_a_key(completions, answer, **kwargs):
+        return math_answer_reward(completions, answer)
+
+    # voting by the answers' text instead, "3" and "3.0" (one number) outvote each form of 1/2
+    assert score_completions(samples, [r"\frac{1}{2}"], judge=same_scores_without_a_key)["cons_at_n"] == 0.0
+
+
+def test_judge_output_and_config_are_checked():
+    with pytest.raises(ValueError, match=r"must score in \[0, 1\]"):
+        score_completions([["a"]], judge=lambda completions, **kw: [2.0])
+    with pytest.raises(ValueError, match="returned 2 scores for 1"):
+        score_completions([["a"]], judge=lambda completions, **kw: [1.0, 1.0])
+    with pytest.raises(ValueError, match=r"judge must be one of \['code', 'exact', 'math', 'reasoning_gym'\]"):
+        EvalConfig(judge="mathh")
+    with pytest.raises(ValueError, match="judge 'no_such_module.judge' does not import"):
+        EvalConfig(judge="no_such_module.judge")
+    assert EvalConfig(judge="math").judge == "math"
+
+
+def test_evaluate_gives_the_judge_the_rows_columns(writer_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(writer_dir), AutoTokenizer.from_pretrained(writer_dir)
+    rows = [
+        {"question": "Half? ", "gold": "0.5", "tests": [r"\frac{1}{2}", "boxed", "zzz"], "solution": "half"},
+        {"question": "Boxed? ", "gold": "1", "tests": ["boxed"], "solution": "yes"},
+    ]
+    config = EvalConfig(
+        judge=JUDGE_PATH, prompt_column="question", answer_column="gold", completion_column="solution",
+        num_samples=3, max_new_tokens=3, pass_k=[1], diagnostics=False, progress=False,
+    )  # fmt: skip
+    CALLS.clear()
+    result = evaluate(model, tokenizer, rows, config)
+    assert len(CALLS) == 1
+    call = CALLS[0]
+    assert call["completions"] == [HALF] * 6  # the checkpoint writes its one answer, then eos
+    # every column but the prompt and completion columns, one value per completion; the answer column as `answer`
+    assert set(call) == {"completions", "tests", "answer"}
+    assert call["answer"] == ["0.5"] * 3 + ["1"] * 3
+    assert call["tests"] == [rows[0]["tests"]] * 3 + [rows[1]["tests"]] * 3
+    assert [p["scores"] for p in result["per_problem"]] == [[2 / 3] * 3, [1.0] * 3]
+    assert result["avg_at_n"] == 0.5 and result["mean_score"] == pytest.approx((2 / 3 + 1) / 2)
+    assert result["judge"] == result["settings"]["judge"] == JUDGE_PATH
+    # a column the judge needs is asked for before any sampling
+    with pytest.raises(ValueError, match="no column 'tests', which judge"):
+        evaluate(model, tokenizer, [{"question": "q", "gold": "1"}], config)
+    with pytest.raises(ValueError, match="no column 'gold', which judge 'math'"):
+        evaluate(model, tokenizer, [{"question": "q"}], EvalConfig(**{**vars(config), "judge": "math"}))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# `trl-shaped eval --judge math --report_to tensorboard` end to end
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _tensorboard(folder):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    texts = {tag: events.Tensors(tag)[0].tensor_proto.string_val[0].decode() for tag in events.Tags()["tensors"]}
+    return scalars, texts
+
+
+def test_cli_eval_with_the_math_judge_logs_to_tensorboard(writer_dir, tmp_path):
+    data = tmp_path / "test.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in PROBLEMS))
+    out = tmp_path / "eval"
+    result = dispatch([
+        "eval", "--model_name_or_path", str(writer_dir), "--dataset_name", str(data), "--judge", "math",
+        "--num_samples", "2", "--pass_k", "1", "2", "--max_new_tokens", "3", "--diagnostics_top_k", "5",
+        "--no_progress", "--output_dir", str(out), "--run_name", "math", "--report_to", "tensorboard",
+        "--tracker_run_name", "study/ce/seed0/eval_rl",
+    ])  # fmt: skip
+    completions = [p["completions"] for p in result["per_problem"]]
+    assert completions == [[HALF] * 2] * 2
+    # the right \boxed{\frac{1}{2}} is right, the same answer to the other problem wrong; scored as RL rewards
+    assert [p["scores"] for p in result["per_problem"]] == [[1.0, 1.0], [0.0, 0.0]]
+    for samples, row, record in zip(completions, PROBLEMS, result["per_problem"], strict=True):
+        assert record["scores"] == math_answer_reward(samples, [row["answer"]] * len(samples))
+    assert result["avg_at_n"] == result["cons_at_n"] == result["pass_at_k"]["2"] == 0.5
+    assert score_completions(completions, [r["answer"] for r in PROBLEMS])["avg_at_n"] == 0.0  # exact: wrong
+    saved = json.loads((out / "math.json").read_text())
+    assert saved["judge"] == saved["settings"]["judge"] == "math"
+    assert saved["per_problem"][0]["scores"] == [1.0, 1.0]
+    assert "judge `math`" in (out / "math.md").read_text()
+
+    logged, texts = _tensorboard(out)
+    expected = tracked_metrics(result)
+    assert set(logged) == set(expected) and "eval/diagnostics/entropy" in logged and "eval/mean_score" in logged
+    with np.errstate(over="ignore"):  # event files hold float32 (this model's perplexity overflows it)
+        expected = {tag: float(np.float32(value)) for tag, value in expected.items()}
+    assert logged == {tag: [(0, pytest.approx(value))] for tag, value in expected.items()}
+    assert texts["eval/run_name/text_summary"] == "study/ce/seed0/eval_rl"
+
+
+def test_report_to_names_known_installed_trackers():
+    assert check_report_to(["none"]) == [] and check_report_to("tensorboard") == ["tensorboard"]
+    assert "tensorboard" in check_report_to(["all"])
+    with pytest.raises(ValueError, match="report_to must name trackers out of"):
+        EvalConfig(report_to=["tensorbored"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# RL takes the same names
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_grpo_reward_funcs_take_the_judge_names():
+    funcs = resolve_reward_funcs(["exact", "math", "exact_answer_reward", JUDGE_PATH])
+    assert funcs == [get_judge("exact"), get_judge("math"), exact_answer_reward, share_of_tests_held]
+    assert funcs[1] is math_answer_reward
+    with pytest.raises(ValueError, match=r"unknown reward function 'mathh'; use a judge out of \['code'"):
+        resolve_reward_funcs(["mathh"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A study's evaluation stages report like its training stages: <study>/<preset>/seed<k>/<stage>
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_builtin_study_evaluation_logs_under_the_stage_run_name(tmp_path):
+    from trl_shaped.study import StudyConfig
+    from trl_shaped.study.builtin_cell import evaluate_checkpoint, shared_tokenizer, task_data, tracking
+
+    config = StudyConfig(
+        presets="ce", num_seeds=1, output_dir=str(tmp_path / "arith"), num_train_problems=8, num_rl_problems=4,
+        num_test_problems=3, eval_num_samples=2, report_to=["tensorboard"],
+    )  # fmt: skip
+    data = task_data(config)
+    tokenizer = shared_tokenizer(config, data, tmp_path / "tokenizer")
+    build_tiny_model(len(tokenizer), hidden_size=16, num_layers=1, tokenizer=tokenizer).save_pretrained(tmp_path / "rl")
+    cell = tmp_path / "cell"
+    cell.mkdir()
+    record = evaluate_checkpoint(
+        tmp_path / "rl", tokenizer, data, config, 0, cell / "eval_rl_samples.json", tracking(config, "ce", 0, "eval_rl")
+    )
+    assert record["judge"] == config.study_task().judge  # the judge RL rewards with
+    scalars, texts = _tensorboard(cell / "eval_rl")
+    assert scalars["eval/avg_at_n"] == [(0, pytest.approx(record["avg_at_n"]))]
+    assert scalars["eval/pass_at_2"] == [(0, pytest.approx(record["pass_at_k"]["2"]))]
+    assert texts["eval/run_name/text_summary"] == "arith/ce/seed0/eval_rl"
