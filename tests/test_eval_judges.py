@@ -129,6 +129,20 @@ def test_majority_vote_groups_by_the_judges_answer_key():
     assert result["per_problem"][0]["majority_answer"] == "a" and result["cons_at_n"] == 1.0
 
 
+def test_math_majority_vote_counts_equal_answers_together():
+    samples = [["#### 0.5", r"\boxed{\frac12}", "#### 3", "#### 3.0", r"\boxed{\frac{1}{2}}"]]
+    result = score_completions(samples, [r"\frac{1}{2}"], judge="math")
+    # three samples answer 1/2 in three forms, two answer 3: the vote goes to 1/2, which is right
+    assert result["per_problem"][0]["scores"] == [1.0, 1.0, 0.0, 0.0, 1.0]
+    assert result["per_problem"][0]["majority_answer"] == "1/2" and result["cons_at_n"] == 1.0
+
+    def same_scores_without_a_key(completions, answer, **kwargs):
+        return math_answer_reward(completions, answer)
+
+    # voting by the answers' text instead, "3" and "3.0" (one number) outvote each form of 1/2
+    assert score_completions(samples, [r"\frac{1}{2}"], judge=same_scores_without_a_key)["cons_at_n"] == 0.0
+
+
 def test_judge_output_and_config_are_checked():
     with pytest.raises(ValueError, match=r"must score in \[0, 1\]"):
         score_completions([["a"]], judge=lambda completions, **kw: [2.0])

@@ -36,8 +36,9 @@ def evaluate(model, tokenizer, problems, config: EvalConfig, *, llm=None, shard:
 
     Returns:
         dict: "run_name", "settings" (the sampling settings and the judge), "judge", "avg_at_n", "cons_at_n",
-        "pass_at_k", "mean_score", "mean_completion_tokens", "diagnostics" (None when off or without reference text; NaN values with a warning
-        when no token could be scored), "num_problems", "num_samples" and "per_problem" (with the completions).
+        "pass_at_k", "mean_score", "mean_completion_tokens", "diagnostics" (None when off or without reference text;
+        NaN values with a warning when no token could be scored), "num_problems", "num_samples" and "per_problem"
+        (with the completions and their scores).
     """
     rows = [dict(r) for r in problems]
     if config.max_problems is not None:

@@ -8,8 +8,8 @@ Each tracker is driven through its own public API, as transformers' callbacks dr
                   and the markdown summary as text)
 
 The metrics go under ``eval/``: ``avg_at_n``, ``cons_at_n``, ``pass_at_<k>``, ``mean_score``,
-``mean_completion_tokens`` and the distribution diagnostics (``eval/diagnostics/<name>``), at step 0. Only the main
-process logs.
+``mean_completion_tokens`` and the distribution diagnostics (``eval/diagnostics/<name>``), at step 0. `trl-shaped
+eval` logs from its main process only.
 """
 
 import importlib.util
@@ -107,6 +107,6 @@ def log_evaluation(results: dict, report_to, *, project: str, run_name: str, out
             import trackio
 
             trackio.init(project=project, name=run_name, config=config)
-            trackio.log(metrics, step=0)
+            trackio.log(metrics)  # its first step: 0
             trackio.finish()
     return trackers

@@ -20,4 +20,5 @@ from .answers import (
     math_answer_reward,
     normalize_answer,
 )
+from .code import CodeReward, code_reward, extract_code
 from .judges import JUDGES, get_judge, judge_name

@@ -213,3 +213,33 @@ def _math_verify_match(math_verify, text: str, extracted: str | None, gold) -> f
     if not gold_parsed or not pred_parsed:
         return 0.0
     return 1.0 if verify(gold_parsed, pred_parsed, timeout_seconds=timeout) else 0.0
+
+
+def math_answer_key(completion) -> str | None:
+    """What `completion` votes for in a majority vote (Cons@n) under the math judge: its final answer in math-verify's
+    canonical form, so that equal answers vote together (``\\frac{1}{2}``, ``0.5`` and ``\\frac12``; ``x^2+1`` and
+    ``1+x^2``; ``\\{1,2\\}`` and ``\\{2,1\\}``). None when it has no final answer (`extract_answer`); without
+    math-verify, or when it cannot parse the answer, the answer's `normalize_answer` form."""
+    try:
+        extracted = extract_answer(completion_text(completion))
+        if extracted is None:
+            return None
+        math_verify = _load_math_verify()
+        if math_verify is not None:
+            parse, _ = math_verify
+            timeout = 5 if threading.current_thread() is threading.main_thread() else None
+            parsed = parse(f"${extracted[-MATH_VERIFY_MAX_CHARS:]}$", parsing_timeout=timeout)
+            if parsed and not isinstance(parsed[0], str):
+                expression = parsed[0]
+                if getattr(expression, "is_Float", False):  # 12.0 votes with 12, 0.5 with 1/2
+                    import sympy
+
+                    expression = sympy.nsimplify(expression, rational=True)
+                return str(expression)
+        return normalize_answer(extracted)
+    except Exception:  # noqa: BLE001 -- model output never stops an evaluation
+        return None
+
+
+# The evaluator's majority vote groups the samples by `judge.answer_key` (trl_shaped.evaluation.metrics.vote_keys).
+math_answer_reward.answer_key = math_answer_key

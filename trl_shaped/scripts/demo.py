@@ -4,6 +4,7 @@ subcommands.
 ```bash
 trl-shaped demo            # ce, precision, diversity x 6 seeds on 2 CPU cores: demo_report/
 trl-shaped demo --quick    # the short form (2 seeds, fewer steps): demo_report_quick/
+trl-shaped demo --task code   # the built-in code task (programs run in the sandbox): demo_report_code/
 ```
 """
 

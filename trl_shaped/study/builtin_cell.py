@@ -21,6 +21,7 @@ Layout of a cell directory (each stage's record is written atomically when the s
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -113,6 +114,38 @@ class CompactProgress(TrainerCallback):
         self.printed = block
         elapsed = time.perf_counter() - self.start
         print(f"    {self.label} step {step}/{state.max_steps}  {values}  ({elapsed:.0f}s)", flush=True)
+
+
+class JudgeTimer(TrainerCallback):
+    """Times the judge (`self.judge` wraps it) and adds ``judge_seconds``, the seconds spent judging since the previous
+    log, to each training log: on the code task, what running the programs in the sandbox costs per step. (TRL times
+    each reward function too, but reports it only to wandb, mlflow and trackio, not to the log history.)
+
+    Args:
+        judge (`Callable`): the reward function; the wrapper keeps its name (TRL's ``rewards/<name>`` metrics).
+    """
+
+    def __init__(self, judge):
+        self.seconds = self.total_seconds = 0.0
+
+        @functools.wraps(judge)
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return judge(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+
+        self.judge = timed
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is None or "reward" not in logs:  # the end-of-training summary
+            return
+        logs["judge_seconds"] = self.seconds
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1]["judge_seconds"] = self.seconds  # the trainer appended a copy of `logs`
+        self.total_seconds += self.seconds
+        self.seconds = 0.0
 
 
 def _compact(trainer, label: str, keys: dict[str, str], every: int) -> None:
@@ -211,7 +244,10 @@ def train_stage1(preset: str, seed: int, config: StudyConfig, data, tokenizer, c
         seed=seed,  # the data order
     )
     trainer = ShapedSFTTrainer(
-        model=model, args=args, train_dataset=data["sft"].remove_columns("answer"), processing_class=tokenizer
+        model=model,
+        args=args,
+        train_dataset=data["sft"].select_columns(["prompt", "completion"]),  # the judge's columns are not text
+        processing_class=tokenizer,
     )
     _compact(trainer, f"stage 1 [{preset} seed {seed}]", {"loss": "loss", "entropy": "entropy"}, max(1, steps // 4))
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -264,14 +300,16 @@ def train_rl(preset: str, seed: int, config: StudyConfig, data, tokenizer, cell:
         disable_tqdm=True,
         seed=seed,
     )
+    judge_timer = JudgeTimer(get_judge(config.study_task().judge))
     trainer = ShapedGRPOTrainer(
         model=stage1_dir,
-        reward_funcs=get_judge(config.study_task().judge),
+        reward_funcs=judge_timer.judge,
         args=args,
         train_dataset=data["rl"],
         processing_class=tokenizer,
     )
-    keys = {"reward": "reward", "entropy": "entropy", "completions/mean_length": "length"}
+    trainer.add_callback(judge_timer)  # before the progress line, which prints its value
+    keys = {"reward": "reward", "entropy": "entropy", "completions/mean_length": "length", "judge_seconds": "judge s"}
     _compact(trainer, f"GRPO [{preset} seed {seed}]", keys, every=max(1, steps // 4))
     start, cpu_start = time.perf_counter(), time.process_time()
     trainer.train(resume_from_checkpoint=resumed)
@@ -280,6 +318,7 @@ def train_rl(preset: str, seed: int, config: StudyConfig, data, tokenizer, cell:
     return {
         "seconds": seconds,
         "cpu_seconds": cpu_seconds,
+        "judge_seconds": judge_timer.total_seconds,  # wall time spent judging (per step: log_history's judge_seconds)
         "settings": _settings(args, RL_SETTINGS),
         "log_history": trainer.state.log_history,
         "resumed_from": resumed,
@@ -292,21 +331,18 @@ def _stderr(values: list[float]) -> float:
     return math.sqrt(sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1) / len(values))
 
 
-def completion_profile(per_problem: list[dict], rows: list[dict], pass_k: list[int], task) -> dict:
+def completion_profile(per_problem: list[dict], pass_k: list[int], task) -> dict:
     """What the sampled completions look like: the share of each of the task's strategies, how many distinct correct
-    solutions a problem gets (the exploration the prior offers RL; judged by the task's judge, as evaluation and RL
-    judge), and the standard errors of Avg@n and Pass@k over the test problems."""
-    judge = get_judge(task.judge)
+    solutions a problem gets (the exploration the prior offers RL; from the evaluation's per-sample scores, given by
+    the task's judge as RL's rewards are), and the standard errors of Avg@n and Pass@k over the test problems."""
     strategies = {"worked": 0, "direct": 0, "other": 0}
     distinct_correct = []
-    for record, row in zip(per_problem, rows, strict=True):
+    for record in per_problem:
         texts = record["completions"]
         for text in texts:
             label = task.solution_strategy(text)
             strategies[label] = strategies.get(label, 0) + 1
-        columns = {k: [v] * len(texts) for k, v in row.items() if k not in ("prompt", "completion")}
-        rewards = judge(texts, **columns)
-        correct = {t.strip() for t, r in zip(texts, rewards, strict=True) if r is not None and r >= 1.0}
+        correct = {t.strip() for t, score in zip(texts, record["scores"], strict=True) if score >= 1.0}
         distinct_correct.append(len(correct))
     n = len(per_problem[0]["completions"])
     total = sum(strategies.values())
@@ -368,7 +404,7 @@ def evaluate_checkpoint(
     result = evaluate(model, tokenizer, data["test"], eval_config)
     result["seconds"], result["cpu_seconds"] = time.perf_counter() - start, time.process_time() - cpu_start
     task = config.study_task()
-    result.update(completion_profile(result["per_problem"], [dict(r) for r in data["test"]], eval_config.pass_k, task))
+    result.update(completion_profile(result["per_problem"], eval_config.pass_k, task))
     result.update(first_token_stats(model, tokenizer, list(data["test"]["prompt"])))
     write_json_atomic(samples_path, result)
     stage = samples_path.parent / samples_path.stem.removesuffix("_samples")

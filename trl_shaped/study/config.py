@@ -21,7 +21,8 @@ EXTRA_ARMS = ("dft",)
 ARMS = ALL_PRESETS + EXTRA_ARMS
 BASELINE = "ce"  # every paired difference is "preset minus this preset, same seed"
 
-# Per-profile defaults of the built-in task's fields left `None`. The full profile (9 cells, two at a time) is sized to
+# Per-profile defaults of the built-in task's fields left `None`: these are the arithmetic task's; another task may
+# replace any of them with its own `profiles` ({"full": {...}, "quick": {...}}, see `task_profile`). The full profile (9 cells, two at a time) is sized to
 # 10 minutes on 2 CPU cores (measured: 371 s), the quick one to 2 (51 s); measurements in
 # benchmarks/RESULTS.md (demo_study). Why these sizes:
 # - stage 1 (hidden 128 x 2 layers, 1500 steps at `sft_learning_rate` 1e-3) is 3/4 of a cell's CPU time, and the least
@@ -101,6 +102,14 @@ POSITIVE_FIELDS = (
 )
 
 
+# Real scale: the GRPO and evaluation recipes of each task's domain, whose data and judge they name (`task` picks
+# them when `rl_recipe` / `eval_recipe` are not given). The built-in arithmetic task's domain is math (GSM8K).
+REAL_SCALE_RECIPES = {
+    "arithmetic": ("recipes/rl_paper.yaml", "recipes/eval_paper.yaml"),
+    "code": ("recipes/rl_code.yaml", "recipes/eval_code.yaml"),
+    "reasoning_gym": ("recipes/rl_logic.yaml", "recipes/eval_logic.yaml"),
+}
+
 LAUNCHERS = ("local", "slurm", "submitit_local")
 # How and where the cells run, what is tracked and what one invocation does: none of these changes a cell's results.
 # (`slurm_gpus_per_cell` is not among them: it sets `accelerate launch --num_processes`, hence the global batch.)
@@ -108,7 +117,18 @@ LAUNCHERS = ("local", "slurm", "submitit_local")
 
 def _profile_help(text: str, name: str) -> str:
     full, quick = BUILTIN_PROFILES["full"][name], BUILTIN_PROFILES["quick"][name]
-    return f"{text} (default: {full} full, {quick} quick)."
+    return f"{text} (default on arithmetic: {full} full, {quick} quick; other tasks: their profile)."
+
+
+def task_profile(task, quick: bool) -> dict:
+    """The sizes of the built-in study on `task` (a `trl_shaped.tasks.StudyTask`): `BUILTIN_PROFILES` (sized on the
+    arithmetic task), with what the task's own `profiles` attribute sets for this profile, when it has one."""
+    name = "quick" if quick else "full"
+    own = (getattr(task, "profiles", None) or {}).get(name, {})
+    unknown = sorted(set(own) - set(BUILTIN_PROFILES[name]))
+    if unknown:
+        raise ValueError(f"task {task.name!r}: profiles[{name!r}] sets {unknown}, which are not profile fields")
+    return {**BUILTIN_PROFILES[name], **own}
 
 
 @dataclass
@@ -138,7 +158,8 @@ class StudyConfig:
         eval_top_p, shaping_top_k, num_threads, checkpoints_per_stage: the built-in task's cell (see the field help).
         model_name_or_path (`str`, *optional*): real scale: the base model of stage 1 (hub name or local path).
         stage1_recipe, rl_recipe, eval_recipe (`str`): real scale: the recipe YAMLs (`{preset}` is replaced by the
-            arm's `shaping_preset`: ce for dft).
+            arm's `shaping_preset`: ce for dft); `rl_recipe` and `eval_recipe` default to those of the `task`'s
+            domain (`REAL_SCALE_RECIPES`: math for arithmetic, code, logic for reasoning_gym).
         stage1_dataset, rl_dataset, eval_dataset (`str`, *optional*): real scale: `--dataset_name` overrides.
         stage1_args, rl_args, eval_args (`str`): real scale: further command-line overrides of each stage.
         accelerate_config (`str`, *optional*): real scale: run each stage under `accelerate launch` with this file.
@@ -186,7 +207,8 @@ class StudyConfig:
         default="arithmetic",
         metadata={
             "help": "Task of the built-in study: arithmetic, code, or reasoning_gym:<name> (trl_shaped.tasks); its "
-            "judge is GRPO's reward and the evaluations' correctness."
+            "judge is GRPO's reward and the evaluations' correctness. At real scale, its domain picks the default "
+            "rl_recipe and eval_recipe (math for arithmetic, code, logic for reasoning_gym)."
         },
     )
     task_args: str = field(
@@ -266,8 +288,16 @@ class StudyConfig:
             "replaced, for per-preset files."
         },
     )
-    rl_recipe: str = field(default="recipes/rl_paper.yaml", metadata={"help": "Real scale: GRPO recipe."})
-    eval_recipe: str = field(default="recipes/eval_paper.yaml", metadata={"help": "Real scale: evaluation recipe."})
+    rl_recipe: str | None = field(
+        default=None,
+        metadata={"help": "Real scale: GRPO recipe (default: the task's domain's, REAL_SCALE_RECIPES: rl_paper.yaml)."},
+    )
+    eval_recipe: str | None = field(
+        default=None,
+        metadata={
+            "help": "Real scale: evaluation recipe (default: the task's domain's, REAL_SCALE_RECIPES: eval_paper.yaml)."
+        },
+    )
     stage1_dataset: str | None = field(default=None, metadata={"help": "Real scale: --dataset_name of stage 1."})
     rl_dataset: str | None = field(default=None, metadata={"help": "Real scale: --dataset_name of GRPO."})
     eval_dataset: str | None = field(default=None, metadata={"help": "Real scale: --dataset_name of the evaluations."})
@@ -343,8 +373,16 @@ class StudyConfig:
     def __post_init__(self):
         self.preset_names()  # validates
         self._check_launch()
+        domain = str(self.task).strip().partition(":")[0]
+        if domain not in REAL_SCALE_RECIPES:
+            raise ValueError(
+                f"task must be one of {sorted(REAL_SCALE_RECIPES)} (or reasoning_gym:<name>), got {self.task!r}"
+            )
+        # resolved on both backends, so that the fingerprint (which records them) reads as before on the built-in task
+        self.rl_recipe = self.rl_recipe or REAL_SCALE_RECIPES[domain][0]
+        self.eval_recipe = self.eval_recipe or REAL_SCALE_RECIPES[domain][1]
         if self.builtin:
-            profile = BUILTIN_PROFILES["quick" if self.quick else "full"]
+            profile = task_profile(self.study_task(), self.quick)  # also validates task and task_args
             for name, value in profile.items():
                 if getattr(self, name) is None:
                     setattr(self, name, value)
@@ -364,7 +402,6 @@ class StudyConfig:
                 raise ValueError(f"eval_temperature must be >= 0, got {self.eval_temperature}")
             if self.tokenizer not in ("bpe", "char"):
                 raise ValueError(f"tokenizer must be 'bpe' or 'char', got {self.tokenizer!r}")
-            self.study_task()  # validates task and task_args
             if self.tokenizer == "bpe" and self.bpe_vocab_size < 512:
                 raise ValueError(
                     f"bpe_vocab_size must be >= 512 (k=100 much smaller than V), got {self.bpe_vocab_size}"
@@ -510,16 +547,21 @@ class StudyConfig:
 @dataclass
 class DemoConfig(StudyConfig):
     """The built-in demo (`trl-shaped demo`): a study on the built-in task, every field of `StudyConfig`, with its
-    report in `demo_report/` (`demo_report_quick/` for the quick profile, so that the two never share cells)."""
+    report in `demo_report/` (`demo_report_quick/` for the quick profile; `demo_report_<task>[_quick]/` for another
+    task than arithmetic, so that no two of them share cells)."""
 
     output_dir: str | None = field(
         default=None,
-        metadata={"help": "Directory of the demo's study and report (default: demo_report, demo_report_quick quick)."},
+        metadata={
+            "help": "Directory of the demo's study and report (default: demo_report, demo_report_quick quick; "
+            "demo_report_<task>, demo_report_<task>_quick for another task)."
+        },
     )
 
     def __post_init__(self):
         if self.output_dir is None:
-            self.output_dir = "demo_report_quick" if self.quick else "demo_report"
+            task = "" if self.task == "arithmetic" else "_" + "".join(c if c.isalnum() else "_" for c in self.task)
+            self.output_dir = f"demo_report{task}" + ("_quick" if self.quick else "")
         super().__post_init__()
 
 

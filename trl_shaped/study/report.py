@@ -5,6 +5,7 @@ The report leads with the verdict table, then says what the study's size can res
 and paired difference to ce with their intervals, the figures, what ran, and the environment (torch, BLAS, threads).
 """
 
+import json
 import math
 import os
 import platform
@@ -191,6 +192,14 @@ def missing_lines(results: dict) -> list[str]:
     return lines + [""]
 
 
+def _task_line(config: dict) -> str:
+    """``code task (judge: code)``: the built-in study's task and the judge of its RL rewards and evaluations."""
+    from ..tasks import get_task
+
+    task = get_task(config.get("task", "arithmetic"), **json.loads(config.get("task_args") or "{}"))
+    return f"{task.name} task (judge: {task.judge})"
+
+
 def render_markdown(results: dict, figures: dict) -> str:
     """The markdown of the report from `results` (see `runner.run_study`) and the figure paths."""
     config, env = results["config"], results["environment"]
@@ -200,7 +209,7 @@ def render_markdown(results: dict, figures: dict) -> str:
         "# trl_shaped study: the paper's claims across seeds",
         "",
         f"{len(presets)} presets ({', '.join(presets)}) x {config['num_seeds']} seeds (from seed {config['seed']}), "
-        + ("built-in arithmetic task" + (" (quick profile)" if config["quick"] else "") if builtin
+        + (f"built-in {_task_line(config)}" + (" (quick profile)" if config["quick"] else "") if builtin
            else f"model `{config['model_name_or_path']}` through the recipes")
         + f", {results['seconds']:.0f} s. Verdicts come from {100 * config['confidence']:.0f}% Student-t intervals "
         "across seeds of paired differences (same seed: same initialisation, data order and sampling), never from one "

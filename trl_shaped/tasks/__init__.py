@@ -2,6 +2,7 @@
 
 base.py            StudyTask (the interface), get_task (a task from its name), TASKS
 arithmetic.py      ArithmeticTask: signed sums worked out step by step (judge: exact)
+code.py            CodeTask: one-line Python functions from a specification, hidden tests run in the sandbox (judge: code)
 """
 
 from .arithmetic import ArithmeticTask

@@ -10,7 +10,8 @@ pre-training data and the test sees neither:
 
 The task names its judge (`trl_shaped.rewards.judges`): the same function is GRPO's reward and the evaluation's
 correctness. `settings()` is everything that changes the generated data: the study's fingerprint records it, so a
-changed setting recomputes the cells that used it, and the report prints it.
+changed setting recomputes the cells that used it, and the report prints it. A task may also carry `profiles`, the
+built-in study's sizes on it (`trl_shaped.study.config.task_profile`).
 """
 
 import importlib

@@ -1,0 +1,235 @@
+"""Hostile programs against the code judge: each is run for real in the bubblewrap sandbox, next to a right program
+in the same batch, and must score 0 (or what its tests really earn) while the training process and the rest of the
+batch carry on unharmed.
+
+One sandbox (2 workers, low limits) serves the whole module. RIGHT is a right program for TESTS; a hostile program
+is judged on the same TESTS, which it does not pass honestly.
+"""
+
+import os
+import signal
+import socket
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from trl_shaped.rewards.code import CodeReward
+from trl_shaped.sandbox import LocalSandbox, Program, SandboxLimits
+from trl_shaped.sandbox.isolation import FIRST_UID
+
+RIGHT = "def add(a, b):\n    return a + b\n"
+TESTS = ["assert add(1, 2) == 3", "assert add(-1, 1) == 0", "assert add(5, 5) == 10"]
+LIMITS = SandboxLimits(
+    wall_time_s=1, cpu_time_s=1, memory_bytes=256 << 20, max_processes=16, max_output_bytes=64 << 10, tmp_bytes=8 << 20
+)
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    box = LocalSandbox(LIMITS, workers=2)
+    yield box
+    box.close()
+
+
+@pytest.fixture(scope="module")
+def reward(sandbox):
+    return CodeReward(sandbox=sandbox)
+
+
+def judge(reward, *programs, tests=TESTS) -> list[float]:
+    """Scores of `programs` followed by two right programs, asserting the right ones score 1.0."""
+    scores = reward([*programs, RIGHT, RIGHT], tests=[tests] * (len(programs) + 2))
+    assert scores[-2:] == [1.0, 1.0], scores
+    return scores[:-2]
+
+
+def sandbox_processes() -> list[int]:
+    """Host pids running as a sandbox worker's uid (visible from the host's /proc: the trainer is root)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                uid = int((entry / "status").read_text().split("\nUid:")[1].split()[0])
+            except (OSError, IndexError):
+                continue
+            if uid >= FIRST_UID:
+                pids.append(int(entry.name))
+    return pids
+
+
+EXIT_TRICKS = {
+    "exit": "exit(0)",
+    "quit": "quit()",
+    "sys_exit": "import sys\nsys.exit(0)",
+    "raise_system_exit": "raise SystemExit(0)",
+    "os_exit": "import os\nos._exit(0)",
+    "atexit": "import atexit, os\natexit.register(lambda: os._exit(0))\nraise RuntimeError",
+    "exit_in_function": "import os\ndef add(a, b):\n    os._exit(0)",
+    "system_exit_in_function": "def add(a, b):\n    raise SystemExit(0)",
+    "keyboard_interrupt": "def add(a, b):\n    raise KeyboardInterrupt",
+}
+
+
+@pytest.mark.parametrize("trick", list(EXIT_TRICKS))
+def test_exit_tricks_score_zero(reward, trick):
+    assert judge(reward, EXIT_TRICKS[trick]) == [0.0]
+
+
+def test_printed_markers_and_forged_result_lines_score_zero(reward):
+    forged = "ab" * 16 + " 3 3"  # the shape of the harness's result line, with a made-up secret
+    programs = [
+        'print("PASSED")\nprint("All tests passed")\nprint("3/3 tests passed")',
+        f"import sys\nprint({forged!r})\nprint({forged!r}, file=sys.stderr)",
+        # every descriptor the program may hold, the harness's result pipe among them
+        f"import os\nfor fd in range(256):\n    try:\n        os.write(fd, {forged!r}.encode() + b'\\n')\n"
+        "    except OSError:\n        pass",
+    ]
+    assert judge(reward, *programs) == [0.0, 0.0, 0.0]
+
+
+def test_introspection_to_steal_the_secret_is_refused(reward):
+    """Routes to the harness's frames and objects are closed; the program scores 0 and its tests run for nothing."""
+    routes = [
+        "import sys\nsecret = sys._getframe(1).f_locals",
+        "import gc\nobjects = gc.get_objects()",
+        "import gc\nrefs = gc.get_referrers(print)",
+        "try:\n    1 / 0\nexcept ZeroDivisionError as e:\n    frame = e.__traceback__.tb_frame.f_back",
+        "import ctypes",
+        "import signal\nsignal.signal(signal.SIGALRM, lambda n, frame: None)",
+        "import sys\nsys.settrace(lambda *a: None)",
+        "open('/proc/self/mem', 'rb')",
+        "import subprocess\nsubprocess.run(['/bin/true'])",
+        "import os\nos.execv('/bin/true', ['true'])",
+    ]
+    # each route followed by a right solution: only a refused route makes the program fail
+    assert judge(reward, *[route + "\n" + RIGHT for route in routes]) == [0.0] * len(routes)
+    # a hook of the program's own (to watch the tests being compiled) is silently not added
+    spy = (
+        "import sys\nseen = []\nsys.addaudithook(lambda event, args: seen.append(event))\ncompile('1', 'x', 'exec')\n"
+        "def add(a, b):\n    return a + b if seen else None"
+    )
+    assert judge(reward, spy) == [0.0]
+
+
+def test_standard_library_that_peeks_at_frames_still_works(reward):
+    """namedtuple, typing, enum and logging call sys._getframe and fall back on the harness's refusal."""
+    program = textwrap.dedent(
+        """
+        import collections, enum, logging, typing
+        Point = collections.namedtuple("Point", "x y")
+        Color = enum.Enum("Color", "RED GREEN")
+        class Pair(typing.NamedTuple):
+            a: int
+        logging.getLogger("x").warning("still fine")
+        def add(a, b):
+            return Point(a, b).x + Pair(b).a
+        """
+    )
+    assert judge(reward, program) == [1.0]
+
+
+def test_infinite_loops_sleeps_and_stdin_reads_end_with_zero(reward, sandbox):
+    programs = [
+        "while True:\n    pass",
+        "import time\ntime.sleep(100)",
+        "def add(a, b):\n    while True:\n        pass",
+        "x = input()",
+        "import sys\ndata = sys.stdin.read()\nassert data",
+    ]
+    assert judge(reward, *programs) == [0.0] * len(programs)
+    outcomes = sandbox.run_tests([Program(p, TESTS) for p in programs[:2]])
+    assert [o.status for o in outcomes] in (["timeout", "timeout"], ["no_result", "timeout"]), outcomes
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="reads other users' processes in /proc: the check needs root")
+def test_fork_bomb_is_contained_and_nothing_outlives_the_program(reward, sandbox):
+    bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
+    orphan = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(1000)\n" + RIGHT
+    scores = judge(reward, bomb, orphan)
+    assert scores == [0.0, 1.0]  # the orphan's program is right; its sleeping child must not survive it
+    assert sandbox_processes() == []
+    # the process limit held: forking beyond it failed inside the program, which counted the failures
+    counting = (
+        "import os, time\nforks = 0\nfor _ in range(100):\n    try:\n        if os.fork() == 0:\n"
+        "            time.sleep(30)\n            os._exit(0)\n        forks += 1\n    except OSError:\n        break\n"
+        f"def add(a, b):\n    return a + b if forks < {LIMITS.max_processes} else None"
+    )
+    assert judge(reward, counting) == [1.0]
+    assert sandbox_processes() == []
+
+
+def test_memory_hogs_and_output_floods_score_zero(reward, sandbox):
+    programs = [
+        "x = bytearray(10**10)\n" + RIGHT,
+        "chunks = []\nwhile True:\n    chunks.append(b' ' * 10**6)",
+        "while True:\n    print('x' * 1000)",
+        "import os\nwhile True:\n    os.write(2, b'y' * 4096)",
+        "with open('/tmp/big', 'wb') as f:\n    while True:\n        f.write(b'z' * 65536)",
+    ]
+    assert judge(reward, *programs) == [0.0] * len(programs)
+    flood = sandbox.run_tests([Program(programs[2], TESTS)])[0]
+    assert flood.status == "no_result" and "SIGXFSZ" in flood.detail  # stopped at the output limit, not the clock
+
+
+def test_host_files_cannot_be_written_or_deleted(reward, tmp_path):
+    target = tmp_path / "keep.txt"
+    target.write_text("original")
+    programs = [
+        f"open({str(target)!r}, 'w').write('overwritten')\n" + RIGHT,
+        f"import os\nos.remove({str(target)!r})\n" + RIGHT,
+        f"import shutil\nshutil.rmtree({str(tmp_path)!r})\n" + RIGHT,
+        "open('/usr/owned_by_program', 'w')\n" + RIGHT,
+        f"import os\nassert not os.path.exists({str(target)!r})\n" + RIGHT,
+    ]
+    assert judge(reward, *programs) == [0.0, 0.0, 0.0, 0.0, 1.0]  # the last: the host's files are absent
+    assert target.read_text() == "original"
+    assert not Path("/usr/owned_by_program").exists()
+
+
+def test_no_network_to_the_hosts_loopback(reward):
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.setblocking(False)
+    port = listener.getsockname()[1]
+    try:
+        connect = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)\n" + RIGHT
+        refused = (
+            "import socket\ntry:\n    socket.create_connection(('127.0.0.1', "
+            f"{port}), timeout=1)\n    reached = True\nexcept OSError:\n    reached = False\n"
+            "def add(a, b):\n    return None if reached else a + b"
+        )
+        assert judge(reward, connect, refused) == [0.0, 1.0]
+        with pytest.raises(BlockingIOError):  # nothing ever connected
+            listener.accept()
+    finally:
+        listener.close()
+
+
+def test_the_trainers_environment_is_invisible(reward, monkeypatch):
+    monkeypatch.setenv("TRL_SHAPED_TEST_TOKEN", "hf_secret_value")
+    reads = "import os\ntoken = os.environ.get('TRL_SHAPED_TEST_TOKEN')\ndef add(a, b):\n    return a + b if token else None"
+    empty = "import os\nassert not os.environ.get('TRL_SHAPED_TEST_TOKEN')\n" + RIGHT
+    assert judge(reward, reads, empty) == [0.0, 1.0]
+
+
+def test_signalling_the_parent_or_the_group_harms_nobody(reward):
+    programs = [
+        "import os\nos.kill(os.getppid(), 9)",
+        "import os\nos.killpg(0, 9)",
+        "import os\nos.kill(-1, 9)",
+        "import os\nos.kill(1, 9)",
+        "import os\ndef add(a, b):\n    os.kill(os.getppid(), 9)",
+    ]
+    before = signal.getsignal(signal.SIGTERM)
+    assert judge(reward, *programs) == [0.0] * len(programs)
+    assert signal.getsignal(signal.SIGTERM) is before  # still here, and the next batch is scored right
+    assert reward([RIGHT] * 4, tests=[TESTS] * 4) == [1.0] * 4
+
+
+def test_a_batch_of_hostile_programs_keeps_every_right_score(reward):
+    """Hostile and right programs interleaved: each right one scores 1.0, each hostile one 0.0."""
+    hostile = ["import os\nos._exit(0)", "while True:\n    pass", "import os\nos.killpg(0, 9)", "x = input()"]
+    programs = [p for pair in zip(hostile, [RIGHT] * len(hostile), strict=True) for p in pair]
+    assert reward(programs, tests=[TESTS] * len(programs)) == [0.0, 1.0] * len(hostile)

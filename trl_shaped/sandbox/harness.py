@@ -1,0 +1,376 @@
+"""The program runner that lives inside the sandbox: a warm interpreter that forks one child per program.
+
+The host starts it once per worker as ``python -I -S harness.py '<settings JSON>'`` (standard library only: it runs
+without site-packages, so it imports nothing of trl_shaped) and talks to it over its standard input and output, one
+JSON object a line: a request ``{"code", "tests", "limits"}`` in, a reply ``{"passed", "total", "status", "detail"}``
+out. Per request the server forks; the child becomes the program:
+
+1. leaves the server's session, points its standard input at /dev/null and its output at a file in the private
+   temporary folder, closes every other descriptor but two pipes (the secret's and the result's);
+2. drops to the worker's unprivileged uid when it runs as root (so that the process limit counts its processes:
+   Linux exempts root from RLIMIT_NPROC) and sets its limits (CPU time, address space, processes, file size);
+3. reads a secret that the server made after the fork and wrote to the secret pipe, then closes that pipe;
+4. refuses, through an audit hook that cannot be removed, the ways Python code could reach the secret or the harness:
+   frames (sys._getframe, tracebacks' and generators' frames, trace and profile functions, signal handlers), the
+   garbage collector's object lists, ctypes, exec of another program, /proc;
+5. runs the program, then every test statement in the program's namespace, counting those that return;
+6. only after every test ran, writes ``<secret> <passed> <total> <first error>`` to the result pipe and ends with os._exit.
+
+The server accepts a result only when it carries the secret: an exit code, printed text, SystemExit, os._exit or an
+atexit hook never make a pass. It waits at most the wall time, then kills every process of the program (everything
+in the sandbox's pid namespace but itself, or everything of the worker's uid) and empties the temporary folder.
+
+What remains (said as it is): Python in one process is not a security boundary. The audit hook makes forging the
+secret hard, not impossible (a bug in CPython, an unlisted route to a frame); the tests run in the program's
+namespace, so a program can still game weak tests (an object whose ``__eq__`` is always true, a shadowed name the test
+calls). Whatever it does, the program stays inside the sandbox: no network, no host files writable, no trainer
+environment, limits on time, memory, processes and output, and nothing of it outlives its run.
+"""
+
+import json
+import os
+import resource
+import select
+import sys
+import time
+
+# The test statements of a program read from standard input are calls of this function (see `check_stdio`).
+STDIO_CALL = "check_stdio("
+OUTPUT_FILE = ".output"
+# Audit events refused while the program runs; "object.__getattr__" is refused for these attribute names only.
+_DENIED_EVENTS = {
+    "sys._getframe",
+    "sys._current_frames",
+    "sys._current_exceptions",
+    "sys.settrace",
+    "sys.setprofile",
+    "sys.addaudithook",
+    "sys.remote_exec",
+    "gc.get_objects",
+    "gc.get_referrers",
+    "gc.get_referents",
+    "builtins.breakpoint",
+    "os.exec",
+    "os.posix_spawn",
+    "os.spawn",
+    "os.system",
+    "os.startfile",
+    "subprocess.Popen",
+}
+_DENIED_PREFIXES = ("ctypes.", "sys.monitoring", "cpython.remote")
+_DENIED_ATTRIBUTES = {"tb_frame", "gi_frame", "cr_frame", "ag_frame", "f_back"}
+_DENIED_IMPORTS = {"ctypes", "_ctypes", "signal", "_signal", "_posixsubprocess", "_testcapi", "_testinternalcapi"}
+
+
+def _install_guard(keep_fds):
+    """The audit hook of step 4. Refusals raise ValueError where the standard library expects one from
+    sys._getframe (namedtuple, typing, enum and logging fall back), RuntimeError elsewhere."""
+    denied, prefixes, attributes, imports = _DENIED_EVENTS, _DENIED_PREFIXES, _DENIED_ATTRIBUTES, _DENIED_IMPORTS
+    fds, fspath = frozenset(keep_fds), os.fspath
+
+    def guard(event, args):
+        if event == "sys._getframe":
+            raise ValueError("call stack introspection is disabled in the sandbox")
+        if event in denied or event.startswith(prefixes):
+            raise RuntimeError(f"{event} is disabled in the sandbox")
+        if event == "object.__getattr__" and len(args) > 1 and args[1] in attributes:
+            raise RuntimeError(f"{args[1]} is disabled in the sandbox")
+        if event == "object.__setattr__" and len(args) > 1 and args[1] in ("__code__", "__globals__"):
+            raise RuntimeError(f"setting {args[1]} is disabled in the sandbox")
+        if event == "import" and args and args[0].partition(".")[0] in imports:
+            raise RuntimeError(f"module {args[0]} is disabled in the sandbox")
+        if event == "open" and args:
+            path = args[0]
+            if isinstance(path, int):
+                if path in fds:
+                    raise RuntimeError("the harness's descriptors are closed to the program")
+            else:
+                try:
+                    path = fspath(path)
+                except TypeError:
+                    return
+                text = path.decode(errors="replace") if isinstance(path, bytes) else path
+                if text.startswith("/proc") or "/proc/" in text:
+                    raise RuntimeError("/proc is closed to the program")
+
+    sys.addaudithook(guard)
+
+
+def _tokens(text: str) -> list[str]:
+    return text.split()
+
+
+def _describe(error) -> str:
+    """The first line of an error, for the outcome's detail (information only: it never decides a score)."""
+    try:
+        text = f"{type(error).__name__}: {error}"
+    except BaseException:  # noqa: BLE001 - a program's exception may refuse to be printed
+        text = "an exception that cannot be printed"
+    return text.splitlines()[0][:200] if text else ""
+
+
+def _run_tests(code: str, tests: list, limits: dict) -> tuple[int, str]:
+    """Step 5: the number of tests that returned, and the first error. A program that raises before its tests
+    passes none."""
+    run, build, base = exec, compile, BaseException
+    file_cap = max(limits["max_output_bytes"], limits["tmp_bytes"])
+    stdio = bool(tests) and all(isinstance(t, str) and t.lstrip().startswith(STDIO_CALL) for t in tests)
+    if stdio:
+        program = build(code, "<program>", "exec")
+
+        def check_stdio(stdin: str, expected: str) -> None:
+            """Run the program as a script with `stdin`; its standard output must equal `expected` token by token
+            (whitespace-separated, so trailing spaces and newlines do not matter)."""
+            path = OUTPUT_FILE + ".stdin"
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_cap, file_cap))  # the input is no output of the program
+            try:
+                with open(path, "w") as handle:
+                    handle.write(stdin)
+            finally:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (limits["max_output_bytes"], file_cap))
+            sys.stdout.flush()
+            start = os.lseek(1, 0, os.SEEK_END)
+            fd = os.open(path, os.O_RDONLY)
+            os.dup2(fd, 0)
+            os.close(fd)
+            sys.stdin = open(0, closefd=False)
+            try:
+                run(program, {"__name__": "__main__"})
+            except SystemExit as stop:  # a script may end with sys.exit(); its output still decides
+                if stop.code not in (None, 0):
+                    raise
+            finally:
+                sys.stdout.flush()
+            size = os.lseek(1, 0, os.SEEK_END) - start
+            with open(OUTPUT_FILE, "rb") as handle:
+                handle.seek(start)
+                produced = handle.read(size).decode(errors="replace")
+            if _tokens(produced) != _tokens(expected):
+                raise AssertionError("wrong output")
+
+        namespace = {"__name__": "__tests__", "check_stdio": check_stdio}
+    else:
+        namespace = {"__name__": "__main__"}
+        try:
+            run(build(code, "<program>", "exec"), namespace)
+        except base as error:
+            return 0, "program: " + _describe(error)
+    passed, first_error = 0, ""
+    for number, test in enumerate(tests):
+        try:
+            run(build(test, "<test>", "exec"), namespace)
+        except base as error:
+            first_error = first_error or f"test {number}: " + _describe(error)
+            continue
+        passed += 1
+    return passed, first_error
+
+
+def _child(request: dict, settings: dict, secret_fd: int, result_fd: int) -> None:
+    """Steps 1 to 6 in the forked child; never returns."""
+    write, leave = os.write, os._exit
+    limits = request["limits"]
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.close(null)
+    keep = {secret_fd, result_fd}
+    for fd in range(3, 256):
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    uid = settings["uid"]
+    if os.getuid() == 0 and uid:
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+    os.chdir(settings["workdir"])
+    out = os.open(OUTPUT_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    os.close(out)
+    cpu = max(1, int(-(-limits["cpu_time_s"] // 1)))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    resource.setrlimit(resource.RLIMIT_AS, (limits["memory_bytes"],) * 2)
+    # the soft limit is the output limit; the hard one (the size of the private /tmp) lets check_stdio write inputs
+    resource.setrlimit(
+        resource.RLIMIT_FSIZE, (limits["max_output_bytes"], max(limits["max_output_bytes"], limits["tmp_bytes"]))
+    )
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if settings["limit_processes"]:
+        resource.setrlimit(resource.RLIMIT_NPROC, (limits["max_processes"],) * 2)
+    import signal  # dropped from sys.modules below, with the other modules the program may not use
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # Python ignores it: writing past the output limit must kill
+    secret = os.read(secret_fd, 64)
+    os.close(secret_fd)
+    code, tests = request["code"], request["tests"]
+    del request
+    for name in _DENIED_IMPORTS:
+        sys.modules.pop(name, None)
+    sys.modules["__main__"] = type(sys)("__main__")  # `import __main__` must not reach the harness
+    _install_guard({result_fd})
+    passed, error = _run_tests(code, tests, limits)
+    write(result_fd, secret + f" {passed} {len(tests)} {json.dumps(error)}\n".encode())
+    leave(0)
+
+
+def _await_result(pid: int, result_fd: int, wall_time: float) -> tuple[bytes, str]:
+    """The child's message (up to its newline) and how the child ended: ok, timeout, or signal/exit detail."""
+    deadline = time.monotonic() + wall_time
+    os.set_blocking(result_fd, False)
+    pidfd = os.pidfd_open(pid)
+    data, finished = b"", False
+    try:
+        while b"\n" not in data and len(data) < 8192:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return data, "timeout"
+            ready, _, _ = select.select([result_fd, pidfd], [], [], left)
+            if result_fd in ready:
+                try:
+                    chunk = os.read(result_fd, 4096)
+                except BlockingIOError:
+                    chunk = None
+                if chunk == b"":
+                    break
+                data += chunk or b""
+            elif pidfd in ready:
+                if finished:  # exited, and nothing more came: a grandchild may still hold the pipe open
+                    break
+                finished = True
+                time.sleep(0)
+        return data, "ok"
+    finally:
+        os.close(pidfd)
+
+
+def _ending(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        signal_number = os.WTERMSIG(status)
+        names = {9: "SIGKILL", 24: "SIGXCPU (CPU time limit)", 25: "SIGXFSZ (output limit)", 11: "SIGSEGV"}
+        return f"killed by {names.get(signal_number, f'signal {signal_number}')}"
+    return f"exited with {os.WEXITSTATUS(status)} before reporting"
+
+
+def _kill_everything(pid: int, settings: dict) -> int:
+    """Kill the program's whole process tree and reap the child; returns the child's wait status.
+
+    In its own pid namespace the server kills everything but itself (kill(-1) spares the caller and init). Without
+    one, as root, a child that dropped to the worker's uid does it (its signals reach that uid's processes only).
+    Without either, only the program's session can be killed: a process that left it survives (isolation "none").
+    """
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, 9)
+        except OSError:
+            pass
+    try:
+        status = os.waitpid(pid, 0)[1]
+    except ChildProcessError:
+        status = 0
+    if settings["own_pid_namespace"]:
+        _kill_all_signalable()
+    elif os.getuid() == 0 and settings["uid"]:
+        reaper = os.fork()
+        if reaper == 0:
+            try:
+                os.setgroups([])
+                os.setgid(settings["uid"])
+                os.setuid(settings["uid"])
+                _kill_all_signalable()
+            finally:
+                os._exit(0)
+        os.waitpid(reaper, 0)
+    return status
+
+
+def _kill_all_signalable() -> None:
+    """kill(-1, SIGKILL) until no process is left to signal (killed orphans linger as zombies until init reaps)."""
+    for attempt in range(5000):
+        try:
+            os.kill(-1, 9)
+        except OSError:  # ESRCH: nothing left
+            return
+        if attempt > 10:
+            time.sleep(0.001)
+
+
+def _empty_workdir(path: str) -> None:
+    for root, dirs, files in os.walk(path, topdown=False):
+        for name in files:
+            try:
+                os.unlink(os.path.join(root, name))
+            except OSError:
+                pass
+        for name in dirs:
+            full = os.path.join(root, name)
+            try:
+                if os.path.islink(full):
+                    os.unlink(full)
+                else:
+                    os.rmdir(full)
+            except OSError:
+                pass
+
+
+def serve_one(request: dict, settings: dict) -> dict:
+    """Run one program in a forked child and return the reply."""
+    total = len(request["tests"])
+    secret_r, secret_w = os.pipe()
+    result_r, result_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(secret_w)
+            os.close(result_r)
+            _child(request, settings, secret_r, result_w)
+        finally:
+            os._exit(70)
+    os.close(secret_r)
+    os.close(result_w)
+    secret = os.urandom(16).hex().encode()  # made after the fork: the child's memory never held it before step 3
+    try:
+        os.write(secret_w, secret)
+    except OSError:
+        pass
+    os.close(secret_w)
+    data, ending = _await_result(pid, result_r, request["limits"]["wall_time_s"])
+    os.close(result_r)
+    status_detail = _ending(_kill_everything(pid, settings))
+    _empty_workdir(settings["workdir"])
+    line = data.split(b"\n", 1)[0].split(b" ", 3)
+    if ending == "ok" and len(line) == 4 and line[0] == secret and line[1].isdigit() and line[2].isdigit():
+        passed, reported = int(line[1]), int(line[2])
+        if reported == total and passed <= total:
+            try:
+                detail = str(json.loads(line[3]))[:300]
+            except ValueError:
+                detail = ""
+            return {"passed": passed, "total": total, "status": "ok", "detail": detail}
+    if ending == "timeout":
+        return {"passed": 0, "total": total, "status": "timeout", "detail": "wall time limit"}
+    return {"passed": 0, "total": total, "status": "no_result", "detail": status_detail or "no result"}
+
+
+def main() -> None:
+    settings = json.loads(sys.argv[1])
+    reply_fd = os.dup(1)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 1)
+    os.dup2(null, 2)
+    os.close(null)
+    requests = os.fdopen(0, "rb", buffering=0)
+    os.write(reply_fd, b'{"ready": true}\n')
+    while True:
+        line = requests.readline()
+        if not line:
+            return
+        reply = serve_one(json.loads(line), settings)
+        os.write(reply_fd, json.dumps(reply).encode() + b"\n")
+
+
+if __name__ == "__main__":
+    main()

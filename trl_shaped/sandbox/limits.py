@@ -1,0 +1,60 @@
+"""What one program may use: `SandboxLimits`, checked when it is built."""
+
+import dataclasses
+import os
+
+from ..validation import check_choice, check_int, check_real
+
+ISOLATIONS = ("bwrap", "none")
+# Opt-in to running programs without bubblewrap (no namespaces, no mount isolation), for machines without user
+# namespaces; a warning is logged on every run.
+ISOLATION_ENV = "TRL_SHAPED_SANDBOX_ISOLATION"
+
+
+@dataclasses.dataclass(frozen=True)
+class SandboxLimits:
+    """Limits of one program's run (the program and all its tests), and the isolation it runs under.
+
+    Args:
+        wall_time_s (`float`, defaults to 5.0): seconds of wall-clock time from the fork to the harness's result; a
+            program still running then is killed and scores 0.
+        cpu_time_s (`float`, defaults to 5.0): seconds of CPU time (RLIMIT_CPU, rounded up to whole seconds).
+        memory_bytes (`int`, defaults to 1 GiB): address space of each of the program's processes (RLIMIT_AS).
+        max_processes (`int`, defaults to 32): processes and threads the program may have at once (RLIMIT_NPROC, on the
+            worker's own uid), the program itself included.
+        max_output_bytes (`int`, defaults to 1 MiB): bytes the program may write to standard output and error (and to
+            any one file); writing more kills it (SIGXFSZ).
+        tmp_bytes (`int`, defaults to 64 MiB): size of the private /tmp (a tmpfs), emptied after every program.
+        isolation (`str`, defaults to ``"bwrap"``): ``"bwrap"`` (bubblewrap: namespaces, read-only host, no network)
+            or ``"none"`` (no isolation at all, only the limits and a separate process; for machines without user
+            namespaces, with a warning on every run). The environment variable ``TRL_SHAPED_SANDBOX_ISOLATION=none``
+            opts in as well.
+    """
+
+    wall_time_s: float = 5.0
+    cpu_time_s: float = 5.0
+    memory_bytes: int = 1 << 30
+    max_processes: int = 32
+    max_output_bytes: int = 1 << 20
+    tmp_bytes: int = 64 << 20
+    isolation: str = "bwrap"
+
+    def __post_init__(self):
+        set_value = object.__setattr__  # frozen: normalised values are stored through object.__setattr__
+        set_value(self, "wall_time_s", check_real("wall_time_s", self.wall_time_s, minimum=0, open_minimum=True))
+        set_value(self, "cpu_time_s", check_real("cpu_time_s", self.cpu_time_s, minimum=0, open_minimum=True))
+        set_value(self, "memory_bytes", check_int("memory_bytes", self.memory_bytes, minimum=64 << 20))
+        set_value(self, "max_processes", check_int("max_processes", self.max_processes, minimum=1, maximum=4096))
+        set_value(self, "max_output_bytes", check_int("max_output_bytes", self.max_output_bytes, minimum=1024))
+        set_value(self, "tmp_bytes", check_int("tmp_bytes", self.tmp_bytes, minimum=1 << 20))
+        check_choice("isolation", self.isolation, ISOLATIONS)
+
+    def effective_isolation(self) -> str:
+        """`isolation`, or ``"none"`` when the environment variable opts in to it."""
+        if os.environ.get(ISOLATION_ENV, "").strip().lower() == "none":
+            return "none"
+        return self.isolation
+
+    def for_harness(self) -> dict:
+        """The limits as the in-sandbox harness reads them."""
+        return dataclasses.asdict(self)
