@@ -93,8 +93,15 @@ def test_unscorable_entries_and_raising_or_hanging_verifiers_score_zero(monkeypa
 
 
 def test_a_dataset_without_the_entry_column_is_refused():
-    with pytest.raises(ValueError, match="reasoning_gym"):
+    with pytest.raises(TypeError, match="reasoning_gym"):
         get_judge("reasoning_gym")(["#### Yes"], answer=["Yes"])
+    with pytest.raises(ValueError, match="reasoning_gym"):
+        get_judge("reasoning_gym")(["#### Yes"], reasoning_gym=None)
+    # the evaluator names the missing column before it samples anything
+    from trl_shaped.evaluation.metrics import missing_judge_columns
+
+    assert missing_judge_columns(get_judge("reasoning_gym"), ["answer"]) == ["reasoning_gym"]
+    assert missing_judge_columns(get_judge("reasoning_gym"), ["answer", "reasoning_gym"]) == []
     with pytest.raises(ValueError, match="one entry per completion"):
         get_judge("reasoning_gym")(["#### Yes"] * 2, reasoning_gym=["{}"] * 3)
 

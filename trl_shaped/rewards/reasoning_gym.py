@@ -110,7 +110,7 @@ def _score_one(completion, entry_json) -> float:
     return _bounded_score(_verifier(source), answer, entry)
 
 
-def reasoning_gym_reward(completions, answer=None, reasoning_gym=None, **kwargs) -> list[float]:
+def reasoning_gym_reward(completions, answer=None, *, reasoning_gym, **kwargs) -> list[float]:
     """The score of each completion's answer by its reasoning-gym task's own verifier.
 
     Args:
@@ -118,7 +118,8 @@ def reasoning_gym_reward(completions, answer=None, reasoning_gym=None, **kwargs)
         answer (`list[str]`, *optional*): the dataset's ``answer`` column (the reference answer; the verifier reads
             it from the entry, so it is not needed here).
         reasoning_gym (`list[str]`): per completion, the reasoning-gym entry as a JSON string (``question``,
-            ``answer``, ``metadata`` with ``source_dataset``); a bare string is used for every completion.
+            ``answer``, ``metadata`` with ``source_dataset``); a bare string is used for every completion. Required
+            (keyword-only, as TRL passes columns), so that the evaluator names it when a dataset lacks it.
         **kwargs: the other arguments TRL passes (prompts, completion_ids, ...); ignored.
 
     Returns:
@@ -127,8 +128,8 @@ def reasoning_gym_reward(completions, answer=None, reasoning_gym=None, **kwargs)
 
     Raises:
         ImportError: with the install hint, when reasoning-gym is not installed.
-        ValueError: when `reasoning_gym` is missing or does not have one entry per completion (a dataset error,
-            raised before any scoring).
+        ValueError: when `reasoning_gym` is None or does not have one entry per completion (a dataset error, raised
+            before any scoring).
     """
     import_reasoning_gym()
     if reasoning_gym is None:
