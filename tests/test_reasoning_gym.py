@@ -272,3 +272,11 @@ def test_study_logic_recipe_runs_the_default_logic_task_with_its_profile():
     (config,) = make_parser().parse_args_and_config(["--config", str(ROOT / "recipes" / "study_logic.yaml")])
     assert config.task == "reasoning_gym" and config.study_task().name == f"reasoning_gym:{DEFAULT_DATASET}"
     assert config.presets == "all" and config.num_seeds == 6 and config.eval_num_samples == 32
+
+
+def test_without_reasoning_gym_the_judge_and_the_task_say_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "reasoning_gym", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"pip install 'trl_shaped\[reasoning\]'"):
+        get_judge("reasoning_gym")(["#### Yes"], reasoning_gym=["{}"])
+    with pytest.raises(ImportError, match=r"pip install 'trl_shaped\[reasoning\]'"):
+        get_task("reasoning_gym")
