@@ -54,11 +54,11 @@ def test_splits_are_deterministic_disjoint_and_agree_with_the_specification(data
     for split in ("sft", "rl", "test"):
         assert data[split].to_list() == again[split].to_list()
     other = CodeTask().build_datasets(num_train=150, num_rl=60, num_test=30, seed=4)
-    assert data["test"]["prompt"] != other["test"]["prompt"]
+    assert list(data["test"]["prompt"]) != list(other["test"]["prompt"])
     # no problem of one split in another, even reworded ("add 2, add 3" is "add 5"): compare the functions
     check_disjoint(data, lambda row: values(row["prompt"]))
     assert len({values(p) for p in data["sft"]["prompt"]}) == 150
-    assert len({values(p) for p in data["rl"]["prompt"] + data["test"]["prompt"]}) == 90
+    assert len({values(p) for p in list(data["rl"]["prompt"]) + list(data["test"]["prompt"])}) == 90
     for row in data["rl"].to_list() + data["test"].to_list():
         f = read_spec(row["prompt"])
         shown = re.findall(r"f\((-?\d+)\)=(-?\d+)", row["prompt"])
@@ -103,8 +103,8 @@ def test_task_settings_change_the_cells_fingerprint_and_bad_values_are_refused(t
     base = StudyConfig(task="code", output_dir=str(tmp_path))
     fingerprint = cell_fingerprint(base, "ce")
     assert fingerprint["task"] == "code" and fingerprint["task.judge"] == "code" and fingerprint["task.max_ops"] == 3
-    other = cell_fingerprint(StudyConfig(task="code", task_args='{"max_ops": 2}', output_dir=str(tmp_path)), "ce")
-    assert {k for k in fingerprint if fingerprint[k] != other[k]} == {"task.max_ops"}
+    other = cell_fingerprint(StudyConfig(task="code", task_args='{"direct_prob": 0.4}', output_dir=str(tmp_path)), "ce")
+    assert {k for k in fingerprint if fingerprint[k] != other[k]} == {"task.direct_prob", "task_args"}
     assert cell_fingerprint(StudyConfig(output_dir=str(tmp_path)), "ce")["task"] == "arithmetic"
     for settings, name in (({"max_ops": 5}, "max_ops"), ({"direct_prob": 1.5}, "direct_prob"), ({"depth": 2}, "depth")):
         with pytest.raises(ValueError, match=name):

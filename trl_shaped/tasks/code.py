@@ -40,13 +40,13 @@ from datasets import Dataset, DatasetDict
 
 # name -> (word, statement operator, expression operator, smallest and largest constant)
 OPERATIONS = {
-    "add": ("add", "+", "+", 1, 9),
-    "sub": ("sub", "-", "-", 1, 9),
-    "mul": ("times", "*", "*", 2, 5),
+    "add": ("add", "+", "+", 1, 19),
+    "sub": ("sub", "-", "-", 1, 19),
+    "mul": ("times", "*", "*", 2, 9),
     "mod": ("mod", "%", "%", 3, 9),
 }
 # Skewed weights of the operations of a problem and of the stylistic choices of a solution.
-OPERATION_WEIGHTS = {"add": 0.3, "sub": 0.25, "mul": 0.25, "mod": 0.2}
+OPERATION_WEIGHTS = {"add": 0.3, "sub": 0.3, "mul": 0.3, "mod": 0.1}
 AUGMENTED_PROB = 0.3  # a worked step written ``x+=3`` rather than ``x=x+3``
 INLINE_RETURN_PROB = 0.5  # a worked solution whose last operation is in the return (``return x%5``)
 COMMUTED_PROB = 0.3  # a direct solution that writes ``6+E`` / ``2*x`` rather than ``E+6`` / ``x*2``
@@ -77,9 +77,9 @@ class CodeTask:
     judge: ClassVar[str] = "code"
     # The built-in study's sizes on this task, over `trl_shaped.study.config.BUILTIN_PROFILES` (see
     # `trl_shaped.study.config.task_profile`); measured in benchmarks/RESULTS.md (code task).
-    profiles: ClassVar[dict] = {"full": {}, "quick": {}}
+    profiles: ClassVar[dict] = {"full": {"sft_steps": 1000}, "quick": {}}
 
-    min_ops: int = 2
+    min_ops: int = 3
     max_ops: int = 3
     num_examples: int = 2
     num_tests: int = 3
@@ -110,8 +110,8 @@ class CodeTask:
     def max_sequence_tokens(self) -> int:
         """Longest prompt + completion of stage 1 (the tiny model's context), in characters (a token covers at least
         one)."""
-        widest = [("sub", 9)] * self.max_ops
-        prompt = format_prompt(widest, [(-10, -100)] * self.num_examples)
+        widest = [("sub", 19)] * self.max_ops
+        prompt = format_prompt(widest, [(-10, -1000)] * self.num_examples)
         return len(prompt) + self.max_completion_tokens
 
     def build_datasets(self, *, num_train: int, num_rl: int, num_test: int, seed: int) -> DatasetDict:
