@@ -22,3 +22,4 @@ from .answers import (
 )
 from .code import CodeReward, code_reward, extract_code
 from .judges import JUDGES, get_judge, judge_name
+from .reasoning_gym import extract_reasoning_gym_answer, reasoning_gym_reward

@@ -3,6 +3,7 @@
 base.py            StudyTask (the interface), get_task (a task from its name), TASKS
 arithmetic.py      ArithmeticTask: signed sums worked out step by step (judge: exact)
 code.py            CodeTask: one-line Python functions from a specification, hidden tests run in the sandbox (judge: code)
+reasoning_gym.py   ReasoningGymTask: any reasoning-gym puzzle, propositional logic by default (judge: reasoning_gym)
 """
 
 from .arithmetic import ArithmeticTask
