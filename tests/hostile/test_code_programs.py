@@ -45,15 +45,17 @@ def judge(reward, *programs, tests=TESTS) -> list[float]:
 
 
 def sandbox_processes() -> list[int]:
-    """Host pids running as a sandbox worker's uid (visible from the host's /proc: the trainer is root)."""
+    """Host pids of live processes (not zombies) of a sandbox worker's uid (the trainer is root: it sees them all)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                uid = int((entry / "status").read_text().split("\nUid:")[1].split()[0])
+                status = (entry / "status").read_text()
+                uid = int(status.split("\nUid:")[1].split()[0])
+                zombie = status.split("\nState:")[1].split()[0] == "Z"
             except (OSError, IndexError):
                 continue
-            if uid >= FIRST_UID:
+            if uid >= FIRST_UID and not zombie:
                 pids.append(int(entry.name))
     return pids
 

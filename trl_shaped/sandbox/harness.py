@@ -31,6 +31,7 @@ import json
 import os
 import resource
 import select
+import signal
 import sys
 import time
 
@@ -201,8 +202,6 @@ def _child(request: dict, settings: dict, secret_fd: int, result_fd: int) -> Non
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if settings["limit_processes"]:
         resource.setrlimit(resource.RLIMIT_NPROC, (limits["max_processes"],) * 2)
-    import signal  # dropped from sys.modules below, with the other modules the program may not use
-
     signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # Python ignores it: writing past the output limit must kill
     secret = os.read(secret_fd, 64)
     os.close(secret_fd)
@@ -280,22 +279,42 @@ def _kill_everything(pid: int, settings: dict) -> int:
                 os.setgroups([])
                 os.setgid(settings["uid"])
                 os.setuid(settings["uid"])
-                _kill_all_signalable()
+                _kill_all_signalable(settings["uid"])
             finally:
                 os._exit(0)
         os.waitpid(reaper, 0)
     return status
 
 
-def _kill_all_signalable() -> None:
-    """kill(-1, SIGKILL) until no process is left to signal (killed orphans linger as zombies until init reaps)."""
+def _kill_all_signalable(uid=None) -> None:
+    """kill(-1, SIGKILL) until nothing is left: in a pid namespace of its own until kill(-1) finds no process; with
+    `uid` (no namespace: the host's processes remain) until no live process of that uid is left."""
     for attempt in range(5000):
         try:
             os.kill(-1, 9)
-        except OSError:  # ESRCH: nothing left
+        except OSError:  # ESRCH: no process left to signal
+            return
+        if uid is not None and not _live_processes_of(uid):
             return
         if attempt > 10:
             time.sleep(0.001)
+
+
+def _live_processes_of(uid: int) -> bool:
+    """Whether a process of `uid` other than this one is alive (zombies wait for their reaper and do not count)."""
+    me = str(os.getpid())
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or entry == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as handle:
+                status = handle.read()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if fields.get("Uid", "").split()[:1] == [str(uid)] and not fields.get("State", "").strip().startswith("Z"):
+            return True
+    return False
 
 
 def _empty_workdir(path: str) -> None:
