@@ -117,7 +117,10 @@ def _run_tests(code: str, tests: list, limits: dict) -> tuple[int, str]:
     file_cap = max(limits["max_output_bytes"], limits["tmp_bytes"])
     stdio = bool(tests) and all(isinstance(t, str) and t.lstrip().startswith(STDIO_CALL) for t in tests)
     if stdio:
-        program = build(code, "<program>", "exec")
+        try:
+            program = build(code, "<program>", "exec")
+        except base as error:
+            return 0, "program: " + _describe(error)
 
         def check_stdio(stdin: str, expected: str) -> None:
             """Run the program as a script with `stdin`; its standard output must equal `expected` token by token
@@ -175,13 +178,10 @@ def _child(request: dict, settings: dict, secret_fd: int, result_fd: int) -> Non
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
     os.close(null)
-    keep = {secret_fd, result_fd}
-    for fd in range(3, 256):
-        if fd not in keep:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+    low, high = sorted((secret_fd, result_fd))
+    os.closerange(3, low)
+    os.closerange(low + 1, high)
+    os.closerange(high + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
     uid = settings["uid"]
     if os.getuid() == 0 and uid:
         os.setgroups([])
