@@ -38,8 +38,8 @@ def reward(sandbox):
 
 
 def judge(reward, *programs, tests=TESTS) -> list[float]:
-    """Scores of `programs` followed by two right programs, asserting the right ones score 1.0."""
-    scores = reward([*programs, RIGHT, RIGHT], tests=[tests] * (len(programs) + 2))
+    """Scores of `programs` on `tests`, followed by two right programs on TESTS that must score 1.0."""
+    scores = reward([*programs, RIGHT, RIGHT], tests=[tests] * len(programs) + [TESTS] * 2)
     assert scores[-2:] == [1.0, 1.0], scores
     return scores[:-2]
 
@@ -235,3 +235,17 @@ def test_a_batch_of_hostile_programs_keeps_every_right_score(reward):
     hostile = ["import os\nos._exit(0)", "while True:\n    pass", "import os\nos.killpg(0, 9)", "x = input()"]
     programs = [p for pair in zip(hostile, [RIGHT] * len(hostile), strict=True) for p in pair]
     assert reward(programs, tests=[TESTS] * len(programs)) == [0.0, 1.0] * len(hostile)
+
+
+def test_replacing_the_harnesss_tools_changes_nothing(reward):
+    """The harness bound what it counts and compares with before the program ran: patches stay the program's."""
+    patches = (
+        "import builtins, json, os\n"
+        "os.pread = lambda *a: b'3'\nos.lseek = lambda *a: 0\nos.write = lambda *a: 0\n"
+        "json.dumps = lambda *a: '\"\"'\nbuiltins.len = lambda x: 0\nbuiltins.memoryview = bytes\n"
+    )
+    stdio = ["check_stdio('1 2\\n', '3\\n')", "check_stdio('2 2\\n', '4\\n')"]
+    # a program that prints nothing, and one that prints the right sums: only the second passes
+    assert judge(reward, patches, patches + "print(sum(map(int, input().split())))", tests=stdio) == [0.0, 1.0]
+    # the harness's module is not the program's __main__
+    assert judge(reward, patches + "import __main__\nassert not hasattr(__main__, 'serve_one')\n" + RIGHT) == [1.0]

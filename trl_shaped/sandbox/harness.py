@@ -97,10 +97,6 @@ def _install_guard(keep_fds):
     sys.addaudithook(guard)
 
 
-def _tokens(text: str) -> list[str]:
-    return text.split()
-
-
 def _describe(error) -> str:
     """The first line of an error, for the outcome's detail (information only: it never decides a score)."""
     try:
@@ -112,9 +108,16 @@ def _describe(error) -> str:
 
 def _run_tests(code: str, tests: list, limits: dict) -> tuple[int, str]:
     """Step 5: the number of tests that returned, and the first error. A program that raises before its tests
-    passes none."""
-    run, build, base = exec, compile, BaseException
-    file_cap = max(limits["max_output_bytes"], limits["tmp_bytes"])
+    passes none.
+
+    Everything the counting and the output comparison call is bound here, before the program runs: a program may
+    replace ``os.read``, ``builtins.open`` or ``memoryview`` for itself, not for the harness.
+    """
+    run, build, base, view_of = exec, compile, BaseException, memoryview
+    os_open, os_write, os_close, os_dup2, os_lseek, os_pread = os.open, os.write, os.close, os.dup2, os.lseek, os.pread
+    set_limit, file_size, reopen = resource.setrlimit, resource.RLIMIT_FSIZE, open
+    output_cap = limits["max_output_bytes"]
+    file_cap = max(output_cap, limits["tmp_bytes"])
     stdio = bool(tests) and all(isinstance(t, str) and t.lstrip().startswith(STDIO_CALL) for t in tests)
     if stdio:
         try:
@@ -126,18 +129,21 @@ def _run_tests(code: str, tests: list, limits: dict) -> tuple[int, str]:
             """Run the program as a script with `stdin`; its standard output must equal `expected` token by token
             (whitespace-separated, so trailing spaces and newlines do not matter)."""
             path = OUTPUT_FILE + ".stdin"
-            resource.setrlimit(resource.RLIMIT_FSIZE, (file_cap, file_cap))  # the input is no output of the program
+            set_limit(file_size, (file_cap, file_cap))  # the input is no output of the program
             try:
-                with open(path, "w") as handle:
-                    handle.write(stdin)
+                fd = os_open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                data = view_of(str(stdin).encode())
+                while data:
+                    data = data[os_write(fd, data) :]
+                os_close(fd)
             finally:
-                resource.setrlimit(resource.RLIMIT_FSIZE, (limits["max_output_bytes"], file_cap))
+                set_limit(file_size, (output_cap, file_cap))
             sys.stdout.flush()
-            start = os.lseek(1, 0, os.SEEK_END)
-            fd = os.open(path, os.O_RDONLY)
-            os.dup2(fd, 0)
-            os.close(fd)
-            sys.stdin = open(0, closefd=False)
+            start = os_lseek(1, 0, os.SEEK_END)
+            fd = os_open(path, os.O_RDONLY)
+            os_dup2(fd, 0)
+            os_close(fd)
+            sys.stdin = reopen(0, closefd=False)
             try:
                 run(program, {"__name__": "__main__"})
             except SystemExit as stop:  # a script may end with sys.exit(); its output still decides
@@ -145,11 +151,8 @@ def _run_tests(code: str, tests: list, limits: dict) -> tuple[int, str]:
                     raise
             finally:
                 sys.stdout.flush()
-            size = os.lseek(1, 0, os.SEEK_END) - start
-            with open(OUTPUT_FILE, "rb") as handle:
-                handle.seek(start)
-                produced = handle.read(size).decode(errors="replace")
-            if _tokens(produced) != _tokens(expected):
+            produced = os_pread(1, os_lseek(1, 0, os.SEEK_END) - start, start)
+            if produced.decode(errors="replace").split() != str(expected).split():
                 raise AssertionError("wrong output")
 
         namespace = {"__name__": "__tests__", "check_stdio": check_stdio}
@@ -172,7 +175,7 @@ def _run_tests(code: str, tests: list, limits: dict) -> tuple[int, str]:
 
 def _child(request: dict, settings: dict, secret_fd: int, result_fd: int) -> None:
     """Steps 1 to 6 in the forked child; never returns."""
-    write, leave = os.write, os._exit
+    write, leave, dumps, length = os.write, os._exit, json.dumps, len
     limits = request["limits"]
     os.setsid()
     null = os.open(os.devnull, os.O_RDWR)
@@ -188,7 +191,7 @@ def _child(request: dict, settings: dict, secret_fd: int, result_fd: int) -> Non
         os.setgid(uid)
         os.setuid(uid)
     os.chdir(settings["workdir"])
-    out = os.open(OUTPUT_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    out = os.open(OUTPUT_FILE, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)  # readable: check_stdio reads it back
     os.dup2(out, 1)
     os.dup2(out, 2)
     os.close(out)
@@ -212,7 +215,7 @@ def _child(request: dict, settings: dict, secret_fd: int, result_fd: int) -> Non
     sys.modules["__main__"] = type(sys)("__main__")  # `import __main__` must not reach the harness
     _install_guard({result_fd})
     passed, error = _run_tests(code, tests, limits)
-    write(result_fd, secret + f" {passed} {len(tests)} {json.dumps(error)}\n".encode())
+    write(result_fd, secret + f" {passed} {length(tests)} {dumps(error)}\n".encode())
     leave(0)
 
 

@@ -2,8 +2,9 @@
 
 Under bubblewrap the worker gets: no network (its own empty network namespace), its own pid, IPC and UTS namespaces,
 an empty environment, the host's system folders and the Python installation read-only (nothing else of the host:
-no home, no /etc, no working directory), a private /tmp (a size-capped tmpfs) and fresh /proc and /dev, a new
-session (no terminal to inject input into), and death with the training process.
+no home, no /etc, no working directory), a private /tmp (a size-capped tmpfs), a minimal /dev and no /proc at all
+(so no process's memory or descriptors are reachable by path), a new session (no terminal to inject input into),
+and death with the training process.
 
 As root, bubblewrap runs without a user namespace (root's own mapping would leave no other uid to switch to) and
 keeps only the capabilities the harness needs to drop each program to the worker's uid and kill it: programs then run
@@ -90,7 +91,7 @@ def bwrap_command(index: int, tmp_bytes: int) -> list[str]:
         if not any(path == folder or path.startswith(folder + "/") for folder in bound):
             command += [*_readable_parents(path), "--ro-bind", path, path]
             bound.append(path)
-    command += ["--proc", "/proc", "--dev", "/dev"]
+    command += ["--dev", "/dev"]  # and no /proc: nothing of a process (its memory, its fds) is reachable by path
     command += ["--perms", "1777", "--size", str(tmp_bytes), "--tmpfs", "/tmp"]
     command += ["--ro-bind", str(HARNESS), SANDBOX_HARNESS, "--chdir", "/tmp"]
     settings = {"uid": worker_uid(index), "workdir": "/tmp", "own_pid_namespace": True, "limit_processes": True}
