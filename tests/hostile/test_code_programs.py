@@ -16,12 +16,12 @@ import pytest
 
 from trl_shaped.rewards.code import CodeReward
 from trl_shaped.sandbox import LocalSandbox, Program, SandboxLimits
-from trl_shaped.sandbox.isolation import FIRST_UID
+from trl_shaped.sandbox.isolation import MAX_WORKERS, worker_uid
 
 RIGHT = "def add(a, b):\n    return a + b\n"
 TESTS = ["assert add(1, 2) == 3", "assert add(-1, 1) == 0", "assert add(5, 5) == 10"]
 LIMITS = SandboxLimits(
-    wall_time_s=1, cpu_time_s=1, memory_bytes=256 << 20, max_processes=16, max_output_bytes=64 << 10, tmp_bytes=8 << 20
+    wall_time_s=3, cpu_time_s=1, memory_bytes=256 << 20, max_processes=16, max_output_bytes=64 << 10, tmp_bytes=8 << 20
 )
 
 
@@ -45,7 +45,9 @@ def judge(reward, *programs, tests=TESTS) -> list[float]:
 
 
 def sandbox_processes() -> list[int]:
-    """Host pids of live processes (not zombies) of a sandbox worker's uid (the trainer is root: it sees them all)."""
+    """Host pids of live processes (not zombies) of this process's sandbox workers' uids (the trainer is root: it
+    sees them all)."""
+    first = worker_uid(0)
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -55,7 +57,7 @@ def sandbox_processes() -> list[int]:
                 zombie = status.split("\nState:")[1].split()[0] == "Z"
             except (OSError, IndexError):
                 continue
-            if uid >= FIRST_UID and not zombie:
+            if first <= uid < first + MAX_WORKERS and not zombie:
                 pids.append(int(entry.name))
     return pids
 
@@ -131,17 +133,22 @@ def test_standard_library_that_peeks_at_frames_still_works(reward):
     assert judge(reward, program) == [1.0]
 
 
-def test_infinite_loops_sleeps_and_stdin_reads_end_with_zero(reward, sandbox):
+def test_infinite_loops_sleeps_and_stdin_reads_end_with_zero(sandbox):
     programs = [
         "while True:\n    pass",
-        "import time\ntime.sleep(100)",
         "def add(a, b):\n    while True:\n        pass",
+        "import time\ntime.sleep(100)",
         "x = input()",
         "import sys\ndata = sys.stdin.read()\nassert data",
     ]
-    assert judge(reward, *programs) == [0.0] * len(programs)
-    outcomes = sandbox.run_tests([Program(p, TESTS) for p in programs[:2]])
-    assert [o.status for o in outcomes] in (["timeout", "timeout"], ["no_result", "timeout"]), outcomes
+    outcomes = sandbox.run_tests([Program(p, TESTS) for p in [*programs, RIGHT, RIGHT]])
+    assert [o.fraction for o in outcomes] == [0.0] * len(programs) + [1.0, 1.0], outcomes
+    # a loop stops at the CPU limit (SIGXCPU) or, on a busy machine, at the wall time; the sleep at the wall time;
+    # reading standard input finds it empty
+    for loop in outcomes[:2]:
+        assert loop.status == "timeout" or "SIGXCPU" in loop.detail, loop
+    assert outcomes[2].status == "timeout"
+    assert outcomes[3].status == "ok" and "EOFError" in outcomes[3].detail
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="reads other users' processes in /proc: the check needs root")
