@@ -67,8 +67,9 @@ def test_conversational_and_unfenced_completions(reward):
         "def add(a, b):\n    return a - b",
     ]
     assert reward(completions, tests=[ADD_TESTS] * 3) == [1.0, 1.0, 0.25]
-    # one problem's tests for every completion (a direct call)
+    # one problem's tests for every completion (a direct call), and tests stored as JSON strings (a CSV column)
     assert reward(completions[:1], tests=ADD_TESTS) == [1.0]
+    assert reward(completions, tests=[json.dumps(ADD_TESTS)] * 3) == [1.0, 1.0, 0.25]
 
 
 def test_tests_column_and_options_are_checked():
