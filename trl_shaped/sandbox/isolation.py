@@ -94,6 +94,9 @@ def bwrap_command(index: int, tmp_bytes: int) -> list[str]:
     command += ["--dev", "/dev"]  # and no /proc: nothing of a process (its memory, its fds) is reachable by path
     command += ["--perms", "1777", "--size", str(tmp_bytes), "--tmpfs", "/tmp"]
     command += ["--ro-bind", str(HARNESS), SANDBOX_HARNESS, "--chdir", "/tmp"]
+    # the sandbox's own root and /dev read-only too: without root the program owns them, and a tmpfs with no size
+    # limit would let it fill the host's memory; /tmp is the one place to write
+    command += ["--remount-ro", "/dev", "--remount-ro", "/"]
     settings = {"uid": worker_uid(index), "workdir": "/tmp", "own_pid_namespace": True, "limit_processes": True}
     return [*command, python, "-I", "-S", SANDBOX_HARNESS, json.dumps(settings)]
 
