@@ -189,9 +189,11 @@ def test_host_files_cannot_be_written_or_deleted(reward, tmp_path):
         f"import os\nos.remove({str(target)!r})\n" + RIGHT,
         f"import shutil\nshutil.rmtree({str(tmp_path)!r})\n" + RIGHT,
         "open('/usr/owned_by_program', 'w')\n" + RIGHT,
+        "open('/owned_by_program', 'w')\n" + RIGHT,  # the sandbox's own root and /dev are read-only too
+        "open('/dev/shm/owned_by_program', 'w')\n" + RIGHT,
         f"import os\nassert not os.path.exists({str(target)!r})\n" + RIGHT,
     ]
-    assert judge(reward, *programs) == [0.0, 0.0, 0.0, 0.0, 1.0]  # the last: the host's files are absent
+    assert judge(reward, *programs) == [0.0] * 6 + [1.0]  # the last: the host's files are absent
     assert target.read_text() == "original"
     assert not Path("/usr/owned_by_program").exists()
 
