@@ -172,8 +172,10 @@ def test_evaluate_gives_the_judge_the_rows_columns(writer_dir):
     assert len(CALLS) == 1
     call = CALLS[0]
     assert call["completions"] == [HALF] * 6  # the checkpoint writes its one answer, then eos
-    # every column but the prompt and completion columns, one value per completion; the answer column as `answer`
-    assert set(call) == {"completions", "tests", "answer"}
+    # as TRL calls a reward: the prompts, and every column but the prompt and completion columns, one value per
+    # completion; the answer column as `answer`
+    assert set(call) == {"completions", "prompts", "tests", "answer"}
+    assert call["prompts"] == ["Half? "] * 3 + ["Boxed? "] * 3
     assert call["answer"] == ["0.5"] * 3 + ["1"] * 3
     assert call["tests"] == [rows[0]["tests"]] * 3 + [rows[1]["tests"]] * 3
     assert [p["scores"] for p in result["per_problem"]] == [[2 / 3] * 3, [1.0] * 3]

@@ -39,7 +39,8 @@ class EvalConfig:
             the data) gives the held-out text of the diagnostics. The answer column reaches the judge as `answer`.
         judge (`str`): what scores a completion: a name of `trl_shaped.rewards.JUDGES` (exact, math, code,
             reasoning_gym) or a dotted import path to a TRL reward function; the same name as the RL reward. A sample
-            is correct when its score is 1.0. Every column but the prompt and completion columns reaches it.
+            is correct when its score is 1.0. It gets the prompts and every column but the prompt and
+            completion columns, as TRL passes them.
         max_problems (`int`, *optional*): evaluate only the first problems.
         num_samples (`int`): n, completions per problem.
         temperature, top_p (`float`): sampling parameters (the paper: 0.7, 0.95 for base models).

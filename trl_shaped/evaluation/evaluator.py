@@ -129,10 +129,12 @@ def evaluate(model, tokenizer, problems, config: EvalConfig, *, llm=None, shard:
 
 
 def judge_columns(rows: list[dict], config: EvalConfig) -> dict[str, list]:
-    """The columns the judge gets, one value per problem, as TRL passes dataset columns to a reward function: all
-    but the prompt and completion columns, the answer column (as text) under the name `answer`."""
+    """What the judge gets besides the completions, one value per problem, as TRL passes them to a reward function:
+    the prompts as `prompts`, and every column but the prompt and completion columns, the answer column (as text)
+    under the name `answer`."""
     skip = {config.prompt_column, config.completion_column, config.answer_column}
     columns = {name: [r.get(name) for r in rows] for name in rows[0] if name not in skip}
+    columns["prompts"] = [r.get(config.prompt_column) for r in rows]
     if config.answer_column in rows[0]:
         columns["answer"] = [
             None if r.get(config.answer_column) is None else str(r[config.answer_column]) for r in rows
