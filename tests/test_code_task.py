@@ -177,3 +177,12 @@ def test_a_tiny_code_cell_runs_its_programs_in_the_sandbox_end_to_end(tmp_path):
     steps = [log for log in result["rl"]["log_history"] if "reward" in log]
     assert len(steps) == 2 and all(log["judge_seconds"] > 0 for log in steps)
     assert sum(log["judge_seconds"] for log in steps) == pytest.approx(result["rl"]["judge_seconds"])
+
+
+def test_the_code_study_recipe_parses(monkeypatch):
+    from trl_shaped.scripts.study import make_parser
+
+    monkeypatch.chdir(ROOT)
+    (study,) = make_parser().parse_args_and_config(["--config", str(RECIPES / "study_code.yaml")])
+    assert study.builtin and study.task == "code" and len(study.preset_names()) == 5 and study.num_seeds == 6
+    assert study.sft_steps == CodeTask.profiles["full"]["sft_steps"] and study.eval_num_samples == 32

