@@ -20,6 +20,7 @@ from trl.data_utils import is_conversational, is_conversational_from_value
 
 from .checkpoints import SafeCheckpointsMixin
 from .diagnostics import STAT_NAMES
+from .fsdp import check_fsdp_version
 from .lm_head import add_shaped_lm_head
 from .paper import PAPER
 from .shaping import ShapingConfig
@@ -157,6 +158,7 @@ class ShapedSFTTrainer(SafeCheckpointsMixin, SFTTrainer):
         for name, dataset in {"train": bound.get("train_dataset"), **eval_datasets}.items():
             check_sft_dataset(dataset, _dataset_argument(name), sft_args, formatting_func)
         super().__init__(*args, **kwargs)
+        check_fsdp_version(self.accelerator)
         self.shaping = getattr(self.args, "shaping", ShapingConfig())
         replaced = [
             name
