@@ -23,7 +23,7 @@ def packaged_path(path: str, probe: str | None = None) -> str:
         path (`str`): a file path, absolute or relative to the working directory, e.g. `recipes/stage1.yaml`; only
             relative paths under `recipes/` or `accelerate_configs/` are looked up in the package.
         probe (`str`, *optional*): the file whose existence decides, when `path` is a template (the study's
-            `recipes/stage1_{preset}.yaml`): `path` formatted for one case. Defaults to `path`.
+            stage1_recipe with a `{preset}` field): `path` formatted for one case. Defaults to `path`.
 
     Returns:
         `str`: `path`, or the absolute path of the packaged file (the template rebased on the package for a `probe`).
