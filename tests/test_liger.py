@@ -10,10 +10,10 @@ import types
 
 import pytest
 import torch
-from _grpo_common import grpo_config
+from _grpo_common import arithmetic_prompts, arithmetic_solutions, grpo_config, tiny_policy, varied_reward
 from _sft_common import config, text_dataset, tokenizer
 
-from trl_shaped import ShapedGRPOConfig, ShapedSFTConfig, ShapedSFTTrainer
+from trl_shaped import ShapedGRPOConfig, ShapedGRPOTrainer, ShapedSFTConfig, ShapedSFTTrainer
 from trl_shaped.lm_head import add_shaped_lm_head, shaped_causal_lm_loss
 from trl_shaped.shaping import ShapingConfig
 from trl_shaped.tiny import build_tiny_model
@@ -63,6 +63,23 @@ def test_use_liger_kernel_keeps_the_shaped_loss(tmp_path, qwen3_module_restored)
     apply_liger_kernel(trainer.model, trainer.args.liger_kernel_config)
     assert trainer.model.model.norm.forward != norm_forward, "Liger's RMSNorm kernel should be applied"
     assert trainer.model.forward == shaped_forward, "the shaped forward must survive Liger's patching"
+
+
+def test_use_liger_kernel_with_grpo_keeps_the_auxiliary_shaped_loss(tmp_path, qwen3_module_restored):
+    pytest.importorskip("liger_kernel", reason="the optional extra `liger` (pip install 'trl_shaped[liger]')")
+    from transformers.integrations.liger import apply_liger_kernel
+
+    model, tok = tiny_policy()
+    args = grpo_config(tmp_path, use_liger_kernel=True, shaping_aux_coef=0.1, shaping_preset="tail_penalty")
+    with pytest.warns(FutureWarning, match="use_liger_kernel"):
+        trainer = ShapedGRPOTrainer(
+            model, [varied_reward], args, train_dataset=arithmetic_prompts(8), processing_class=tok,
+            aux_dataset=arithmetic_solutions(8),
+        )  # fmt: skip
+    assert trainer.args.liger_kernel_config == {"fused_linear_cross_entropy": False}
+    forward = trainer.model.forward
+    apply_liger_kernel(trainer.model, trainer.args.liger_kernel_config)
+    assert trainer.model.forward == forward  # TRL's fused LM head, and the model the shaped aux loss patches later
 
 
 def test_a_forward_replaced_after_patching_fails_instead_of_training_another_loss():
