@@ -1,8 +1,8 @@
 """The shaped loss, the drift diagnostics, the prior and FSDP checkpoints with FSDP2-sharded parameters.
 
 One launch of tests/launch/fsdp2_checks.py over 2 gloo CPU processes (torch's `fully_shard`, wrapped as accelerate's
-FSDP2 plugin wraps a model; see tests/_fsdp2_common.py for why no Trainer runs) against the same runs unsharded in
-this process. float32 throughout: the sharded runs differ only in how the gradients are summed.
+FSDP2 plugin wraps a model, with the settings of accelerate_configs/fsdp2.yaml and fsdp2_offload.yaml; see
+tests/_fsdp2_common.py for why no Trainer runs) against the same runs unsharded in this process. float32 throughout: the sharded runs differ only in how the gradients are summed.
 """
 
 import json
@@ -55,14 +55,16 @@ def result(launched):
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("tied", ["untied", "tied"])
-def test_shaped_loss_with_sharded_parameters_matches_one_process(result, tied):
+@pytest.mark.parametrize("run_name", ["untied", "tied", "offload"])
+def test_shaped_loss_with_sharded_parameters_matches_one_process(result, run_name):
+    # untied and tied: accelerate_configs/fsdp2.yaml; offload: fsdp2_offload.yaml (parameters in CPU memory)
     out, sharded, references = result
-    run, reference = sharded[f"sft-{tied}"], references[tied]
+    tied = "tied" if run_name == "tied" else "untied"
+    run, reference = sharded[f"sft-{run_name}"], references[tied]
     assert run["head_sharded"], "the LM head should be a sharded DTensor outside the forward"
     assert run["losses"] == pytest.approx(reference["losses"], rel=LOSS_RTOL)
     # the head's gradient reached its shards: trained like the reference, far from where it started
-    head = torch.load(f"{out}-sft-{tied}.pt")
+    head = torch.load(f"{out}-sft-{run_name}.pt")
     torch.testing.assert_close(head, reference["lm_head"], rtol=0, atol=WEIGHT_ATOL)
     initial = tiny(tied=tied == "tied").get_output_embeddings().weight.detach()
     assert (reference["lm_head"] - initial).abs().max() > 100 * WEIGHT_ATOL

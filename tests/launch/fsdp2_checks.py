@@ -3,7 +3,8 @@
 Every check of `_fsdp2_common` with the parameters sharded by `fully_shard` over the processes; rank 0 writes
 OUT.json (losses and drift sums) and OUT-<name>.pt (trained LM-head weights, gathered whole):
 
-- sft-untied, sft-tied: three steps of the shaped loss on a model wrapped by accelerate's `fsdp2_prepare_model`;
+- sft-untied, sft-tied, sft-offload: three steps of the shaped loss on a model wrapped by accelerate's
+  `fsdp2_prepare_model` with the plugin of accelerate_configs/fsdp2.yaml (fsdp2_offload.yaml for sft-offload);
 - resume-<FULL|SHARDED>_STATE_DICT: the same run saved after two steps with accelerate's FSDP checkpoint functions,
   loaded into a freshly sharded model and optimizer, and continued for the third step;
 - drift: `completion_drift_sums` of the sharded policy against the prior prepared by `prepare_frozen_prior` (TRL's
@@ -33,6 +34,7 @@ from _fsdp2_common import (
 from accelerate import PartialState
 from accelerate.utils import fsdp_utils
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.fsdp import CPUOffloadPolicy
 from torch.distributed.tensor import DTensor
 
 from trl_shaped.grpo_trainer import completion_drift_sums
@@ -50,8 +52,8 @@ def whole_head(model) -> torch.Tensor | None:
     return state.get("lm_head.weight", state.get("model.embed_tokens.weight"))
 
 
-def sft_run(rank, world, tied: bool) -> dict:
-    accelerator = fsdp2_accelerator()
+def sft_run(rank, world, tied: bool, config: str = "fsdp2", **overrides) -> dict:
+    accelerator = fsdp2_accelerator(config, **overrides)
     model = sharded_model(accelerator, tied=tied)
     sharded = isinstance(model.get_output_embeddings().weight, DTensor)
     optimizer = optimizer_of(model)
@@ -60,7 +62,7 @@ def sft_run(rank, world, tied: bool) -> dict:
 
 
 def resume_run(rank, world, state_dict_type: str, directory: str) -> dict:
-    accelerator = fsdp2_accelerator(state_dict_type)
+    accelerator = fsdp2_accelerator(state_dict_type=state_dict_type)
     plugin = accelerator.state.fsdp_plugin
     model = sharded_model(accelerator)
     optimizer = optimizer_of(model)
@@ -108,6 +110,9 @@ def main():
     torch.set_num_threads(1)
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     results = {f"sft-{'tied' if tied else 'untied'}": sft_run(rank, world, tied) for tied in (False, True)}
+    # parameters and optimizer state offloaded to CPU memory; pinning it needs an accelerator device
+    offload = CPUOffloadPolicy(pin_memory=False)
+    results["sft-offload"] = sft_run(rank, world, tied=False, config="fsdp2_offload", cpu_offload=offload)
     for kind in ("FULL_STATE_DICT", "SHARDED_STATE_DICT"):
         results[f"resume-{kind}"] = resume_run(rank, world, kind, f"{out}-checkpoint-{kind}")
     results["drift"] = drift_run(rank, world)
