@@ -348,9 +348,10 @@ def completion_drift_sums(model, prior_model, prior_kind: str, batch: dict, rows
     """This process's `drift.DRIFT_SUM_NAMES` sums on the completion tokens of a generation batch (not yet reduced).
 
     Runs the policy and the prior on `rows` rows at a time and hands their final hidden states and LM heads to
-    `drift.drift_sums`. The heads are read outside a forward, so they are gathered first: under ZeRO-3 by TRL's
-    `maybe_gather_lm_head_ctx`, under FSDP2 by running the backbones through the root FSDP units (`fsdp.through_root`) and `fsdp.whole`. Every process calls this with
-    the same number of rows and enters every gather, whether it has scored tokens or not.
+    `drift.drift_sums`. Both run outside a training forward, so what they read is gathered first: under ZeRO-3 the
+    heads by TRL's `maybe_gather_lm_head_ctx`; under FSDP2 each backbone runs as its root FSDP unit's forward
+    (`fsdp.through_root`) and a head still sharded after it is gathered whole (`fsdp.whole`). Every process calls
+    this with the same number of rows and enters every gather, whether it has scored tokens or not.
 
     Args:
         model: the policy as the trainer holds it (wrapped by DDP, DeepSpeed or FSDP2, or not).
