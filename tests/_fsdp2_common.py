@@ -99,6 +99,27 @@ def reference_drift() -> torch.Tensor:
         return completion_drift_sums(tiny(0), tiny(1), "model", drift_batch(), rows=1, top_k=5)
 
 
+def lora_policy():
+    """The seed-0 model with a LoRA adapter whose B matrices are non-zero: it differs from its base, the prior that
+    the `"adapters_disabled"` kind reads with the adapters off."""
+    from peft import LoraConfig, get_peft_model
+
+    policy = get_peft_model(tiny(0), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    generator = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for name, param in policy.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator))
+    return policy
+
+
+def reference_adapter_drift() -> torch.Tensor:
+    """`completion_drift_sums` of the unsharded LoRA policy against its own base (adapters disabled)."""
+    from trl_shaped.grpo_trainer import completion_drift_sums
+
+    return completion_drift_sums(lora_policy(), None, "adapters_disabled", drift_batch(), rows=1, top_k=5)
+
+
 def fsdp2_accelerator(config: str = "fsdp2", **overrides):
     """What accelerate's FSDP2 helpers and TRL's `prepare_fsdp` read of an Accelerator, with the FSDP2 plugin that
     `accelerate launch --config_file accelerate_configs/<config>.yaml` builds (its `fsdp_config`, read here),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _fsdp2_common import reference_drift, reference_sft, tiny
+from _fsdp2_common import reference_adapter_drift, reference_drift, reference_sft, tiny
 
 from trl_shaped.fsdp import check_fsdp_version
 
@@ -48,7 +48,12 @@ def result(launched):
     out, proc = launched
     # the unsharded references run while the launch does
     torch.set_num_threads(1)
-    references = {"untied": reference_sft(tied=False), "tied": reference_sft(tied=True), "drift": reference_drift()}
+    references = {
+        "untied": reference_sft(tied=False),
+        "tied": reference_sft(tied=True),
+        "drift": reference_drift(),
+        "adapter_drift": reference_adapter_drift(),
+    }
     log, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, log[-4000:]
     return out, json.loads(Path(f"{out}.json").read_text()), references
@@ -92,6 +97,10 @@ def test_drift_statistics_with_sharded_heads_match_unsharded(result):
     assert expected[-2] > 0  # KL between two different models
     for sums in drift["sums"]:  # before any forward, and after one (accelerate's tail unit left gathered)
         torch.testing.assert_close(torch.tensor(sums), expected, rtol=1e-5, atol=1e-5)
+    # a sharded LoRA policy against its own base, the adapters disabled for the prior
+    expected = references["adapter_drift"]
+    assert expected[-2] > 0 and expected[-1] == 10
+    torch.testing.assert_close(torch.tensor(drift["adapter_sums"]), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_fsdp1_is_refused_with_the_fix():

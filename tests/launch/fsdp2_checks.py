@@ -9,7 +9,8 @@ OUT.json (losses and drift sums) and OUT-<name>.pt (trained LM-head weights, gat
   loaded into a freshly sharded model and optimizer, and continued for the third step;
 - drift: `completion_drift_sums` of the sharded policy against the prior prepared by `prepare_frozen_prior` (TRL's
   `prepare_fsdp`), summed over processes, before and after a policy forward (which leaves accelerate's tail unit
-  gathered); the second process has no scored token.
+  gathered); the second process has no scored token. Then the same for a LoRA policy against its own base
+  (the `"adapters_disabled"` prior).
 """
 
 import json
@@ -27,6 +28,7 @@ from _fsdp2_common import (
     drift_batch,
     fsdp2_accelerator,
     local_rows,
+    lora_policy,
     optimizer_of,
     sft_step,
     tiny,
@@ -101,7 +103,11 @@ def drift_run(rank, world) -> dict:
         local = completion_drift_sums(policy, prior, "model", batch, rows=1, top_k=5)
         torch.distributed.all_reduce(local)
         sums.append(local.tolist())
-    return {"sums": sums, "prior_sharded": prior_sharded}
+    # a LoRA policy whose prior is its own base with the adapters disabled: one sharded model runs both
+    lora = fsdp_utils.fsdp2_prepare_model(accelerator, lora_policy())
+    adapter_sums = completion_drift_sums(lora, None, "adapters_disabled", batch, rows=1, top_k=5)
+    torch.distributed.all_reduce(adapter_sums)
+    return {"sums": sums, "prior_sharded": prior_sharded, "adapter_sums": adapter_sums.tolist()}
 
 
 def main():
