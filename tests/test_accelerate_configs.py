@@ -44,6 +44,18 @@ def _check_zero(stage, offload="none"):
     return check
 
 
+def _check_fsdp2(offload: bool):
+    def check(c):
+        fsdp = c.fsdp_config
+        assert c.distributed_type == DistributedType.FSDP and not c.use_cpu
+        assert fsdp["fsdp_version"] == 2 and fsdp["fsdp_offload_params"] is offload
+        # one unit per decoder layer; the saved model whole, loadable by the next stage
+        assert fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+        assert fsdp["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+
+    return check
+
+
 def _check_multi_node(c):
     assert c.num_machines > 1 and c.num_processes % c.num_machines == 0
     assert c.main_process_ip and c.main_process_port and c.machine_rank == 0
@@ -56,6 +68,8 @@ EXPECTED = {
     "zero2": _check_zero(2),
     "zero3": _check_zero(3),
     "zero3_offload": _check_zero(3, offload="cpu"),
+    "fsdp2": _check_fsdp2(offload=False),
+    "fsdp2_offload": _check_fsdp2(offload=True),
     "multi_node": _check_multi_node,
 }
 

@@ -36,6 +36,7 @@ def test_every_yaml_is_covered():
         "tiny_eval.yaml", "demo.yaml", "demo_quick.yaml", "demo_all_presets.yaml", "study_tiny.yaml", "study_qwen3.yaml",
         "eval_math.yaml", "rl_code.yaml", "eval_code.yaml", "study_code.yaml", "study_qwen3_code.yaml", "rl_logic.yaml",
         "eval_logic.yaml", "study_logic.yaml",
+        "midtrain.yaml",
     }  # fmt: skip
     assert {p.name for p in RECIPES.glob("*.yaml")} == tested
 
@@ -54,6 +55,41 @@ def test_stage1_recipe_takes_each_paper_preset_with_its_optimiser(preset):
 def test_stage1_recipe_alone_is_cross_entropy():
     _, args, _, _ = _parse("sft", "stage1.yaml", *NO_GPU)
     assert args.shaping == PAPER_PRESETS["ce"] and args.output_dir == "runs/stage1"
+
+
+def test_midtrain_recipe_has_the_paper_mid_training_settings():
+    _, args, model_args, _ = _parse("sft", "midtrain.yaml", "--shaping_preset", "precision", *NO_GPU)
+    assert args.shaping == PAPER_PRESETS["precision"]  # carried over from stage 1 on the command line
+    assert args.max_length == 16384 and args.packing
+    assert args.model_init_kwargs["rope_parameters"]["rope_theta"] == 1e6
+    assert args.model_init_kwargs["max_position_embeddings"] == 16384
+    assert args.learning_rate == 3e-4 and args.lr_scheduler_type == "cosine_with_min_lr"
+    assert args.lr_scheduler_kwargs == {"min_lr_rate": 0.1}  # 3e-4 -> 3e-5
+    assert model_args.model_name_or_path == "runs/stage1"
+
+
+def test_midtrain_recipe_loads_a_stage1_checkpoint_with_the_new_rope_base(tmp_path, tiny_run_dir):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    stage1 = tiny_run_dir / "model"
+    assert AutoConfig.from_pretrained(stage1).rope_parameters["rope_theta"] == 1e4
+    trainer = dispatch([
+        "sft", "--config", str(RECIPES / "midtrain.yaml"), *NO_GPU, "--shaping_preset", "precision",
+        "--model_name_or_path", str(stage1), "--dtype", "float32", "--dataset_streaming", "false",
+        "--dataset_name", "json", "--dataset_data_files", f"train={tiny_run_dir / 'data' / 'sft.jsonl'}",
+        "--max_steps", "1", "--max_length", "64", "--per_device_train_batch_size", "2",
+        "--gradient_accumulation_steps", "1", "--activation_checkpointing", "false", "--report_to", "none",
+        "--output_dir", str(tmp_path / "midtrain"),
+    ])  # fmt: skip
+    model = trainer.model
+    assert model.config.rope_parameters["rope_theta"] == 1e6 and model.config.max_position_embeddings == 16384
+    # the rotary embedding is built from the new base: inv_freq_i = base^(-2i/d)
+    inv_freq = model.model.rotary_emb.inv_freq
+    dims = torch.arange(0, 2 * inv_freq.numel(), 2, dtype=torch.float32) / (2 * inv_freq.numel())
+    torch.testing.assert_close(inv_freq, 1e6 ** (-dims))
+    # saved with the result, so the RL stage loads the new base and length
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "midtrain").config
+    assert saved.rope_parameters["rope_theta"] == 1e6 and saved.max_position_embeddings == 16384
 
 
 def test_rl_recipe_is_the_paper_recipe():

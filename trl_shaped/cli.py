@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from trl_shaped import __version__
+from trl_shaped.packaged import packaged_path
 from trl_shaped.scripts import config_file_problem, end_launched_process, split_config_flag
 
 SUBCOMMANDS = {
@@ -68,6 +69,15 @@ def _launch_with_accelerate(module, name: str, args: list[str]) -> None:
     launch_command(launch_command_parser().parse_args(["--config_file", config_file, str(script), *script_args]))
 
 
+def _packaged_files(args: list[str]) -> list[str]:
+    # `--config recipes/x.yaml` and `--accelerate_config accelerate_configs/y.yaml` name the files shipped with the
+    # package when they do not exist where the command runs (trl_shaped/packaged.py)
+    return [
+        packaged_path(arg) if index > 0 and args[index - 1] in ("--config", "--accelerate_config") else arg
+        for index, arg in enumerate(args)
+    ]
+
+
 def dispatch(argv: list[str] | None = None):
     """Dispatch `argv` (default: `sys.argv[1:]`) to a subcommand; returns what the subcommand's `run` returns
     (the trainer, the evaluation results, the demo's report directory)."""
@@ -81,7 +91,7 @@ def dispatch(argv: list[str] | None = None):
     module = importlib.import_module(f"trl_shaped.scripts.{name}")
     # Every subcommand takes `--config FILE`: a missing, unreadable or malformed file is a usage error here, before
     # the subcommand (or `accelerate launch`, which would fail once per process) starts
-    args = split_config_flag(args)
+    args = _packaged_files(split_config_flag(args))
     problem = config_file_problem(args)
     if problem is not None:
         _usage_error(module, name, problem)

@@ -19,7 +19,7 @@ import copy
 import os
 
 import torch
-from accelerate.utils import is_peft_model
+from accelerate.utils import extract_model_from_parallel, is_peft_model
 from torch.utils.data import DataLoader
 from transformers.utils import logging
 from trl import GRPOTrainer, SyncRefModelCallback
@@ -34,6 +34,7 @@ from .compat import (
     trl_builds_no_reference,
 )
 from .drift import DRIFT_SUM_NAMES, HeadParams, drift_means, drift_sums
+from .fsdp import check_fsdp_version, through_root, whole
 from .grpo_config import ShapedGRPOConfig
 from .lm_head import logit_transform, shaped_causal_lm_loss
 from .paper import PAPER
@@ -135,6 +136,7 @@ class ShapedGRPOTrainer(SafeCheckpointsMixin, GRPOTrainer):
         # TRL would build its own reference from the policy; the prior is installed as the reference below instead.
         with trl_builds_no_reference(args):
             super().__init__(model, reward_funcs, args, **kwargs)
+        check_fsdp_version(self.accelerator)
         self.beta = args.beta
         self._install_prior(prior, prior_path)
         self.reference_of_metric = describe_references(self.prior_kind, self.args)
@@ -165,11 +167,6 @@ class ShapedGRPOTrainer(SafeCheckpointsMixin, GRPOTrainer):
             self.ref_model = self.prior_model if self.beta != 0.0 else None
         if args.sync_ref_model:
             self.add_callback(SyncRefModelCallback(ref_model=self.ref_model, accelerator=self.accelerator))
-
-    def _policy_and_prior(self):
-        """(policy causal LM, prior causal LM, context manager to enter while the prior runs)."""
-        prior_model = None if self.prior_model is None else self.accelerator.unwrap_model(self.prior_model)
-        return policy_and_prior(self.accelerator.unwrap_model(self.model), self.prior_kind, prior_model)
 
     # ------------------------------------------------------------------ generation hook
     def _generate_and_score_completions(self, inputs):
@@ -292,39 +289,14 @@ class ShapedGRPOTrainer(SafeCheckpointsMixin, GRPOTrainer):
             self._metrics["train"][name].append(value)
         self._pending_drift = None
 
-    @torch.no_grad()
     def _drift_diagnostics_sums(self, batch: dict) -> torch.Tensor:
         """`drift.DRIFT_SUM_NAMES` sums of KL(policy || prior) and both models' entropy statistics on the batch's
         completion tokens, summed over processes."""
-        policy, prior, prior_context = self._policy_and_prior()
-        completion_ids = batch["completion_ids"]
-        mask = batch["completion_mask"] * batch.get("tool_mask", 1)
-        input_ids = torch.cat([batch["prompt_ids"], completion_ids], dim=1)
-        attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
-        width = completion_ids.size(1)
-        sums = torch.zeros(len(DRIFT_SUM_NAMES), device=completion_ids.device)
-        rows = self.args.per_device_train_batch_size
-        for start in range(0, input_ids.size(0), rows):
-            chunk = slice(start, start + rows)
-            scored = mask[chunk].bool()
-            labels = completion_ids[chunk][scored]
-            hidden_policy = _completion_hidden(policy, input_ids[chunk], attention_mask[chunk], width)[scored]
-            with prior_context():
-                hidden_prior = _completion_hidden(prior, input_ids[chunk], attention_mask[chunk], width)[scored]
-            sums += self._drift_sums(policy, prior, prior_context, hidden_policy, hidden_prior, labels)
+        sums = completion_drift_sums(
+            self.model, self.prior_model, self.prior_kind, batch, self.args.per_device_train_batch_size,
+            self.args.diagnostics_top_k,
+        )  # fmt: skip
         return self.accelerator.reduce(sums, reduction="sum")
-
-    def _drift_sums(self, policy, prior, prior_context, hidden_policy, hidden_prior, labels) -> torch.Tensor:
-        """`drift.drift_sums` with both heads resolved (PEFT wrappers) and gathered (ZeRO-3)."""
-        # Each head is resolved in its own model's context: under the prior's, a PEFT `modules_to_save` wrapper on
-        # the head returns the prior's copy, not the policy's.
-        policy_head = _head_params(policy)
-        with prior_context():
-            prior_head = _head_params(prior)
-        # Every process enters the gather (a collective under ZeRO-3), whether it has scored tokens or not; the chunk
-        # size is read from the gathered heads (a ZeRO-3 shard is empty).
-        with maybe_gather_lm_head_ctx(policy_head.weight, policy_head.bias, prior_head.weight, prior_head.bias):
-            return drift_sums(hidden_policy, hidden_prior, labels, policy_head, prior_head, self.args.diagnostics_top_k)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self.model.training:
@@ -371,9 +343,68 @@ class ShapedGRPOTrainer(SafeCheckpointsMixin, GRPOTrainer):
         return loss
 
 
-def _completion_hidden(model, input_ids, attention_mask, width):
-    # Final hidden states at the positions that predict the completion tokens (as TRL's fused head scores them)
-    outputs = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+@torch.no_grad()
+def completion_drift_sums(model, prior_model, prior_kind: str, batch: dict, rows: int, top_k: int) -> torch.Tensor:
+    """This process's `drift.DRIFT_SUM_NAMES` sums on the completion tokens of a generation batch (not yet reduced).
+
+    Runs the policy and the prior on `rows` rows at a time and hands their final hidden states and LM heads to
+    `drift.drift_sums`. Both run outside a training forward, so what they read is gathered first: under ZeRO-3 the
+    heads by TRL's `maybe_gather_lm_head_ctx`; under FSDP2 each backbone runs as its root FSDP unit's forward
+    (`fsdp.through_root`) and a head still sharded after it is gathered whole (`fsdp.whole`). Every process calls
+    this with the same number of rows and enters every gather, whether it has scored tokens or not.
+
+    Args:
+        model: the policy as the trainer holds it (wrapped by DDP, DeepSpeed or FSDP2, or not).
+        prior_model: the prior as the trainer holds it (`"model"` kind), else `None`.
+        prior_kind (`str`): how the prior is held (`prior.choose_prior`).
+        batch (`dict`): a generation batch (`prompt_ids`, `prompt_mask`, `completion_ids`, `completion_mask`, and
+            `tool_mask` when tools ran).
+        rows (`int`): rows per forward (the per-device train batch size).
+        top_k (`int`): `diagnostics_top_k`.
+    """
+    policy, prior, prior_context = policy_and_prior(
+        extract_model_from_parallel(model),
+        prior_kind,
+        None if prior_model is None else extract_model_from_parallel(prior_model),
+    )
+    # the adapter kinds run the prior inside the policy's own model
+    prior_held = model if prior_model is None else prior_model
+    completion_ids = batch["completion_ids"]
+    mask = batch["completion_mask"] * batch.get("tool_mask", 1)
+    input_ids = torch.cat([batch["prompt_ids"], completion_ids], dim=1)
+    attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+    width = completion_ids.size(1)
+    sums = torch.zeros(len(DRIFT_SUM_NAMES), device=completion_ids.device)
+    for start in range(0, input_ids.size(0), rows):
+        chunk = slice(start, start + rows)
+        scored = mask[chunk].bool()
+        labels = completion_ids[chunk][scored]
+        hidden_policy = _completion_hidden(model, policy, input_ids[chunk], attention_mask[chunk], width)[scored]
+        with prior_context():
+            hidden_prior = _completion_hidden(prior_held, prior, input_ids[chunk], attention_mask[chunk], width)
+        sums += _gathered_drift_sums(policy, prior, prior_context, hidden_policy, hidden_prior[scored], labels, top_k)
+    return sums
+
+
+def _gathered_drift_sums(policy, prior, prior_context, hidden_policy, hidden_prior, labels, top_k) -> torch.Tensor:
+    # Each head is resolved in its own model's context: under the prior's, a PEFT `modules_to_save` wrapper on the
+    # head returns the prior's copy, not the policy's.
+    policy_head = _head_params(policy)
+    with prior_context():
+        prior_head = _head_params(prior)
+    # Every process enters the gathers (collectives under ZeRO-3 and FSDP2), whether it has scored tokens or not; the
+    # chunk size is read from the gathered heads (a ZeRO-3 shard is empty).
+    with maybe_gather_lm_head_ctx(policy_head.weight, policy_head.bias, prior_head.weight, prior_head.bias):
+        policy_head, prior_head = (
+            head._replace(weight=whole(head.weight), bias=whole(head.bias)) for head in (policy_head, prior_head)
+        )
+        return drift_sums(hidden_policy, hidden_prior, labels, policy_head, prior_head, top_k)
+
+
+def _completion_hidden(held, model, input_ids, attention_mask, width):
+    # Final hidden states at the positions that predict the completion tokens (as TRL's fused head scores them). The
+    # backbone runs inside the forward of the model as held (`held`), so that FSDP2's root gathers what it holds.
+    outputs = through_root(held, model.base_model, input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     return outputs.last_hidden_state[:, -width - 1 : -1]
 
 

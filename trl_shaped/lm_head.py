@@ -203,6 +203,20 @@ def add_shaped_lm_head(model: torch.nn.Module) -> None:
     model._trl_shaped_lm_head = True
 
 
+def check_shaped_output(outputs) -> ShapedCausalLMOutput:
+    """`outputs` when the shaped loss produced it; a RuntimeError when the model's forward was replaced after
+    [`add_shaped_lm_head`] by one that ignores `shaped_lm_head` (Liger's `fused_linear_cross_entropy` does that: its
+    forward computes its own cross-entropy), instead of training silently with another loss."""
+    if not isinstance(outputs, ShapedCausalLMOutput):
+        raise RuntimeError(
+            f"the model's forward returned a {type(outputs).__name__}, not the shaped loss: it was replaced after "
+            "add_shaped_lm_head, e.g. by Liger's fused_linear_cross_entropy (use_liger_kernel=True with "
+            'liger_kernel_config={"fused_linear_cross_entropy": True}, or a liger_kernel apply_* call on the model). '
+            "Leave fused_linear_cross_entropy off: Liger's other kernels work with the shaped loss."
+        )
+    return outputs
+
+
 def shaped_causal_lm_loss(
     model: torch.nn.Module,
     inputs: dict,
@@ -232,5 +246,5 @@ def shaped_causal_lm_loss(
         `torch.Tensor` (the loss), or `(loss, stats)` with `return_stats=True`. The MoE auxiliary loss is not added.
     """
     add_shaped_lm_head(model)
-    outputs = model(**inputs, shaped_lm_head=shaping, num_items_in_batch=num_items_in_batch)
+    outputs = check_shaped_output(model(**inputs, shaped_lm_head=shaping, num_items_in_batch=num_items_in_batch))
     return (outputs.loss, outputs.stats) if return_stats else outputs.loss

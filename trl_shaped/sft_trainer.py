@@ -20,7 +20,8 @@ from trl.data_utils import is_conversational, is_conversational_from_value
 
 from .checkpoints import SafeCheckpointsMixin
 from .diagnostics import STAT_NAMES
-from .lm_head import add_shaped_lm_head
+from .fsdp import check_fsdp_version
+from .lm_head import add_shaped_lm_head, check_shaped_output
 from .paper import PAPER
 from .shaping import ShapingConfig
 
@@ -157,6 +158,7 @@ class ShapedSFTTrainer(SafeCheckpointsMixin, SFTTrainer):
         for name, dataset in {"train": bound.get("train_dataset"), **eval_datasets}.items():
             check_sft_dataset(dataset, _dataset_argument(name), sft_args, formatting_func)
         super().__init__(*args, **kwargs)
+        check_fsdp_version(self.accelerator)
         self.shaping = getattr(self.args, "shaping", ShapingConfig())
         replaced = [
             name
@@ -219,6 +221,7 @@ class ShapedSFTTrainer(SafeCheckpointsMixin, SFTTrainer):
         # to even out the last batch over processes, as stock TRL's eval metrics do.
         groups = {"stats_groups": _sample_ids(inputs)} if mode == "eval" else {}
         outputs = model(**inputs, shaped_lm_head=self.shaping, num_items_in_batch=num_items_in_batch, **groups)
+        check_shaped_output(outputs)
         loss = outputs.loss
         # From here on the normalisation is SFTTrainer's (sft_trainer.py, compute_loss), which has no hook to reuse:
         # `num_items_in_batch` counts the tokens of every rank, and DDP / DeepSpeed average the gradients over ranks.

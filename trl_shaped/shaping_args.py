@@ -95,6 +95,7 @@ class ShapingArguments:
     def __post_init__(self):
         # Resolving validates: a bad shaping value fails here, at construction, before the rest of the config
         self.shaping  # noqa: B018
+        _check_liger_kernel_config(self)
         parent = super()
         if hasattr(parent, "__post_init__"):
             parent.__post_init__()
@@ -121,3 +122,19 @@ class ShapingArguments:
                 f"invalid shaped-loss setting in {type(self).__name__} ({fields}): {error}. Change the shaping_* field "
                 "named in this message, or leave it unset to take the preset's or the default value."
             ) from error
+
+
+def _check_liger_kernel_config(args) -> None:
+    # Liger's fused linear cross-entropy replaces the model's forward, and with it the shaped loss (TRL refuses it too,
+    # later, at trainer construction); its other kernels (RMSNorm, RoPE, SwiGLU, ...) leave the loss alone.
+    config = getattr(args, "liger_kernel_config", None) or {}
+    if (
+        getattr(args, "use_liger_kernel", False)
+        and isinstance(config, dict)
+        and config.get("fused_linear_cross_entropy")
+    ):
+        raise ValueError(
+            'liger_kernel_config={"fused_linear_cross_entropy": True} would replace the shaped loss with Liger\'s '
+            "cross-entropy. Leave fused_linear_cross_entropy unset or False: use_liger_kernel=True then applies Liger's "
+            "other kernels and the shaped loss stays the training loss."
+        )

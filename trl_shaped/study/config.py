@@ -14,6 +14,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trl_shaped.packaged import packaged_path
+
 ALL_PRESETS = ("ce", "precision", "diversity", "tail_penalty", "head_reward")  # the paper's; `presets: all`
 # Opt-in stage-1 arms beside the paper's presets, each named in `presets` to run. dft: TRL's SFTConfig
 # loss_type="dft" (cross-entropy weighted by the detached target probability), the paper's nearest published competitor.
@@ -411,6 +413,12 @@ class StudyConfig:
                 self.num_seeds = 3
             if self.num_seeds < 1:
                 raise ValueError(f"num_seeds must be >= 1, got {self.num_seeds}")
+            # repository-relative defaults (recipes/..., accelerate_configs/...) found from any directory
+            presets = [stage1_arguments(arm)["shaping_preset"] for arm in self.preset_names()]
+            self.stage1_recipe = packaged_path(self.stage1_recipe, probe=self.stage1_recipe.format(preset=presets[0]))
+            self.rl_recipe, self.eval_recipe = packaged_path(self.rl_recipe), packaged_path(self.eval_recipe)
+            if self.accelerate_config is not None:
+                self.accelerate_config = packaged_path(self.accelerate_config)
             if self.accelerate_config is not None and not os.path.isfile(self.accelerate_config):
                 raise ValueError(f"accelerate_config must be a file, got {self.accelerate_config!r}")
             for name in ("rl_recipe", "eval_recipe"):
