@@ -3,7 +3,9 @@ settings is refused, `overwrite` recomputes only what differs), the per-cell loc
 two processes on one study train each cell once), damaged cell files, and one tiny study end to end that is killed
 mid-cell and resumed (finished cells are not retrained, the interrupted one resumes from its checkpoint)."""
 
+import hashlib
 import importlib
+import importlib.metadata
 import json
 import os
 import signal
@@ -13,10 +15,19 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from trl_shaped.checkpoints import MANIFEST_NAME, last_complete_checkpoint, resolve_resume
-from trl_shaped.study import runner
-from trl_shaped.study.cells import RESULT, StaleCells, cell_dir, cell_fingerprint, cell_lock, tokenizer_fingerprint
+from trl_shaped.study import cell_runner, runner
+from trl_shaped.study.cells import (
+    RESULT,
+    StaleCells,
+    cell_dir,
+    cell_fingerprint,
+    cell_lock,
+    fingerprint_changes,
+    tokenizer_fingerprint,
+)
 from trl_shaped.study.config import STUDY_LEVEL_FIELDS, StudyConfig
 from trl_shaped.study.runner import BUILTIN_CELL_MODULE, launcher, run_cells, run_stage, stage_commands
 from trl_shaped.tasks.arithmetic import ArithmeticTask
@@ -109,7 +120,7 @@ def test_a_stage_resumes_from_the_newest_complete_checkpoint_not_a_newer_incompl
         if len(commands) == 1:
             _checkpoint(cell / "stage1", 6, complete=True)
 
-    monkeypatch.setattr(runner, "_run", fake_run)
+    monkeypatch.setattr(cell_runner, "_run", fake_run)
     record = run_stage(real_scale(), "stage1", ["sft", "--output_dir", str(cell / "stage1")], cell)
     assert commands[0][-2:] == ["--resume_from_checkpoint", str(older)]
     assert resolve_resume(commands[0][-1], cell / "stage1") == str(older)
@@ -143,7 +154,7 @@ def fake_cells(monkeypatch):
         result = {"preset": preset, "seed": int(seed), "sft_steps": config["sft_steps"]}
         (Path(cell) / RESULT).write_text(json.dumps(result))
 
-    monkeypatch.setattr(runner, "_run", fake_run)
+    monkeypatch.setattr(cell_runner, "_run", fake_run)
 
 
 def _starts(out: Path, preset: str, seed: int) -> int:
@@ -189,7 +200,7 @@ def test_a_rerun_with_other_settings_is_refused_and_overwrite_recomputes_only_wh
     cells = run_cells(tiny(num_seeds=3, overwrite=True, output_dir=str(out)), out)
     assert [c["sft_steps"] for c in cells] == [4, 4, 4]
     assert [_starts(out, "ce", s) for s in (0, 1, 2)] == [1, 1, 1]  # seed 0: its folder cleared, one start since
-    assert json.loads((cell_dir(out, "ce", 1) / "fingerprint.json").read_text()) == cell_fingerprint(tiny(), "ce")
+    assert json.loads((cell_dir(out, "ce", 1) / "fingerprint.json").read_text()) == cell_fingerprint(tiny(), "ce", 1)
 
 
 def test_cells_and_tokenizers_without_a_fingerprint_count_as_differing(tmp_path, fake_cells):
@@ -206,27 +217,109 @@ def test_cells_and_tokenizers_without_a_fingerprint_count_as_differing(tmp_path,
     assert not (out / "tokenizer").exists() and _starts(out, "ce", 0) == 1  # rebuilt by the next cell; recomputed
 
 
-def test_the_fingerprint_covers_the_task_the_version_and_at_real_scale_the_recipes(tmp_path, monkeypatch):
+def test_the_fingerprint_covers_the_task_the_code_and_at_real_scale_the_recipes(tmp_path, monkeypatch):
     config = tiny()
-    fingerprint = cell_fingerprint(config, "ce")
-    assert fingerprint["trl_shaped_version"] and fingerprint["task.max_operand"] == ArithmeticTask().max_operand
+    fingerprint = cell_fingerprint(config, "ce", 0)
+    assert fingerprint["task.max_operand"] == ArithmeticTask().max_operand
     assert fingerprint["num_rl_problems"] == config.num_rl_problems  # the RL split is part of the cell
     assert not set(fingerprint) & set(STUDY_LEVEL_FIELDS)
+    # the code: every file of the package but those that only report or launch, and the libraries' versions
+    source = fingerprint["trl_shaped source"]
+    assert source["trl_shaped/loss.py"] == hashlib.sha256((ROOT / "trl_shaped/loss.py").read_bytes()).hexdigest()[:16]
+    assert "trl_shaped/study/builtin_cell.py" in source and "trl_shaped/study/report.py" not in source
+    assert fingerprint["versions"]["torch"] == importlib.metadata.version("torch")
+    assert set(fingerprint["versions"]) >= {"torch", "transformers", "trl", "peft", "accelerate", "deepspeed"}
     # the task the cell actually builds is the one fingerprinted, with its judge
     config = tiny(task_args='{"solutions_per_problem": 5}')
-    assert cell_fingerprint(config, "ce")["task.solutions_per_problem"] == 5
+    assert cell_fingerprint(config, "ce", 0)["task.solutions_per_problem"] == 5
     assert config.study_task().solutions_per_problem == 5
-    assert tokenizer_fingerprint(config)["task.solutions_per_problem"] == 5
-    assert cell_fingerprint(config, "ce")["task.judge"] == "exact"
+    assert cell_fingerprint(config, "ce", 0)["task.judge"] == "exact"
     # real scale: a recipe's contents, for the presets that use it
     for preset in ("ce", "precision"):
         (tmp_path / f"{preset}.yaml").write_text("max_steps: 10\n")
     config = real_scale(presets="precision", stage1_recipe=str(tmp_path / "{preset}.yaml"))
-    before = {p: cell_fingerprint(config, p) for p in ("ce", "precision")}
+    before = {p: cell_fingerprint(config, p, 0) for p in ("ce", "precision")}
     (tmp_path / "precision.yaml").write_text("max_steps: 20\n")
-    assert cell_fingerprint(config, "ce") == before["ce"]
-    changed = {k for k, v in cell_fingerprint(config, "precision").items() if before["precision"][k] != v}
+    assert cell_fingerprint(config, "ce", 0) == before["ce"]
+    changed = {k for k, v in cell_fingerprint(config, "precision", 0).items() if before["precision"][k] != v}
     assert changed == {"stage1 recipe contents"}
+
+
+def test_a_cell_depends_on_its_own_seed_and_only_on_the_fields_it_uses(tmp_path):
+    # built-in: every cell's problems come from the first seed, recorded as data_seed; the cell's seed is its own
+    assert cell_fingerprint(tiny(seed=0), "ce", 1)["seed"] == 1
+    assert cell_fingerprint(tiny(seed=0), "ce", 1)["data_seed"] == 0
+    assert cell_fingerprint(tiny(seed=1), "ce", 1)["data_seed"] == 1
+    # fields the built-in cell does not read change nothing: the Slurm GPU count, the real-scale arguments
+    assert cell_fingerprint(tiny(slurm_gpus_per_cell=4), "ce", 0) == cell_fingerprint(tiny(), "ce", 0)
+    assert cell_fingerprint(tiny(rl_args="--max_steps 3"), "ce", 0) == cell_fingerprint(tiny(), "ce", 0)
+    # real scale: a cell depends on its own seed, not the study's first one; built-in fields do not count
+    assert cell_fingerprint(real_scale(seed=0), "ce", 1) == cell_fingerprint(real_scale(seed=1), "ce", 1)
+    assert cell_fingerprint(real_scale(num_threads=4, sft_steps=9), "ce", 1) == cell_fingerprint(real_scale(), "ce", 1)
+    assert cell_fingerprint(real_scale(rl_args="--max_steps 3"), "ce", 1) != cell_fingerprint(real_scale(), "ce", 1)
+
+
+def test_the_world_size_a_cell_trains_at_is_part_of_it(tmp_path):
+    zero2 = str(ROOT / "accelerate_configs" / "zero2.yaml")
+    local = cell_fingerprint(real_scale(accelerate_config=zero2), "ce", 0)
+    slurm = real_scale(accelerate_config=zero2, launcher="slurm", dry_run=True)
+    assert local["world_size"] == yaml.safe_load(Path(zero2).read_text())["num_processes"]
+    assert cell_fingerprint(slurm, "ce", 0)["world_size"] == 8 != local["world_size"]
+    assert "world_size: " in "; ".join(fingerprint_changes(local, cell_fingerprint(slurm, "ce", 0)))
+    assert cell_fingerprint(tiny(), "ce", 0)["world_size"] == 1
+
+
+def test_real_scale_data_and_model_count_by_their_contents(tmp_path):
+    data = tmp_path / "test.jsonl"
+    data.write_text('{"prompt": "1+1=", "answer": "2"}\n')
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"hidden_size": 8}')
+    (model / "model.safetensors").write_bytes(b"\0" * 300_000)
+    config = real_scale(eval_dataset=str(data), model_name_or_path=str(model))
+    before = cell_fingerprint(config, "ce", 0)
+    assert before["eval_rl dataset_name"] == before["eval_stage1 dataset_name"]
+    data.write_text('{"prompt": "1+1=", "answer": "3"}\n')
+    (model / "config.json").write_text('{"hidden_size": 16}')
+    after = cell_fingerprint(config, "ce", 0)
+    assert {k for k in before if before[k] != after[k]} == {
+        "eval_stage1 dataset_name", "eval_rl dataset_name", "model revision",
+    }  # fmt: skip
+    # a hub name counts by the revision of the local hub cache when it has one
+    assert cell_fingerprint(real_scale(), "ce", 0)["model revision"].startswith("Qwen/Qwen3-0.6B-Base")
+
+
+def test_an_edit_of_the_package_or_a_library_upgrade_is_refused_naming_it(tmp_path, monkeypatch):
+    import shutil
+
+    from trl_shaped.study import cells
+
+    out = tmp_path / "study"
+    cell = cell_dir(out, "ce", 0)
+    cell.mkdir(parents=True)
+    (cell / "fingerprint.json").write_text(json.dumps(cell_fingerprint(tiny(output_dir=str(out)), "ce", 0)))
+    (cell / RESULT).write_text(json.dumps({"preset": "ce", "seed": 0}))
+    assert runner.prepare_cells(tiny(output_dir=str(out)), out)[1] == []  # done, same settings
+    # a library upgrade
+    versions = cells.dependency_versions()
+    monkeypatch.setattr(cells, "dependency_versions", lambda: versions | {"trl": "99.0"})
+    with pytest.raises(StaleCells, match=r"versions trl: '[^']+' -> '99.0'"):
+        runner.prepare_cells(tiny(output_dir=str(out)), out)
+    monkeypatch.undo()
+    # an edit of the package, run as a user would: a copy of it with a line appended to loss.py
+    copy = tmp_path / "copy"
+    shutil.copytree(ROOT / "trl_shaped", copy / "trl_shaped", ignore=shutil.ignore_patterns("__pycache__"))
+    with open(copy / "trl_shaped" / "loss.py", "a") as stream:
+        stream.write("\n# an edit\n")
+    argv = [sys.executable, "-m", "trl_shaped", "study", "--presets", "ce", "--num_seeds", "1", "--num_train_problems",
+            "40", "--num_test_problems", "6", "--sft_steps", "4", "--grpo_steps", "1", "--eval_num_samples", "2",
+            "--num_generations", "2", "--grpo_prompts_per_step", "2", "--tokenizer", "char", "--shaping_top_k", "4",
+            "--output_dir", str(out)]  # as tiny()  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(copy)}
+    done = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True)  # the copy is imported
+    assert done.returncode == 2, done.stdout + done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert "trl_shaped source: trl_shaped/loss.py changed" in line and "--overwrite true" in line
 
 
 def test_a_lock_held_by_a_killed_process_blocks_nobody(tmp_path):
@@ -257,7 +350,7 @@ def test_a_second_caller_waits_for_the_running_cell_and_reads_its_result(tmp_pat
     out = tmp_path / "study"
     config = tiny(output_dir=str(out))
     cell = cell_dir(out, "ce", 0)
-    (tmp_path / "fingerprint.json").write_text(json.dumps(cell_fingerprint(config, "ce")))
+    (tmp_path / "fingerprint.json").write_text(json.dumps(cell_fingerprint(config, "ce", 0)))
     (tmp_path / "result.json").write_text(json.dumps({"preset": "ce", "seed": 0, "by": "the other process"}))
     # another process runs the cell: it holds the lock until told to finish, then writes the cell's files and exits
     holder = subprocess.Popen(
@@ -309,8 +402,13 @@ def test_the_built_in_tokenizer_refuses_other_settings(tmp_path):
     tokenizer = shared_tokenizer(config, data, tmp_path / "tokenizer")
     assert json.loads((tmp_path / "tokenizer" / "fingerprint.json").read_text()) == tokenizer_fingerprint(config)
     assert shared_tokenizer(config, data, tmp_path / "tokenizer").get_vocab() == tokenizer.get_vocab()
-    with pytest.raises(RuntimeError, match="built with other settings.*num_train_problems: 40 -> 50"):
-        shared_tokenizer(tiny(num_train_problems=50), data, tmp_path / "tokenizer")
+    with pytest.raises(RuntimeError, match="built with other settings.*corpus sha256: "):
+        shared_tokenizer(tiny(num_train_problems=50, tokenizer="bpe"), task_data(tiny(num_train_problems=50)),
+                         tmp_path / "tokenizer")  # fmt: skip
+    # the text it is trained on: more test problems change the stage-1 text (one generator draws all problems)
+    bpe = tiny(tokenizer="bpe")
+    assert tokenizer_fingerprint(bpe) != tokenizer_fingerprint(tiny(tokenizer="bpe", num_test_problems=7))
+    assert tokenizer_fingerprint(bpe) == tokenizer_fingerprint(tiny(tokenizer="bpe", sft_steps=9))
 
 
 TINY_ARGS = ["--presets", "ce", "--num_seeds", "1", "--num_train_problems", "24", "--num_test_problems", "4",
