@@ -568,3 +568,90 @@ def test_a_real_scale_cell_runs_through_the_recipes(tmp_path, monkeypatch):
     mtime = (cell / "result.json").stat().st_mtime_ns
     run_study(config)
     assert (cell / "result.json").stat().st_mtime_ns == mtime
+
+
+def _pids_running(*words: str) -> list[int]:
+    """The processes whose command line holds every one of `words`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError):
+            continue
+        if entry.name.isdigit() and all(word in cmdline for word in words):
+            found.append(int(entry.name))
+    return found
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state == "Z"  # a zombie has ended (its parent has not collected it yet)
+
+
+def test_a_child_dies_with_its_killed_parent(tmp_path):
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from trl_shaped.study.children import start_child, wait_child; "
+         "child = start_child([sys.executable, '-c', 'import time; time.sleep(600)']); print(child.pid, flush=True); "
+         "wait_child(child)"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    child = int(parent.stdout.readline())
+    assert not _gone(child)
+    parent.kill()  # SIGKILL: no handler runs in the parent; the kernel signals the child
+    parent.wait()
+    while not _gone(child):
+        time.sleep(0.05)
+
+
+@pytest.mark.slow  # two studies start torch
+def test_a_study_stopped_with_sigterm_leaves_no_worker_and_a_rerun_completes(tmp_path):
+    out = tmp_path / "study"
+    argv = [sys.executable, "-m", "trl_shaped", "study", *TINY_ARGS[:-2], "--checkpoints_per_stage", "4",
+            "--output_dir", str(out)]  # fmt: skip
+    argv[argv.index("--sft_steps") + 1] = "60"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cell = out / "cells" / "ce" / "seed0"
+    study = subprocess.Popen(
+        argv, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        while not ((cell / "attempts.log").is_file() and _pids_running("trl_shaped.study.builtin_cell", str(cell))):
+            assert study.poll() is None, "the study ended before the signal"
+            time.sleep(0.05)
+        (worker,) = _pids_running("trl_shaped.study.builtin_cell", str(cell))
+        study.send_signal(signal.SIGTERM)  # to the study process only, not its group
+        assert study.wait() == -signal.SIGTERM
+    finally:
+        if study.poll() is None:
+            os.killpg(study.pid, signal.SIGKILL)
+    while not _gone(worker):  # the worker ends with the study
+        time.sleep(0.05)
+    assert not (cell / RESULT).exists()  # it did not go on writing the cell
+    done = subprocess.run(argv, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert [line.split(" ")[0] for line in _attempts(cell)] == ["stage1", "stage1", "rl"]
+
+
+@pytest.mark.slow  # the printed command starts torch
+def test_a_cell_computed_by_its_printed_dry_run_command_is_accepted(tmp_path, capsys):
+    import shlex
+
+    from trl_shaped.study.runner import run_study
+
+    out = tmp_path / "study"
+    config = tiny(output_dir=str(out), hidden_size=16, num_layers=1, dry_run=True)
+    run_study(config)
+    commands = [line for line in capsys.readouterr().out.splitlines() if line and not line.startswith("#")]
+    (command,) = commands
+    words = shlex.split(command)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)} | dict(w.split("=", 1) for w in words if "=" in w.split(" ")[0])
+    done = subprocess.run([w for w in words if "=" not in w or w.startswith("-")], env=env, cwd=os.getcwd(),
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    config.dry_run = False
+    cells, todo = runner.prepare_cells(config, out)
+    assert cells == [("ce", 0)] and todo == []  # taken as done
+    assert runner.finished_cells(config, out)[1] == []  # and by --report_only
