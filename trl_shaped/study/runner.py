@@ -59,7 +59,7 @@ from .cells import (
     write_json_atomic,
 )
 from .children import end_children_on_signals
-from .claims import judge_claims, metric_values, summarize
+from .claims import judge_claims, metric_values, paper_k, summarize
 from .commands import BUILTIN_CELL_MODULE, builtin_cell_command, cell_command, cell_env, launcher, stage_commands
 from .config import StudyConfig
 from .launchers import run_jobs, run_local
@@ -196,6 +196,9 @@ def build_results(
             for c in cells
         ],
         "missing_cells": missing or [],
+        # the seeds that entered the numbers: every cell's, and the k of the Pass@k compared (k = n/2 of each cell's n)
+        "seeds_finished": {p: sorted(c["seed"] for c in cells if c["preset"] == p) for p in config.preset_names()},
+        "pass_at_k_compared": sorted({"Pass@{} of {}".format(*paper_k(c["eval_rl"])) for c in cells}),
     }
 
 
