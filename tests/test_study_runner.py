@@ -655,3 +655,52 @@ def test_a_cell_computed_by_its_printed_dry_run_command_is_accepted(tmp_path, ca
     cells, todo = runner.prepare_cells(config, out)
     assert cells == [("ce", 0)] and todo == []  # taken as done
     assert runner.finished_cells(config, out)[1] == []  # and by --report_only
+
+
+def test_where_flock_is_missing_the_cell_lock_falls_back_and_still_excludes(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+    import tomllib
+    import warnings
+
+    from filelock import Timeout
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    # the floor in pyproject.toml is a filelock that falls back (3.24: earlier ones raise NotImplementedError)
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    (floor,) = [Requirement(d).specifier for d in dependencies if Requirement(d).name == "filelock"]
+    assert floor.contains(Version("3.24")) and not floor.contains(Version("3.23.9"))
+    real_flock = fcntl.flock
+
+    def no_flock(fd, operation):  # a filesystem without flock(2): NFS without locking, some FUSE mounts
+        if operation & fcntl.LOCK_EX:
+            raise OSError(errno.ENOSYS, "Function not implemented")
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    cell = tmp_path / "cells" / "ce" / "seed0"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # filelock says it falls back
+        lock = cell_lock(cell)
+        lock.acquire(timeout=0)
+        with pytest.raises(Timeout):
+            cell_lock(cell).acquire(timeout=0)  # a second holder is still kept out
+        lock.release()
+        cell_lock(cell).acquire(timeout=0)
+
+
+def test_two_studies_moving_one_damaged_file_aside_do_not_crash(tmp_path, monkeypatch, capsys):
+    from trl_shaped.study import cells
+
+    record = tmp_path / "stage1.json"
+    record.write_text('{"cut')
+    real_replace = os.replace
+
+    def other_study_first(source, target):  # the other study moves it aside between this one's read and move
+        real_replace(source, target)
+        real_replace(source, target)  # this study's own move finds the file gone
+
+    monkeypatch.setattr(cells.os, "replace", other_study_first)
+    assert cells.read_record(record) is None  # recomputed, no crash
+    assert (tmp_path / "stage1.json.damaged").read_text() == '{"cut'
