@@ -145,7 +145,7 @@ def fake_cells(monkeypatch):
     """The built-in cell worker replaced by one that records its start in the cell's attempts.log and writes a result
     holding the settings it read: the runner's decisions without training."""
 
-    def fake_run(argv, log, env):
+    def fake_run(argv, log, env, hand_over=None):
         assert argv[1:3] == ["-m", BUILTIN_CELL_MODULE]
         config_path, preset, seed, cell = argv[3:]
         config = json.loads(Path(config_path).read_text())

@@ -53,6 +53,7 @@ from .cells import (
     tokenizer_fingerprint,
     write_json_atomic,
 )
+from .children import tell_parent_ready
 from .config import StudyConfig, stage1_arguments
 
 # Trainer arguments recorded with each stage (read back from the configs actually used).
@@ -428,9 +429,10 @@ def main(argv: list[str] | None = None) -> None:
     cell the study accepts; a cell of other settings ends it with exit status 2 and one line."""
     config_path, preset, seed, cell = argv if argv is not None else sys.argv[1:]
     config = StudyConfig(**json.loads(Path(config_path).read_text()))
+    tell_parent_ready()  # the runner held the cell's lock while this process started: it is this one's to take now
     try:
-        with owned_cell(config, preset, int(seed), Path(cell), tag="cell") as result:
-            if result is None:
+        with owned_cell(config, preset, int(seed), Path(cell), tag="cell") as owned:
+            if owned.result is None:
                 run_cell(config, preset, int(seed), Path(cell))
     except StaleCells as error:
         print(f"error: {error}", file=sys.stderr, flush=True)

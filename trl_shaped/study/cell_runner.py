@@ -42,12 +42,16 @@ class StaleWorker(StaleCells):
     """A cell's worker refused it: computed with other settings (the message is the worker's line)."""
 
 
-def _run(argv: list[str], log: Path, env: dict) -> None:
-    """Run `argv` to its end as a child that dies with this process, its output appended to `log`."""
+def _run(argv: list[str], log: Path, env: dict, hand_over=None) -> None:
+    """Run `argv` to its end as a child that dies with this process, its output appended to `log`. `hand_over`: the
+    cell's lock, held until the child (a cell worker) is about to take it itself, then let go."""
     with open(log, "a") as stream:
         stream.write(f"\n$ {shlex.join(argv)}\n")
         stream.flush()
-        status = wait_child(start_child(argv, stdout=stream, stderr=stream, env=env))
+        process = start_child(argv, ready=hand_over is not None, stdout=stream, stderr=stream, env=env)
+        if hand_over is not None:
+            hand_over.release()
+        status = wait_child(process)
     if status == STALE_EXIT_STATUS and BUILTIN_CELL_MODULE in argv:
         lines = [line for line in Path(log).read_text().splitlines() if line.strip()]
         raise StaleWorker(lines[-1].split("error: ", 1)[-1] if lines else f"the cell was refused; see {log}")
@@ -109,20 +113,21 @@ def run_cell(config: StudyConfig, preset: str, seed: int, out: Path) -> dict:
     """
     cell = cell_dir(out, preset, seed)
     if config.builtin:
-        with owned_cell(config, preset, seed, cell) as result:  # checked (and cleared) before the worker starts
-            if result is not None:
-                return result
+        with owned_cell(config, preset, seed, cell) as owned:  # checked (and cleared) before the worker starts
+            if owned.result is not None:
+                return owned.result
             # this process's settings, not the study directory's shared copy (another process may rewrite it)
             write_json_atomic(cell / "study_config.json", asdict(config))
-        # the worker takes the lock itself and writes the cell
-        _run(builtin_cell_command(cell / "study_config.json", preset, seed, cell), cell / "log.txt", cell_env(config))
+            # the worker writes the cell and holds its lock: this process holds it until the worker takes it over
+            argv = builtin_cell_command(cell / "study_config.json", preset, seed, cell)
+            _run(argv, cell / "log.txt", cell_env(config), hand_over=owned.lock)
         result = read_json(cell / RESULT)
         if result is None:
             raise RuntimeError(f"the cell ended without writing {cell / RESULT}; see {cell / 'log.txt'}")
         return result
-    with owned_cell(config, preset, seed, cell) as result:
-        if result is not None:
-            return result
+    with owned_cell(config, preset, seed, cell) as owned:
+        if owned.result is not None:
+            return owned.result
         records = {
             stage: run_stage(config, stage, argv, cell) for stage, argv in stage_commands(config, preset, seed, cell)
         }

@@ -24,6 +24,7 @@ runner.
 """
 
 import contextlib
+import dataclasses
 import hashlib
 import importlib.metadata
 import json
@@ -390,12 +391,21 @@ def stale_cells(config, out: Path, cells: list[tuple[str, int]]) -> list[tuple[s
     return stale
 
 
+@dataclasses.dataclass
+class OwnedCell:
+    """What `owned_cell` yields: the cell's result when it has finished, else None; and its held lock."""
+
+    result: dict | None
+    lock: FileLock
+
+
 @contextlib.contextmanager
 def owned_cell(config, preset: str, seed: int, cell: Path, tag: str = "study"):
     """Own the cell folder `cell` for the duration: hold its lock (waiting, with a line, while another process holds
     it), then check what it was computed with. A cell of other settings raises `StaleCells` (one line), or with
-    `config.overwrite` is cleared; the cell's fingerprint is recorded. Yields the cell's result when it has finished
-    (a damaged one is moved aside: `read_record`), else None: the caller computes it, holding the lock."""
+    `config.overwrite` is cleared; the cell's fingerprint is recorded. Yields an `OwnedCell`: the cell's result when it
+    has finished (a damaged one is moved aside: `read_record`), else None (the caller computes it, holding the lock,
+    or hands the lock to the worker that does: `children.start_child(..., ready=True)`)."""
     cell, name = Path(cell), f"{preset} seed {seed}"
     lock = cell_lock(cell)
     acquire_cell(lock, name, tag)
@@ -410,6 +420,7 @@ def owned_cell(config, preset: str, seed: int, cell: Path, tag: str = "study"):
             clear_folder(cell)
         if recorded_fingerprint(cell) is None:
             write_json_atomic(cell / FINGERPRINT, fingerprint)
-        yield read_record(cell / RESULT, tag)
+        yield OwnedCell(read_record(cell / RESULT, tag), lock)
     finally:
-        lock.release()
+        if lock.is_locked:  # (not when handed to a worker)
+            lock.release()

@@ -9,15 +9,21 @@
 
 So a stopped study leaves nothing that writes into its cells, and its cells' locks (held by the workers) are free for
 the next run. Elsewhere than Linux only the handlers apply.
+
+Handing a lock to a child (`start_child(..., ready=True)`, `tell_parent_ready`): the parent holds a cell's lock while
+its worker starts (imports take seconds) and lets it go only when the worker says it is about to take the lock itself
+(a byte on a pipe named by `READY_FD_ENV`), so no other process takes the cell in between.
 """
 
 import ctypes
+import os
 import signal
 import subprocess
 import sys
 import threading
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+READY_FD_ENV = "TRL_SHAPED_READY_FD"  # the pipe on which a worker tells its parent it is about to take the lock
 _live: set[subprocess.Popen] = set()
 _live_lock = threading.Lock()
 
@@ -40,14 +46,39 @@ def _die_with_parent() -> None:
     _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
-def start_child(argv: list[str], **popen_kwargs) -> subprocess.Popen:
+def start_child(argv: list[str], ready: bool = False, **popen_kwargs) -> subprocess.Popen:
     """`subprocess.Popen(argv, **popen_kwargs)` for a process that ends with this one (see the module docstring);
-    it counts as live, for the signal handlers, until `wait_child` returns."""
+    it counts as live, for the signal handlers, until `wait_child` returns. With `ready`, this returns once the child
+    has called `tell_parent_ready` (or has ended)."""
     preexec = _die_with_parent if _LIBC is not None else None
-    with _live_lock:  # a signal handler sees every started child
-        process = subprocess.Popen(argv, preexec_fn=preexec, **popen_kwargs)  # preexec: one system call
-        _live.add(process)
+    read_end = write_end = None
+    if ready:
+        read_end, write_end = os.pipe()
+        env = dict(popen_kwargs.pop("env", None) or os.environ)
+        popen_kwargs |= {"env": env | {READY_FD_ENV: str(write_end)}, "pass_fds": (write_end,)}
+    try:
+        with _live_lock:  # a signal handler sees every started child
+            process = subprocess.Popen(argv, preexec_fn=preexec, **popen_kwargs)  # preexec: one system call
+            _live.add(process)
+    finally:
+        if write_end is not None:
+            os.close(write_end)  # the child's copy stays: EOF comes when it says so or ends
+    if read_end is not None:
+        os.read(read_end, 1)
+        os.close(read_end)
     return process
+
+
+def tell_parent_ready() -> None:
+    """In a child started with `ready`: tell the parent it may let go of the lock this process takes next (nothing
+    when started otherwise, e.g. by hand)."""
+    fd = os.environ.pop(READY_FD_ENV, None)
+    if fd is not None:
+        try:
+            os.write(int(fd), b"1")
+            os.close(int(fd))
+        except OSError:
+            pass
 
 
 def wait_child(process: subprocess.Popen) -> int:
