@@ -704,3 +704,30 @@ def test_two_studies_moving_one_damaged_file_aside_do_not_crash(tmp_path, monkey
     monkeypatch.setattr(cells.os, "replace", other_study_first)
     assert cells.read_record(record) is None  # recomputed, no crash
     assert (tmp_path / "stage1.json.damaged").read_text() == '{"cut'
+
+
+def test_a_real_scale_cell_run_by_its_dry_run_command_is_accepted(tmp_path, monkeypatch, capsys):
+    import shlex
+
+    from trl_shaped.study.runner import run_study
+
+    out = tmp_path / "study"
+    config = real_scale(presets="ce", num_seeds=1, output_dir=str(out), dry_run=True)
+    run_study(config)
+    (command,) = [line for line in capsys.readouterr().out.splitlines() if "trl_shaped.study.cell_runner" in line]
+    words = shlex.split(command)
+    argv = words[words.index("trl_shaped.study.cell_runner") + 1 :]
+    stages = []
+
+    def fake_run(argv, log, env, hand_over=None):  # each stage as it would end: an evaluation writes its eval.json
+        stages.append(argv[3])
+        if argv[3] == "eval":
+            folder = Path(argv[argv.index("--output_dir") + 1])
+            folder.mkdir(parents=True)
+            (folder / "eval.json").write_text(json.dumps({"avg_at_n": 0.5, "pass_at_k": {"1": 0.5}}))
+
+    monkeypatch.setattr(cell_runner, "_run", fake_run)
+    cell_runner.main(argv)  # what the printed command runs
+    assert stages == ["sft", "eval", "grpo", "eval"]
+    config.dry_run = False
+    assert runner.prepare_cells(config, out) == ([("ce", 0)], [])  # taken as done
