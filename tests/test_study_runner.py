@@ -731,3 +731,18 @@ def test_a_real_scale_cell_run_by_its_dry_run_command_is_accepted(tmp_path, monk
     assert stages == ["sft", "eval", "grpo", "eval"]
     config.dry_run = False
     assert runner.prepare_cells(config, out) == ([("ce", 0)], [])  # taken as done
+
+
+def test_every_study_field_says_which_cells_read_it():
+    import dataclasses
+
+    from trl_shaped.study import config as study_config
+
+    named = (
+        study_config.STUDY_LEVEL_FIELDS
+        + study_config.REAL_SCALE_FIELDS
+        + study_config.BUILTIN_FIELDS
+        + study_config.BY_CONTENTS_FIELDS
+        + study_config.CELL_OWN_FIELDS
+    )
+    assert sorted(named) == sorted(f.name for f in dataclasses.fields(StudyConfig))  # each once, none forgotten

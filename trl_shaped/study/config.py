@@ -56,8 +56,8 @@ BUILTIN_PROFILES = {
     },
 }
 # The StudyConfig fields that do not change any cell: how many cells, where they go, how they are run and reported.
-# Every other field is part of a cell's fingerprint (trl_shaped/study/cells.py), so a new field counts as changing
-# the cells unless it is named here.
+# Every other field is part of a cell's fingerprint (trl_shaped/study/cells.py) unless only the other backend reads it
+# (REAL_SCALE_FIELDS, BUILTIN_FIELDS below), so a new field counts as changing the cells unless it is named here.
 LAUNCH_FIELDS = (
     "launcher",
     "slurm_partition",
