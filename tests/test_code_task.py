@@ -101,11 +101,11 @@ def test_every_reference_passes_its_hidden_tests_in_the_sandbox_and_a_wrong_one_
 
 def test_task_settings_change_the_cells_fingerprint_and_bad_values_are_refused(tmp_path):
     base = StudyConfig(task="code", output_dir=str(tmp_path))
-    fingerprint = cell_fingerprint(base, "ce")
+    fingerprint = cell_fingerprint(base, "ce", 0)
     assert fingerprint["task"] == "code" and fingerprint["task.judge"] == "code" and fingerprint["task.max_ops"] == 3
-    other = cell_fingerprint(StudyConfig(task="code", task_args='{"direct_prob": 0.4}', output_dir=str(tmp_path)), "ce")
+    other = cell_fingerprint(StudyConfig(task="code", task_args='{"direct_prob": 0.4}', output_dir=str(tmp_path)), "ce", 0)
     assert {k for k in fingerprint if fingerprint[k] != other[k]} == {"task.direct_prob", "task_args"}
-    assert cell_fingerprint(StudyConfig(output_dir=str(tmp_path)), "ce")["task"] == "arithmetic"
+    assert cell_fingerprint(StudyConfig(output_dir=str(tmp_path)), "ce", 0)["task"] == "arithmetic"
     for settings, name in (({"max_ops": 5}, "max_ops"), ({"direct_prob": 1.5}, "direct_prob"), ({"depth": 2}, "depth")):
         with pytest.raises(ValueError, match=name):
             get_task("code", **settings)

@@ -174,7 +174,7 @@ def test_bad_settings_are_refused_before_any_data():
 
 def test_task_settings_change_the_cell_fingerprint():
     def fingerprint(**fields):
-        return cell_fingerprint(StudyConfig(quick=True, output_dir="unused", **fields), "ce")
+        return cell_fingerprint(StudyConfig(quick=True, output_dir="unused", **fields), "ce", 0)
 
     default = fingerprint(task="reasoning_gym")
     assert default == fingerprint(task=f"reasoning_gym:{DEFAULT_DATASET}")

@@ -17,6 +17,7 @@ from trl_shaped.study.claims import (
     cell_metrics,
     judge_claims,
     metric_values,
+    paper_k,
     resolving_power,
     seeds_for_verdict,
     start_end,
@@ -309,7 +310,7 @@ def test_dft_appears_in_the_tables_but_not_in_the_papers_claims(tmp_path):
     assert "dft" in saved["stage1_vs_ce"]
     text = render_markdown(results, figures)
     assert "| stage-1 held-out entropy (nats/token) | dft |" in text
-    assert "6 presets (ce, precision, diversity, tail_penalty, head_reward, dft) x 4 seeds" in text
+    assert "6 presets (ce, precision, diversity, tail_penalty, head_reward, dft), 4 seeds finished of 4 asked" in text
     assert "dft (TRL's DFT loss: cross-entropy weighted by the detached target probability) is not one of" in text
 
 
@@ -346,3 +347,75 @@ def test_the_rl_gain_is_each_cells_own_after_minus_before():
     mean, sd = statistics.mean(gains.values()), statistics.stdev(gains.values())
     half = stats.t.ppf(0.975, 2) * sd / math.sqrt(3)  # the paired interval, computed independently
     assert interval.low == pytest.approx(mean - half) and interval.high == pytest.approx(mean + half)
+
+
+ENV = {
+    "python": "3", "torch": "t", "transformers": "x", "trl": "y", "blas": [], "cell_threads": 1, "thread_env": {},
+    "platform": "p", "cpu_count": 2, "cuda": False, "load_average_before": None, "load_average_after": [1.0, 0, 0],
+}  # fmt: skip
+
+
+def _report(cells, tmp_path, **config):
+    config = StudyConfig(**{"presets": "all", "num_seeds": len(SEEDS)} | config)
+    results = build_results(config, cells, 1.0, ENV)
+    return results, render_markdown(results, write_figures(tmp_path, cells))
+
+
+def test_claims_and_report_of_a_half_finished_study_say_why_a_claim_cannot_be_judged(tmp_path):
+    # ce finished seed 0 only, the others seed 1 only (Slurm cells finish in any order): no pair anywhere
+    cells = [c for c in paper_like() if (c["preset"] == "ce") == (c["seed"] == 0) and c["seed"] < 2]
+    results, text = _report(cells, tmp_path)
+    claims = {c["id"]: c for c in results["claims"]}
+    assert claims["entropy_order"]["verdict"] == NOT_TESTED
+    assert claims["entropy_order"]["evidence"].startswith("needs ce and precision and diversity at a common seed")
+    assert "ce [0]" in claims["entropy_order"]["evidence"] and "precision [1]" in claims["entropy_order"]["evidence"]
+    assert claims["precision_best_pass_at_k"]["verdict"] == NOT_TESTED
+    assert "at a common seed" in claims["tail_penalty_tail_mass"]["evidence"]
+    assert "## Verdicts" in text and "1 seeds finished of 4 asked (ce: 0; precision: 1;" in text
+
+
+def test_claims_without_held_out_diagnostics_say_they_need_them(tmp_path):
+    cells = paper_like()
+    for cell in cells:
+        cell["eval_stage1"]["diagnostics"] = None  # an evaluation dataset without a completion column
+    results, text = _report(cells, tmp_path)
+    claims = {c["id"]: c for c in results["claims"]}
+    for cid in ("entropy_order", "tail_penalty_tail_mass", "head_reward_topk_entropy"):
+        assert claims[cid]["verdict"] == NOT_TESTED and claims[cid]["evidence"].startswith("needs held-out diagnostics")
+    assert claims["precision_best_pass_at_k"]["verdict"] == SUPPORTED  # the claims that need none are judged
+    assert "needs held-out diagnostics" in text
+
+
+def test_pass_at_k_is_taken_at_half_the_evaluations_own_n():
+    evaluation = {"num_samples": 128, "avg_at_n": 0.1, "pass_at_k": {str(k): k / 128 for k in (1, 2, 4, 8, 16, 32, 64)}}
+    assert paper_k(evaluation) == (64, 128)  # eval_paper.yaml: n = 128, k logged up to 64
+    assert paper_k({"num_samples": 8, "pass_at_k": {"1": 0, "2": 0, "8": 0}}) == (2, 8)  # 4 not logged: the one below
+    cell = make_cell("ce", 0, entropy=1.0, nll=1.0)
+    cell["eval_rl"] = evaluation
+    assert cell_metrics(cell)["rl_pass_at_k"] == 64 / 128
+    results = build_results(StudyConfig(presets="ce", num_seeds=1), [cell], 1.0, ENV)
+    assert results["pass_at_k_compared"] == ["Pass@64 of 128"]
+
+
+def test_a_zero_spread_difference_from_fewer_than_3_seeds_is_no_verdict():
+    two = [c for c in paper_like(noise=0.0) if c["seed"] < 2]  # the seeds agree exactly: zero spread
+    found = verdicts(two)
+    assert found.pop("rl_high_entropy_length_shortens") == SUPPORTED  # its two seeds differ: an interval, a verdict
+    assert set(found.values()) == {NOT_RESOLVED}
+    assert set(verdicts([c for c in paper_like(noise=0.0) if c["seed"] < 3]).values()) == {SUPPORTED}
+    assert t_interval([0.1, 0.1]).sign() == 0 and not t_interval([0.0, 0.0]).within(0.5)
+    assert t_interval([0.1, 0.1, 0.1]).sign() == 1  # three agreeing seeds are a (point) verdict
+    claim = next(c for c in judge_claims(metric_values(two)) if c["id"] == "tail_penalty_tail_mass")
+    assert "no spread to project from" in claim["resolution"]["open_by"][0]["note"]
+
+
+def test_the_report_states_the_seeds_behind_each_number(tmp_path):
+    cells = [c for c in paper_like() if not (c["preset"] == "precision" and c["seed"] == 3)]
+    results, text = _report(cells, tmp_path)
+    assert results["seeds_finished"]["precision"] == [0, 1, 2] and results["seeds_finished"]["ce"] == [0, 1, 2, 3]
+    assert "seeds finished of 4 asked (ce: 0, 1, 2, 3; precision: 0, 1, 2;" in text
+    row = next(
+        line for line in text.splitlines() if line.startswith("| stage-1 held-out entropy (nats/token) | precision")
+    )
+    assert row.split(" | ")[3] == "0, 1, 2" and row.split(" | ")[5].rstrip(" |") == "0, 1, 2"
+    assert "3 seeds per preset (the fewest any preset finished)" in text

@@ -17,7 +17,7 @@ from test_study_claims import make_cell
 
 from trl_shaped.checkpoints import last_complete_checkpoint
 from trl_shaped.study import launchers
-from trl_shaped.study.cells import FINGERPRINT, cell_fingerprint
+from trl_shaped.study.cells import FINGERPRINT, StaleCells, cell_fingerprint
 from trl_shaped.study.config import LAUNCH_FIELDS, StudyConfig
 from trl_shaped.study.figures import write_figures
 from trl_shaped.study.launchers import CellJob, slurm_parameters
@@ -109,7 +109,7 @@ def test_a_cell_job_requeues_the_same_call():
         (dict(launcher="pbs"), "launcher must be one of"),
         (dict(slurm_additional_parameters="qos=high"), "slurm_additional_parameters must be a JSON object"),
         (dict(slurm_additional_parameters="[1]"), "slurm_additional_parameters must be a JSON object"),
-        (dict(slurm_gpus_per_cell=0), "slurm_gpus_per_cell must be an integer >= 1"),
+        (dict(slurm_gpus_per_cell=-1), "slurm_gpus_per_cell must be an integer >= 0"),
         (dict(slurm_time_limit=1.5), "slurm_time_limit must be an integer >= 1"),
         (dict(report_to=["tensorbored"]), "report_to must name trackers"),
         (dict(report_only=True, dry_run=True), "report_only and dry_run exclude each other"),
@@ -159,37 +159,107 @@ class FakeSlurmJob:
         return False
 
 
-def test_a_rerun_waits_for_the_slurm_jobs_still_running_instead_of_submitting_twice(tmp_path, monkeypatch):
-    out = tmp_path / "study"
-    config = StudyConfig(presets="ce", num_seeds=2, output_dir=str(out), launcher="slurm", dry_run=True)
+def _slurm_commands(tmp_path, monkeypatch, states: dict[str, str]) -> Path:
+    """`sacct` answering `states` (job id -> state; "fail": sacct fails) and `scancel` recording its job ids, on the
+    PATH: what submitit's own SlurmJob reads and calls."""
+    from submitit import SlurmJob
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    table = "\\n".join(f"{job}|{state}|node1" for job, state in states.items() if state != "fail")
+    fails = " ".join(job for job, state in states.items() if state == "fail")
+    (bin_dir / "sacct").write_text(
+        f'#!/bin/sh\nfor id in {fails or "none"}; do case "$*" in *"-j $id"*) exit 1;; esac; done\n'
+        f"printf 'JobID|State|NodeList\\n{table}\\n'\n"
+    )
+    (bin_dir / "scancel").write_text(f'#!/bin/sh\necho "$1" >> {tmp_path / "cancelled"}\n')
+    for name in ("sacct", "scancel"):
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    SlurmJob.watcher.clear()  # submitit caches states across jobs
+    return tmp_path / "cancelled"
+
+
+def _slurm_study(out: Path, **kwargs) -> StudyConfig:
+    values = dict(presets="ce", num_seeds=2, output_dir=str(out), launcher="slurm", dry_run=True)
+    config = StudyConfig(**(values | kwargs))
     config.dry_run = False
+    return config
 
-    def finish(seed):
-        cell = out / "cells" / "ce" / f"seed{seed}"
-        return lambda: cell.mkdir(parents=True, exist_ok=True) or (cell / "result.json").write_text("{}")
 
-    states = {"11": "RUNNING", "12": "CANCELLED by 0"}  # seed 0's job still runs; seed 1's was cancelled
-    submitted = []
+def _executor(out: Path, submitted: list):
+    from submitit import SlurmJob
 
-    class Executor:
+    class Executor:  # submitit's SlurmExecutor without sbatch: its job class looks jobs up through sacct
         folder = out / "jobs"
-
-        def job_class(self, folder, job_id):
-            return FakeSlurmJob(folder, job_id, states[job_id], finish(0 if job_id == "11" else 1))
+        job_class = SlurmJob
 
         def update_parameters(self, **params):
             self.params = params
 
         def submit(self, function, config, preset, seed, out_dir):
             submitted.append((preset, seed, self.params["job_name"]))
-            return FakeSlurmJob(self.folder, "13", finish=finish(seed))
+            cell = out / "cells" / preset / f"seed{seed}"
+            return FakeSlurmJob(self.folder, str(20 + seed), finish=lambda: cell.mkdir(parents=True, exist_ok=True)
+                                or (cell / "result.json").write_text("{}"))  # fmt: skip
 
-    monkeypatch.setattr(launchers, "make_executor", lambda config, folder: Executor())
+    return Executor()
+
+
+def test_a_rerun_waits_for_the_slurm_jobs_that_have_not_ended_instead_of_submitting_twice(tmp_path, monkeypatch):
+    out = tmp_path / "study"
+    config = _slurm_study(out)
+    # seed 0's job is pre-empted (Slurm requeues it), seed 1's job: sacct does not answer; both computing these
+    # settings; then a third study's seed 2 was cancelled
+    cancelled = _slurm_commands(tmp_path, monkeypatch, {"11": "PREEMPTED", "12": "fail", "13": "CANCELLED by 0"})
+    submitted = []
+    monkeypatch.setattr(launchers, "make_executor", lambda config, folder: _executor(out, submitted))
     (out / "jobs").mkdir(parents=True)
-    (out / "jobs" / "cells.json").write_text(json.dumps({"ce/seed0": "11", "ce/seed1": "12"}))
-    failures = launchers.run_jobs(config, out, [("ce", 0), ("ce", 1)], poll_seconds=0)
-    assert failures == [] and submitted == [("ce", 1, "study-ce-seed1")]
-    assert json.loads((out / "jobs" / "cells.json").read_text()) == {"ce/seed0": "11", "ce/seed1": "13"}
+    digests = {s: launchers.settings_digest(config, "ce", s) for s in (0, 1, 2)}
+    record = {f"ce/seed{s}": {"job_id": str(11 + s), "settings": digests[s]} for s in (0, 1, 2)}
+    (out / "jobs" / "cells.json").write_text(json.dumps(record))
+    for seed in (0, 1):  # the earlier jobs finish their cells while this study waits
+        (out / "cells" / "ce" / f"seed{seed}").mkdir(parents=True)
+        (out / "cells" / "ce" / f"seed{seed}" / "result.json").write_text("{}")
+    failures = launchers.run_jobs(_slurm_study(out, num_seeds=3), out, [("ce", 0), ("ce", 1), ("ce", 2)], 0)
+    assert failures == [] and submitted == [("ce", 2, "study-ce-seed2")] and not cancelled.exists()
+    assert json.loads((out / "jobs" / "cells.json").read_text())["ce/seed2"] == {"job_id": "22", "settings": digests[2]}
+
+
+def test_a_job_computing_other_settings_stops_the_study_up_front_or_is_cancelled_with_overwrite(tmp_path, monkeypatch):
+    out = tmp_path / "study"
+    cancelled = _slurm_commands(tmp_path, monkeypatch, {"11": "RUNNING", "12": "PENDING"})
+    old = _slurm_study(out, sft_steps=7)
+    record = {
+        f"ce/seed{s}": {"job_id": str(11 + s), "settings": launchers.settings_digest(old, "ce", s)} for s in (0, 1)
+    }
+    (out / "jobs").mkdir(parents=True)
+    (out / "jobs" / "cells.json").write_text(json.dumps(record))
+    submitted = []
+    monkeypatch.setattr(launchers, "make_executor", lambda config, folder: _executor(out, submitted))
+    # other settings: refused before anything is submitted or waited for, naming the jobs
+    with pytest.raises(StaleCells, match=r"ce seed 0, ce seed 1: job 11 \(RUNNING\) computes it with other settings"):
+        launchers.run_jobs(_slurm_study(out), out, [("ce", 0), ("ce", 1)], 0)
+    assert submitted == [] and not cancelled.exists()
+    # an entry of an older version (the id alone: settings unknown) is not taken as computing these settings
+    (out / "jobs" / "cells.json").write_text(json.dumps({"ce/seed0": "11"}))
+    with pytest.raises(StaleCells, match="job 11"):
+        launchers.run_jobs(_slurm_study(out), out, [("ce", 0)], 0)
+    # overwrite: the old jobs are cancelled and the cells submitted again
+    (out / "jobs" / "cells.json").write_text(json.dumps(record))
+    failures = launchers.run_jobs(_slurm_study(out, overwrite=True), out, [("ce", 0), ("ce", 1)], 0)
+    assert failures == [] and cancelled.read_text().split() == ["11", "12"]
+    assert [s for _, s, _ in submitted] == [0, 1]
+
+
+def test_built_in_cells_go_to_cpu_jobs(tmp_path):
+    config = _slurm_study(tmp_path / "study", num_threads=2)
+    assert config.slurm_gpus_per_cell == 0  # the built-in default: single-threaded CPU cells need no GPU
+    params = slurm_parameters(config, "ce", 0)
+    assert "gpus_per_node" not in params and params["cpus_per_task"] == 2
+    assert real_scale().slurm_gpus_per_cell == 8
+    with pytest.raises(ValueError, match="slurm_gpus_per_cell must be an integer >= 1"):
+        real_scale(slurm_gpus_per_cell=0)
 
 
 def test_a_failed_job_is_counted_and_named_with_its_error(tmp_path, capsys):
@@ -225,6 +295,10 @@ def test_dry_run_prints_every_cells_commands_and_runs_nothing(tmp_path, capsys):
     assert len(commands) == 2 * 2 * 4  # presets (ce joins) x seeds x stages
     assert all("--num_processes 2" in line for line in commands)
     assert sum(" -m trl_shaped sft " in line for line in commands) == 4
+    # what to run per cell: the cell runner, which runs these stages, resumes them and records the cell
+    cell_commands = [line for line in text.splitlines() if "-m trl_shaped.study.cell_runner " in line]
+    assert len(cell_commands) == 4 and not any(line.startswith("#") for line in cell_commands)
+    assert all(line.startswith("#") for line in commands)
     assert not (tmp_path / "big" / "cells").exists()
 
 
@@ -241,7 +315,7 @@ def test_report_only_reports_the_finished_cells_and_names_the_missing(tmp_path, 
     for (preset, seed), entropy in finished.items():
         cell = out / "cells" / preset / f"seed{seed}"
         cell.mkdir(parents=True)
-        (cell / FINGERPRINT).write_text(json.dumps(cell_fingerprint(config, preset)))  # this study's settings
+        (cell / FINGERPRINT).write_text(json.dumps(cell_fingerprint(config, preset, seed)))  # this study's settings
         (cell / "result.json").write_text(json.dumps(make_cell(preset, seed, entropy=entropy, nll=1.0)))
     partial = out / "cells" / "precision" / "seed1"
     partial.mkdir(parents=True)
@@ -257,7 +331,7 @@ def test_report_only_reports_the_finished_cells_and_names_the_missing(tmp_path, 
 
     # a finished cell of other settings is left out as missing, never mixed into the numbers
     ce1 = out / "cells" / "ce" / "seed1"
-    (ce1 / FINGERPRINT).write_text(json.dumps(cell_fingerprint(config, "ce") | {"sft_steps": 1}))
+    (ce1 / FINGERPRINT).write_text(json.dumps(cell_fingerprint(config, "ce", 1) | {"sft_steps": 1}))
     run(argv)
     results = json.loads((out / "results.json").read_text())
     assert {(c["preset"], c["seed"]) for c in results["missing_cells"]} == {("ce", 1), ("precision", 1)}

@@ -3,7 +3,9 @@ settings is refused, `overwrite` recomputes only what differs), the per-cell loc
 two processes on one study train each cell once), damaged cell files, and one tiny study end to end that is killed
 mid-cell and resumed (finished cells are not retrained, the interrupted one resumes from its checkpoint)."""
 
+import hashlib
 import importlib
+import importlib.metadata
 import json
 import os
 import signal
@@ -13,10 +15,19 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from trl_shaped.checkpoints import MANIFEST_NAME, last_complete_checkpoint, resolve_resume
-from trl_shaped.study import runner
-from trl_shaped.study.cells import RESULT, StaleCells, cell_dir, cell_fingerprint, cell_lock, tokenizer_fingerprint
+from trl_shaped.study import cell_runner, runner
+from trl_shaped.study.cells import (
+    RESULT,
+    StaleCells,
+    cell_dir,
+    cell_fingerprint,
+    cell_lock,
+    fingerprint_changes,
+    tokenizer_fingerprint,
+)
 from trl_shaped.study.config import STUDY_LEVEL_FIELDS, StudyConfig
 from trl_shaped.study.runner import BUILTIN_CELL_MODULE, launcher, run_cells, run_stage, stage_commands
 from trl_shaped.tasks.arithmetic import ArithmeticTask
@@ -111,7 +122,7 @@ def test_a_stage_resumes_from_the_newest_complete_checkpoint_not_a_newer_incompl
         if len(commands) == 1:
             _checkpoint(cell / "stage1", 6, complete=True)
 
-    monkeypatch.setattr(runner, "_run", fake_run)
+    monkeypatch.setattr(cell_runner, "_run", fake_run)
     record = run_stage(real_scale(), "stage1", ["sft", "--output_dir", str(cell / "stage1")], cell)
     assert commands[0][-2:] == ["--resume_from_checkpoint", str(older)]
     assert resolve_resume(commands[0][-1], cell / "stage1") == str(older)
@@ -136,7 +147,7 @@ def fake_cells(monkeypatch):
     """The built-in cell worker replaced by one that records its start in the cell's attempts.log and writes a result
     holding the settings it read: the runner's decisions without training."""
 
-    def fake_run(argv, log, env):
+    def fake_run(argv, log, env, hand_over=None):
         assert argv[1:3] == ["-m", BUILTIN_CELL_MODULE]
         config_path, preset, seed, cell = argv[3:]
         config = json.loads(Path(config_path).read_text())
@@ -145,7 +156,7 @@ def fake_cells(monkeypatch):
         result = {"preset": preset, "seed": int(seed), "sft_steps": config["sft_steps"]}
         (Path(cell) / RESULT).write_text(json.dumps(result))
 
-    monkeypatch.setattr(runner, "_run", fake_run)
+    monkeypatch.setattr(cell_runner, "_run", fake_run)
 
 
 def _starts(out: Path, preset: str, seed: int) -> int:
@@ -191,7 +202,7 @@ def test_a_rerun_with_other_settings_is_refused_and_overwrite_recomputes_only_wh
     cells = run_cells(tiny(num_seeds=3, overwrite=True, output_dir=str(out)), out)
     assert [c["sft_steps"] for c in cells] == [4, 4, 4]
     assert [_starts(out, "ce", s) for s in (0, 1, 2)] == [1, 1, 1]  # seed 0: its folder cleared, one start since
-    assert json.loads((cell_dir(out, "ce", 1) / "fingerprint.json").read_text()) == cell_fingerprint(tiny(), "ce")
+    assert json.loads((cell_dir(out, "ce", 1) / "fingerprint.json").read_text()) == cell_fingerprint(tiny(), "ce", 1)
 
 
 def test_cells_and_tokenizers_without_a_fingerprint_count_as_differing(tmp_path, fake_cells):
@@ -208,27 +219,109 @@ def test_cells_and_tokenizers_without_a_fingerprint_count_as_differing(tmp_path,
     assert not (out / "tokenizer").exists() and _starts(out, "ce", 0) == 1  # rebuilt by the next cell; recomputed
 
 
-def test_the_fingerprint_covers_the_task_the_version_and_at_real_scale_the_recipes(tmp_path, monkeypatch):
+def test_the_fingerprint_covers_the_task_the_code_and_at_real_scale_the_recipes(tmp_path, monkeypatch):
     config = tiny()
-    fingerprint = cell_fingerprint(config, "ce")
-    assert fingerprint["trl_shaped_version"] and fingerprint["task.max_operand"] == ArithmeticTask().max_operand
+    fingerprint = cell_fingerprint(config, "ce", 0)
+    assert fingerprint["task.max_operand"] == ArithmeticTask().max_operand
     assert fingerprint["num_rl_problems"] == config.num_rl_problems  # the RL split is part of the cell
     assert not set(fingerprint) & set(STUDY_LEVEL_FIELDS)
+    # the code: every file of the package but those that only report or launch, and the libraries' versions
+    source = fingerprint["trl_shaped source"]
+    assert source["trl_shaped/loss.py"] == hashlib.sha256((ROOT / "trl_shaped/loss.py").read_bytes()).hexdigest()[:16]
+    assert "trl_shaped/study/builtin_cell.py" in source and "trl_shaped/study/report.py" not in source
+    assert fingerprint["versions"]["torch"] == importlib.metadata.version("torch")
+    assert set(fingerprint["versions"]) >= {"torch", "transformers", "trl", "peft", "accelerate", "deepspeed"}
     # the task the cell actually builds is the one fingerprinted, with its judge
     config = tiny(task_args='{"solutions_per_problem": 5}')
-    assert cell_fingerprint(config, "ce")["task.solutions_per_problem"] == 5
+    assert cell_fingerprint(config, "ce", 0)["task.solutions_per_problem"] == 5
     assert config.study_task().solutions_per_problem == 5
-    assert tokenizer_fingerprint(config)["task.solutions_per_problem"] == 5
-    assert cell_fingerprint(config, "ce")["task.judge"] == "exact"
+    assert cell_fingerprint(config, "ce", 0)["task.judge"] == "exact"
     # real scale: a recipe's contents, for the presets that use it
     for preset in ("ce", "precision"):
         (tmp_path / f"{preset}.yaml").write_text("max_steps: 10\n")
     config = real_scale(presets="precision", stage1_recipe=str(tmp_path / "{preset}.yaml"))
-    before = {p: cell_fingerprint(config, p) for p in ("ce", "precision")}
+    before = {p: cell_fingerprint(config, p, 0) for p in ("ce", "precision")}
     (tmp_path / "precision.yaml").write_text("max_steps: 20\n")
-    assert cell_fingerprint(config, "ce") == before["ce"]
-    changed = {k for k, v in cell_fingerprint(config, "precision").items() if before["precision"][k] != v}
+    assert cell_fingerprint(config, "ce", 0) == before["ce"]
+    changed = {k for k, v in cell_fingerprint(config, "precision", 0).items() if before["precision"][k] != v}
     assert changed == {"stage1 recipe contents"}
+
+
+def test_a_cell_depends_on_its_own_seed_and_only_on_the_fields_it_uses(tmp_path):
+    # built-in: every cell's problems come from the first seed, recorded as data_seed; the cell's seed is its own
+    assert cell_fingerprint(tiny(seed=0), "ce", 1)["seed"] == 1
+    assert cell_fingerprint(tiny(seed=0), "ce", 1)["data_seed"] == 0
+    assert cell_fingerprint(tiny(seed=1), "ce", 1)["data_seed"] == 1
+    # fields the built-in cell does not read change nothing: the Slurm GPU count, the real-scale arguments
+    assert cell_fingerprint(tiny(slurm_gpus_per_cell=4), "ce", 0) == cell_fingerprint(tiny(), "ce", 0)
+    assert cell_fingerprint(tiny(rl_args="--max_steps 3"), "ce", 0) == cell_fingerprint(tiny(), "ce", 0)
+    # real scale: a cell depends on its own seed, not the study's first one; built-in fields do not count
+    assert cell_fingerprint(real_scale(seed=0), "ce", 1) == cell_fingerprint(real_scale(seed=1), "ce", 1)
+    assert cell_fingerprint(real_scale(num_threads=4, sft_steps=9), "ce", 1) == cell_fingerprint(real_scale(), "ce", 1)
+    assert cell_fingerprint(real_scale(rl_args="--max_steps 3"), "ce", 1) != cell_fingerprint(real_scale(), "ce", 1)
+
+
+def test_the_world_size_a_cell_trains_at_is_part_of_it(tmp_path):
+    zero2 = str(ROOT / "accelerate_configs" / "zero2.yaml")
+    local = cell_fingerprint(real_scale(accelerate_config=zero2), "ce", 0)
+    slurm = real_scale(accelerate_config=zero2, launcher="slurm", dry_run=True)
+    assert local["world_size"] == yaml.safe_load(Path(zero2).read_text())["num_processes"]
+    assert cell_fingerprint(slurm, "ce", 0)["world_size"] == 8 != local["world_size"]
+    assert "world_size: " in "; ".join(fingerprint_changes(local, cell_fingerprint(slurm, "ce", 0)))
+    assert cell_fingerprint(tiny(), "ce", 0)["world_size"] == 1
+
+
+def test_real_scale_data_and_model_count_by_their_contents(tmp_path):
+    data = tmp_path / "test.jsonl"
+    data.write_text('{"prompt": "1+1=", "answer": "2"}\n')
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"hidden_size": 8}')
+    (model / "model.safetensors").write_bytes(b"\0" * 300_000)
+    config = real_scale(eval_dataset=str(data), model_name_or_path=str(model))
+    before = cell_fingerprint(config, "ce", 0)
+    assert before["eval_rl dataset_name"] == before["eval_stage1 dataset_name"]
+    data.write_text('{"prompt": "1+1=", "answer": "3"}\n')
+    (model / "config.json").write_text('{"hidden_size": 16}')
+    after = cell_fingerprint(config, "ce", 0)
+    assert {k for k in before if before[k] != after[k]} == {
+        "eval_stage1 dataset_name", "eval_rl dataset_name", "model revision",
+    }  # fmt: skip
+    # a hub name counts by the revision of the local hub cache when it has one
+    assert cell_fingerprint(real_scale(), "ce", 0)["model revision"].startswith("Qwen/Qwen3-0.6B-Base")
+
+
+def test_an_edit_of_the_package_or_a_library_upgrade_is_refused_naming_it(tmp_path, monkeypatch):
+    import shutil
+
+    from trl_shaped.study import cells
+
+    out = tmp_path / "study"
+    cell = cell_dir(out, "ce", 0)
+    cell.mkdir(parents=True)
+    (cell / "fingerprint.json").write_text(json.dumps(cell_fingerprint(tiny(output_dir=str(out)), "ce", 0)))
+    (cell / RESULT).write_text(json.dumps({"preset": "ce", "seed": 0}))
+    assert runner.prepare_cells(tiny(output_dir=str(out)), out)[1] == []  # done, same settings
+    # a library upgrade
+    versions = cells.dependency_versions()
+    monkeypatch.setattr(cells, "dependency_versions", lambda: versions | {"trl": "99.0"})
+    with pytest.raises(StaleCells, match=r"versions trl: '[^']+' -> '99.0'"):
+        runner.prepare_cells(tiny(output_dir=str(out)), out)
+    monkeypatch.undo()
+    # an edit of the package, run as a user would: a copy of it with a line appended to loss.py
+    copy = tmp_path / "copy"
+    shutil.copytree(ROOT / "trl_shaped", copy / "trl_shaped", ignore=shutil.ignore_patterns("__pycache__"))
+    with open(copy / "trl_shaped" / "loss.py", "a") as stream:
+        stream.write("\n# an edit\n")
+    argv = [sys.executable, "-m", "trl_shaped", "study", "--presets", "ce", "--num_seeds", "1", "--num_train_problems",
+            "40", "--num_test_problems", "6", "--sft_steps", "4", "--grpo_steps", "1", "--eval_num_samples", "2",
+            "--num_generations", "2", "--grpo_prompts_per_step", "2", "--tokenizer", "char", "--shaping_top_k", "4",
+            "--output_dir", str(out)]  # as tiny()  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(copy)}
+    done = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True)  # the copy is imported
+    assert done.returncode == 2, done.stdout + done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert "trl_shaped source: trl_shaped/loss.py changed" in line and "--overwrite true" in line
 
 
 def test_a_lock_held_by_a_killed_process_blocks_nobody(tmp_path):
@@ -259,7 +352,7 @@ def test_a_second_caller_waits_for_the_running_cell_and_reads_its_result(tmp_pat
     out = tmp_path / "study"
     config = tiny(output_dir=str(out))
     cell = cell_dir(out, "ce", 0)
-    (tmp_path / "fingerprint.json").write_text(json.dumps(cell_fingerprint(config, "ce")))
+    (tmp_path / "fingerprint.json").write_text(json.dumps(cell_fingerprint(config, "ce", 0)))
     (tmp_path / "result.json").write_text(json.dumps({"preset": "ce", "seed": 0, "by": "the other process"}))
     # another process runs the cell: it holds the lock until told to finish, then writes the cell's files and exits
     holder = subprocess.Popen(
@@ -311,8 +404,13 @@ def test_the_built_in_tokenizer_refuses_other_settings(tmp_path):
     tokenizer = shared_tokenizer(config, data, tmp_path / "tokenizer")
     assert json.loads((tmp_path / "tokenizer" / "fingerprint.json").read_text()) == tokenizer_fingerprint(config)
     assert shared_tokenizer(config, data, tmp_path / "tokenizer").get_vocab() == tokenizer.get_vocab()
-    with pytest.raises(RuntimeError, match="built with other settings.*num_train_problems: 40 -> 50"):
-        shared_tokenizer(tiny(num_train_problems=50), data, tmp_path / "tokenizer")
+    with pytest.raises(RuntimeError, match="built with other settings.*corpus sha256: "):
+        shared_tokenizer(tiny(num_train_problems=50, tokenizer="bpe"), task_data(tiny(num_train_problems=50)),
+                         tmp_path / "tokenizer")  # fmt: skip
+    # the text it is trained on: more test problems change the stage-1 text (one generator draws all problems)
+    bpe = tiny(tokenizer="bpe")
+    assert tokenizer_fingerprint(bpe) != tokenizer_fingerprint(tiny(tokenizer="bpe", num_test_problems=7))
+    assert tokenizer_fingerprint(bpe) == tokenizer_fingerprint(tiny(tokenizer="bpe", sft_steps=9))
 
 
 TINY_ARGS = ["--presets", "ce", "--num_seeds", "1", "--num_train_problems", "24", "--num_test_problems", "4",
@@ -472,3 +570,181 @@ def test_a_real_scale_cell_runs_through_the_recipes(tmp_path, monkeypatch):
     mtime = (cell / "result.json").stat().st_mtime_ns
     run_study(config)
     assert (cell / "result.json").stat().st_mtime_ns == mtime
+
+
+def _pids_running(*words: str) -> list[int]:
+    """The processes whose command line holds every one of `words`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError):
+            continue
+        if entry.name.isdigit() and all(word in cmdline for word in words):
+            found.append(int(entry.name))
+    return found
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state == "Z"  # a zombie has ended (its parent has not collected it yet)
+
+
+def test_a_child_dies_with_its_killed_parent(tmp_path):
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from trl_shaped.study.children import start_child, wait_child; "
+         "child = start_child([sys.executable, '-c', 'import time; time.sleep(600)']); print(child.pid, flush=True); "
+         "wait_child(child)"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    child = int(parent.stdout.readline())
+    assert not _gone(child)
+    parent.kill()  # SIGKILL: no handler runs in the parent; the kernel signals the child
+    parent.wait()
+    while not _gone(child):
+        time.sleep(0.05)
+
+
+@pytest.mark.slow  # two studies start torch
+def test_a_study_stopped_with_sigterm_leaves_no_worker_and_a_rerun_completes(tmp_path):
+    out = tmp_path / "study"
+    argv = [sys.executable, "-m", "trl_shaped", "study", *TINY_ARGS[:-2], "--checkpoints_per_stage", "4",
+            "--output_dir", str(out)]  # fmt: skip
+    argv[argv.index("--sft_steps") + 1] = "60"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cell = out / "cells" / "ce" / "seed0"
+    study = subprocess.Popen(
+        argv, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        while not ((cell / "attempts.log").is_file() and _pids_running("trl_shaped.study.builtin_cell", str(cell))):
+            assert study.poll() is None, "the study ended before the signal"
+            time.sleep(0.05)
+        (worker,) = _pids_running("trl_shaped.study.builtin_cell", str(cell))
+        study.send_signal(signal.SIGTERM)  # to the study process only, not its group
+        assert study.wait() == -signal.SIGTERM
+    finally:
+        if study.poll() is None:
+            os.killpg(study.pid, signal.SIGKILL)
+    while not _gone(worker):  # the worker ends with the study
+        time.sleep(0.05)
+    assert not (cell / RESULT).exists()  # it did not go on writing the cell
+    done = subprocess.run(argv, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert [line.split(" ")[0] for line in _attempts(cell)] == ["stage1", "stage1", "rl"]
+
+
+@pytest.mark.slow  # the printed command starts torch
+def test_a_cell_computed_by_its_printed_dry_run_command_is_accepted(tmp_path, capsys):
+    import shlex
+
+    from trl_shaped.study.runner import run_study
+
+    out = tmp_path / "study"
+    config = tiny(output_dir=str(out), hidden_size=16, num_layers=1, dry_run=True)
+    run_study(config)
+    commands = [line for line in capsys.readouterr().out.splitlines() if line and not line.startswith("#")]
+    (command,) = commands
+    words = shlex.split(command)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)} | dict(w.split("=", 1) for w in words if "=" in w.split(" ")[0])
+    done = subprocess.run([w for w in words if "=" not in w or w.startswith("-")], env=env, cwd=os.getcwd(),
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    config.dry_run = False
+    cells, todo = runner.prepare_cells(config, out)
+    assert cells == [("ce", 0)] and todo == []  # taken as done
+    assert runner.finished_cells(config, out)[1] == []  # and by --report_only
+
+
+def test_where_flock_is_missing_the_cell_lock_falls_back_and_still_excludes(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+    import tomllib
+    import warnings
+
+    from filelock import Timeout
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    # the floor in pyproject.toml is a filelock that falls back (3.24: earlier ones raise NotImplementedError)
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    (floor,) = [Requirement(d).specifier for d in dependencies if Requirement(d).name == "filelock"]
+    assert floor.contains(Version("3.24")) and not floor.contains(Version("3.23.9"))
+    real_flock = fcntl.flock
+
+    def no_flock(fd, operation):  # a filesystem without flock(2): NFS without locking, some FUSE mounts
+        if operation & fcntl.LOCK_EX:
+            raise OSError(errno.ENOSYS, "Function not implemented")
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    cell = tmp_path / "cells" / "ce" / "seed0"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # filelock says it falls back
+        lock = cell_lock(cell)
+        lock.acquire(timeout=0)
+        with pytest.raises(Timeout):
+            cell_lock(cell).acquire(timeout=0)  # a second holder is still kept out
+        lock.release()
+        cell_lock(cell).acquire(timeout=0)
+
+
+def test_two_studies_moving_one_damaged_file_aside_do_not_crash(tmp_path, monkeypatch, capsys):
+    from trl_shaped.study import cells
+
+    record = tmp_path / "stage1.json"
+    record.write_text('{"cut')
+    real_replace = os.replace
+
+    def other_study_first(source, target):  # the other study moves it aside between this one's read and move
+        real_replace(source, target)
+        real_replace(source, target)  # this study's own move finds the file gone
+
+    monkeypatch.setattr(cells.os, "replace", other_study_first)
+    assert cells.read_record(record) is None  # recomputed, no crash
+    assert (tmp_path / "stage1.json.damaged").read_text() == '{"cut'
+
+
+def test_a_real_scale_cell_run_by_its_dry_run_command_is_accepted(tmp_path, monkeypatch, capsys):
+    import shlex
+
+    from trl_shaped.study.runner import run_study
+
+    out = tmp_path / "study"
+    config = real_scale(presets="ce", num_seeds=1, output_dir=str(out), dry_run=True)
+    run_study(config)
+    (command,) = [line for line in capsys.readouterr().out.splitlines() if "trl_shaped.study.cell_runner" in line]
+    words = shlex.split(command)
+    argv = words[words.index("trl_shaped.study.cell_runner") + 1 :]
+    stages = []
+
+    def fake_run(argv, log, env, hand_over=None):  # each stage as it would end: an evaluation writes its eval.json
+        stages.append(argv[3])
+        if argv[3] == "eval":
+            folder = Path(argv[argv.index("--output_dir") + 1])
+            folder.mkdir(parents=True)
+            (folder / "eval.json").write_text(json.dumps({"avg_at_n": 0.5, "pass_at_k": {"1": 0.5}}))
+
+    monkeypatch.setattr(cell_runner, "_run", fake_run)
+    cell_runner.main(argv)  # what the printed command runs
+    assert stages == ["sft", "eval", "grpo", "eval"]
+    config.dry_run = False
+    assert runner.prepare_cells(config, out) == ([("ce", 0)], [])  # taken as done
+
+
+def test_every_study_field_says_which_cells_read_it():
+    import dataclasses
+
+    from trl_shaped.study import config as study_config
+
+    named = (
+        study_config.STUDY_LEVEL_FIELDS
+        + study_config.REAL_SCALE_FIELDS
+        + study_config.BUILTIN_FIELDS
+        + study_config.BY_CONTENTS_FIELDS
+        + study_config.CELL_OWN_FIELDS
+    )
+    assert sorted(named) == sorted(f.name for f in dataclasses.fields(StudyConfig))  # each once, none forgotten

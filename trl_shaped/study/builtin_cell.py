@@ -15,8 +15,8 @@ Layout of a cell directory (each stage's record is written atomically when the s
     eval_stage1_samples.json  eval_rl_samples.json   every sampled completion
     attempts.log                                one line per training stage started (and what it resumed from)
     result.json                                 everything above but the samples: written last
-    study_config.json  fingerprint.json         written by the runner: the settings this cell runs with, and what
-                                                determines it (trl_shaped/study/cells.py)
+    study_config.json  fingerprint.json         the settings this cell runs with (written by the runner), and what
+                                                determines it (recorded by the worker: trl_shaped/study/cells.py)
 """
 
 import contextlib
@@ -43,14 +43,18 @@ from ..rewards import get_judge
 from ..tiny import build_bpe_tokenizer, build_char_tokenizer, build_tiny_model
 from .cells import (
     FINGERPRINT,
+    StaleCells,
     builtin_task_args,
     fingerprint_changes,
+    owned_cell,
     read_record,
     recorded_fingerprint,
     say,
+    tokenizer_corpus,
     tokenizer_fingerprint,
     write_json_atomic,
 )
+from .children import tell_parent_ready
 from .config import StudyConfig, stage1_arguments
 
 # Trainer arguments recorded with each stage (read back from the configs actually used).
@@ -168,7 +172,7 @@ def shared_tokenizer(config: StudyConfig, data, folder: Path):
     it (BPE trained on the stage-1 text) and moves it into place atomically; every cell then loads the saved one,
     after checking that it was built with this study's settings."""
     folder = Path(folder)
-    fingerprint = tokenizer_fingerprint(config)
+    fingerprint = tokenizer_fingerprint(config, data)
     if folder.is_dir():
         changes = fingerprint_changes(recorded_fingerprint(folder), fingerprint)
         if changes:
@@ -180,8 +184,7 @@ def shared_tokenizer(config: StudyConfig, data, folder: Path):
         if config.tokenizer == "char":
             tokenizer = build_char_tokenizer(config.study_task().alphabet())
         else:
-            corpus = [row["prompt"] + row["completion"] for row in data["sft"]]
-            tokenizer = build_bpe_tokenizer(corpus, vocab_size=config.bpe_vocab_size)
+            tokenizer = build_bpe_tokenizer(tokenizer_corpus(config, data), vocab_size=config.bpe_vocab_size)
         tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
         tokenizer.save_pretrained(tmp)
         write_json_atomic(tmp / FINGERPRINT, fingerprint)
@@ -461,10 +464,19 @@ def run_cell(config: StudyConfig, preset: str, seed: int, cell: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The cell worker's entry point: `<study_config.json> <preset> <seed> <cell_dir>`."""
+    """The cell worker's entry point: `<study_config.json> <preset> <seed> <cell_dir>`. It owns the cell while it
+    writes it (`cells.owned_cell`: its lock, its recorded fingerprint), so a command printed by `--dry_run` leaves a
+    cell the study accepts; a cell of other settings ends it with exit status 2 and one line."""
     config_path, preset, seed, cell = argv if argv is not None else sys.argv[1:]
     config = StudyConfig(**json.loads(Path(config_path).read_text()))
-    run_cell(config, preset, int(seed), Path(cell))
+    tell_parent_ready()  # the runner held the cell's lock while this process started: it is this one's to take now
+    try:
+        with owned_cell(config, preset, int(seed), Path(cell), tag="cell") as owned:
+            if owned.result is None:
+                run_cell(config, preset, int(seed), Path(cell))
+    except StaleCells as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -68,25 +68,28 @@ def series(log_history: list[dict], key: str) -> tuple[list[int], list[float]]:
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def paper_k(pass_at_k: dict) -> int:
-    """The k the claims compare: the largest logged k <= n / 2 (as the paper's Pass@64 of 128 samples)."""
-    ks = sorted(int(k) for k in pass_at_k)
-    n = ks[-1]
-    return max([k for k in ks if k <= max(1, n // 2)] or ks[:1])
+def paper_k(evaluation: dict) -> tuple[int, int]:
+    """(k, n) of the Pass@k the claims compare: k = n / 2 of the evaluation's own n samples (the paper's Pass@64 of
+    128), or the largest logged k below it when the evaluation did not log that one (an evaluation without its n:
+    half its largest logged k, which is n by default)."""
+    ks = sorted(int(k) for k in evaluation["pass_at_k"])
+    n = int(evaluation.get("num_samples") or ks[-1])
+    target = max(1, n // 2)
+    return max([k for k in ks if k <= target] or ks[:1]), n
 
 
 def cell_metrics(cell: dict) -> dict[str, float]:
     """The METRICS of one cell result (NaN where the cell did not log the value)."""
     s1, rl = cell["eval_stage1"], cell["eval_rl"]
     diag = s1.get("diagnostics") or {}
-    k = paper_k(rl["pass_at_k"])
+    k, _ = paper_k(rl)
     out = {
         "stage1_nll": diag.get("nll", math.nan),
         "stage1_entropy": diag.get("entropy", math.nan),
         "stage1_topk_entropy": diag.get("topk_entropy", math.nan),
         "stage1_tail_mass": diag.get("tail_mass", math.nan),
         "stage1_avg_at_n": s1["avg_at_n"],
-        "stage1_pass_at_k": s1["pass_at_k"][str(k)],
+        "stage1_pass_at_k": s1["pass_at_k"].get(str(k), math.nan),
         "rl_avg_at_n": rl["avg_at_n"],
         "rl_pass_at_k": rl["pass_at_k"][str(k)],
         "rl_avg_at_n_gain": rl["avg_at_n"] - s1["avg_at_n"],  # paired within the cell: what RL did to this prior
@@ -157,6 +160,8 @@ def resolving_power(name: str, interval: Interval, *, want: int | None = None, b
     seeds, note = None, ""
     if interval.n < 2:
         note = "one seed: no spread to project from"
+    elif interval.unsettled:
+        note = f"{interval.n} identical values: no spread to project from (a verdict needs 3 seeds)"
     elif bound is None and interval.mean == 0:
         note = "the mean difference is 0: no difference to resolve"
     elif margin <= 0:
@@ -214,8 +219,27 @@ def _claim(cid: str, text: str, verdict: str, evidence: str, intervals: dict, op
     return claim
 
 
+def why_not_judged(values: dict, metric: str, presets: list[str]) -> str:
+    """Why a claim over `metric` for `presets` cannot be judged from `values`: a preset not in the study, no held-out
+    diagnostics, or no seed where the presets have all finished."""
+    every = {p for by in values.values() for p in by}
+    absent = [p for p in presets if p not in every]
+    if absent:
+        return f"needs the {' and '.join(absent)} preset{'s' if len(absent) > 1 else ''}"
+    if metric.startswith("stage1_") and metric not in ("stage1_avg_at_n", "stage1_pass_at_k") and not values[metric]:
+        return "needs held-out diagnostics (the evaluations logged none: a dataset without a completion column)"
+    if not values[metric]:
+        return f"needs {METRICS[metric]} (not logged)"
+    return (
+        f"needs {' and '.join(presets)} at a common seed (finished so far: "
+        + "; ".join(f"{p} {sorted(values[metric].get(p, {})) or 'none'}" for p in presets)
+        + ")"
+    )
+
+
 def _directional(cid, text, interval: Interval | None, want: int, label: str, missing: str) -> dict:
-    """A claim that one interval lies above (`want=+1`) or below (`want=-1`) zero."""
+    """A claim that one interval lies above (`want=+1`) or below (`want=-1`) zero (`missing`: why it cannot be
+    judged, when `interval` is None)."""
     if interval is None:
         return _claim(cid, text, NOT_TESTED, missing, {})
     sign = interval.sign()
@@ -248,11 +272,15 @@ def judge_claims(values: dict, confidence: float = 0.95, tolerance: float = 0.05
     claims = []
     # 1. Stage-1 entropy order at equal perplexity.
     text = "Stage 1: held-out entropy orders precision < ce < diversity at equal perplexity"
+    d_prec, d_div = diff("stage1_entropy", "precision"), diff("stage1_entropy", "diversity")
+    n_prec, n_div = diff("stage1_nll", "precision"), diff("stage1_nll", "diversity")
     if not {"precision", "diversity", BASELINE} <= presets:
         claims.append(_claim("entropy_order", text, NOT_TESTED, "needs the ce, precision and diversity presets", {}))
+    elif None in (d_prec, d_div, n_prec, n_div):
+        metric = "stage1_entropy" if None in (d_prec, d_div) else "stage1_nll"
+        why = why_not_judged(values, metric, [BASELINE, "precision", "diversity"])
+        claims.append(_claim("entropy_order", text, NOT_TESTED, why, {}))
     else:
-        d_prec, d_div = diff("stage1_entropy", "precision"), diff("stage1_entropy", "diversity")
-        n_prec, n_div = diff("stage1_nll", "precision"), diff("stage1_nll", "diversity")
         bound = tolerance * t_interval(list(values["stage1_nll"][BASELINE].values())).mean
         equal = n_prec.within(bound) and n_div.within(bound)
         intervals = {
@@ -295,7 +323,7 @@ def judge_claims(values: dict, confidence: float = 0.95, tolerance: float = 0.05
             diff("stage1_tail_mass", "tail_penalty"),
             -1,
             "tail mass tail_penalty - ce",
-            "needs the tail_penalty preset",
+            why_not_judged(values, "stage1_tail_mass", [BASELINE, "tail_penalty"]),
         )
     )
     claims.append(
@@ -305,16 +333,21 @@ def judge_claims(values: dict, confidence: float = 0.95, tolerance: float = 0.05
             diff("stage1_topk_entropy", "head_reward"),
             1,
             "top-k entropy head_reward - ce",
-            "needs the head_reward preset",
+            why_not_judged(values, "stage1_topk_entropy", [BASELINE, "head_reward"]),
         )
     )
     # 4. The precision prior gives the best Pass@k after RL: above every other preset, paired by seed.
     text = "After RL: the precision prior gives the best Pass@k"
     others = sorted(p for p in values["rl_pass_at_k"] if p != "precision")
+    paired = {q: diff("rl_pass_at_k", "precision", q) for q in others}
     if "precision" not in values["rl_pass_at_k"] or not others:
         claims.append(_claim("precision_best_pass_at_k", text, NOT_TESTED, "needs precision and another preset", {}))
+    elif None in paired.values():
+        unpaired = [q for q, v in paired.items() if v is None]
+        why = why_not_judged(values, "rl_pass_at_k", ["precision", *unpaired])
+        claims.append(_claim("precision_best_pass_at_k", text, NOT_TESTED, why, {}))
     else:
-        intervals = {f"Pass@k precision - {q}": diff("rl_pass_at_k", "precision", q) for q in others}
+        intervals = {f"Pass@k precision - {q}": v for q, v in paired.items()}
         signs = [v.sign() for v in intervals.values()]
         verdict = SUPPORTED if all(s == 1 for s in signs) else CONTRADICTED if -1 in signs else NOT_RESOLVED
         evidence = "; ".join(f"{k}: {_fmt(v, 100)} points" for k, v in intervals.items())

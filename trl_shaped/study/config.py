@@ -11,7 +11,7 @@ Two backends, chosen by `model_name_or_path`:
 import json
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from trl_shaped.packaged import packaged_path
@@ -59,8 +59,8 @@ BUILTIN_PROFILES = {
     },
 }
 # The StudyConfig fields that do not change any cell: how many cells, where they go, how they are run and reported.
-# Every other field is part of a cell's fingerprint (trl_shaped/study/cells.py), so a new field counts as changing
-# the cells unless it is named here.
+# Every other field is part of a cell's fingerprint (trl_shaped/study/cells.py) unless only the other backend reads it
+# (REAL_SCALE_FIELDS, BUILTIN_FIELDS below), so a new field counts as changing the cells unless it is named here.
 LAUNCH_FIELDS = (
     "launcher",
     "slurm_partition",
@@ -83,6 +83,46 @@ STUDY_LEVEL_FIELDS = (
     "overwrite",
     *LAUNCH_FIELDS,  # where and how a cell runs, not what it computes
 )
+# The fields a cell of one backend reads and the other does not: each backend's cells leave the other's out of their
+# fingerprint. The recipes and the accelerate file count by their contents, the cell's seed and world size by their
+# own entries (`seed` is the first seed of the study; `slurm_gpus_per_cell` a world size on Slurm only): see
+# trl_shaped/study/cells.py. A field named nowhere counts for both backends.
+REAL_SCALE_FIELDS = (
+    "model_name_or_path",
+    "stage1_dataset",
+    "rl_dataset",
+    "eval_dataset",
+    "stage1_args",
+    "rl_args",
+    "eval_args",
+)
+BY_CONTENTS_FIELDS = ("stage1_recipe", "rl_recipe", "eval_recipe", "accelerate_config")
+BUILTIN_FIELDS = (
+    "task",
+    "task_args",
+    "tokenizer",
+    "bpe_vocab_size",
+    "num_train_problems",
+    "num_rl_problems",
+    "num_test_problems",
+    "hidden_size",
+    "num_layers",
+    "sft_steps",
+    "sft_batch_size",
+    "sft_learning_rate",
+    "grpo_steps",
+    "grpo_prompts_per_step",
+    "num_generations",
+    "grpo_learning_rate",
+    "grpo_temperature",
+    "eval_num_samples",
+    "eval_temperature",
+    "eval_top_p",
+    "shaping_top_k",
+    "num_threads",
+    "checkpoints_per_stage",
+)
+CELL_OWN_FIELDS = ("seed", "slurm_gpus_per_cell")
 POSITIVE_FIELDS = (
     "num_seeds",
     "num_train_problems",
@@ -330,11 +370,12 @@ class StudyConfig:
     )
     slurm_partition: str | None = field(default=None, metadata={"help": "Slurm: partition of the cell jobs."})
     slurm_account: str | None = field(default=None, metadata={"help": "Slurm: account charged for the cell jobs."})
-    slurm_gpus_per_cell: int = field(
-        default=8,
+    slurm_gpus_per_cell: int | None = field(
+        default=None,
         metadata={
             "help": "Slurm: GPUs of one cell's job (one node); real-scale stages run `accelerate launch "
-            "--num_processes` this. 8: the recipes' batch sizes assume one node of 8 GPUs."
+            "--num_processes` this. Default: 8 at real scale (the recipes' batch sizes assume one node of 8 GPUs), 0 "
+            "on the built-in task (a CPU job of num_threads cores: single-threaded CPU cells need no GPU)."
         },
     )
     slurm_time_limit: int = field(
@@ -449,10 +490,13 @@ class StudyConfig:
     def _check_launch(self) -> None:
         if self.launcher not in LAUNCHERS:
             raise ValueError(f"launcher must be one of {list(LAUNCHERS)}, got {self.launcher!r}")
-        for name in ("slurm_gpus_per_cell", "slurm_time_limit", "slurm_cpus_per_gpu"):
+        if self.slurm_gpus_per_cell is None:
+            self.slurm_gpus_per_cell = 0 if self.builtin else 8
+        least_gpus = 0 if self.builtin else 1  # a real-scale stage launches one process per GPU
+        for name, least in (("slurm_gpus_per_cell", least_gpus), ("slurm_time_limit", 1), ("slurm_cpus_per_gpu", 1)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
         self.slurm_extra()  # validates
         if self.launcher != "local" and not (self.dry_run or self.report_only):
             import importlib.util
@@ -522,6 +566,12 @@ class StudyConfig:
     def builtin(self) -> bool:
         """True for the built-in task, False at real scale (a `model_name_or_path` is given)."""
         return self.model_name_or_path is None
+
+    def cell_fields(self) -> list[str]:
+        """The fields a cell of this backend reads as they are (its fingerprint's settings; see `BUILTIN_FIELDS`)."""
+        other = REAL_SCALE_FIELDS if self.builtin else BUILTIN_FIELDS
+        left_out = set(STUDY_LEVEL_FIELDS) | set(other) | set(BY_CONTENTS_FIELDS) | set(CELL_OWN_FIELDS)
+        return [f.name for f in fields(self) if f.name not in left_out]
 
     def preset_names(self) -> list[str]:
         """The stage-1 arms to run, validated, `ce` first (added when missing: it is the baseline)."""

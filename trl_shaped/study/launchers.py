@@ -1,9 +1,10 @@
-"""Where the cells of a study run (`StudyConfig.launcher`); every launcher calls `runner.run_cell`, the one entry of a
-cell, so caching, resuming and the cell's own safeguards are the same whichever runs it.
+"""Where the cells of a study run (`StudyConfig.launcher`); every launcher calls `cell_runner.run_cell`, the one entry
+of a cell, so caching, resuming and the cell's own safeguards are the same whichever runs it.
 
 - `local`: a thread pool on this machine, `max_parallel` cells at once, each cell in its own process(es);
 - `slurm`: each cell one Slurm job through submitit (`pip install trl_shaped[slurm]`), one node with
-  `slurm_gpus_per_cell` GPUs; at real scale its stages run `accelerate launch --num_processes <GPUs>`;
+  `slurm_gpus_per_cell` GPUs; at real scale its stages run `accelerate launch --num_processes <GPUs>`; a built-in
+  cell asks for no GPU by default (a CPU partition: `num_threads` cores);
 - `submitit_local`: each cell a submitit job on this machine (submitit's `LocalExecutor`: the job path without a
   scheduler).
 
@@ -11,25 +12,32 @@ A job is a `CellJob`. At its time limit or on pre-emption submitit calls its `ch
 call (the protocol of `submitit.helpers.Checkpointable`); the requeued job calls `run_cell` again, which skips the
 finished stages and resumes the interrupted one from its newest complete checkpoint. The study process submits the
 jobs, prints a line whenever the number of cells queued / running / done / failed changes, and returns when all have
-ended. Job scripts and logs: `<output_dir>/jobs/<job id>_*`. `jobs/cells.json` records each cell's latest job: a
-study run again while its Slurm jobs are still queued or running waits for them instead of submitting them twice.
+ended. Job scripts and logs: `<output_dir>/jobs/<job id>_*`. `jobs/cells.json` records each cell's latest job and the
+digest of the settings it computes (the cell's fingerprint). A study run again while its Slurm jobs have not ended
+(queued, running, pre-empted, or of a state sacct cannot tell) waits for those that compute its settings instead of
+submitting them twice; a job computing other settings stops the study before anything is submitted or waited for,
+unless `--overwrite true`, which cancels that job and submits the cell again.
 """
 
+import hashlib
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .cells import RESULT, cell_dir, say, write_json_atomic
+from .cell_runner import run_cell
+from .cells import RESULT, StaleCells, cell_dir, cell_fingerprint, refusal, say, write_json_atomic
 from .config import StudyConfig
 
 POLL_SECONDS = 10.0  # how often the study looks at its jobs (submitit's Slurm watcher rate-limits sacct itself)
 MAX_TIMEOUT_REQUEUES = 10  # a cell longer than 10 time limits fails instead of being requeued forever
 SIGNAL_DELAY_S = 120  # submitit signals a job this long before its time limit (it checkpoints and requeues)
-JOB_RECORD = "cells.json"  # <output_dir>/jobs/cells.json: "<preset>/seed<k>" -> the id of the cell's latest job
-# Slurm states of a job that has not ended (a requeued job goes back to PENDING)
+# <output_dir>/jobs/cells.json: "<preset>/seed<k>" -> {"job_id": the cell's latest job, "settings": their digest}
+JOB_RECORD = "cells.json"
+# Slurm states of a job that may not have ended: a requeued or pre-empted job goes back to PENDING, and UNKNOWN is
+# what submitit reports when sacct does not answer (the job may well be running)
 ACTIVE_STATES = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
-                 "RESIZING", "SUSPENDED")  # fmt: skip
+                 "RESIZING", "SUSPENDED", "PREEMPTED", "UNKNOWN")  # fmt: skip
 
 
 def import_submitit():
@@ -52,8 +60,6 @@ class CellJob:
     """
 
     def __call__(self, config: StudyConfig, preset: str, seed: int, out: str) -> str:
-        from .runner import run_cell
-
         run_cell(config, preset, seed, Path(out))
         return str(cell_dir(out, preset, seed) / RESULT)
 
@@ -67,8 +73,9 @@ def job_name(config: StudyConfig, preset: str, seed: int) -> str:
 
 def slurm_parameters(config: StudyConfig, preset: str, seed: int) -> dict:
     """What `submitit.SlurmExecutor.update_parameters` gets for the job of the cell (`preset`, `seed`): one node, one
-    task (`accelerate launch` starts the processes), `slurm_gpus_per_cell` GPUs and `slurm_cpus_per_gpu` cores per GPU,
-    the partition, account and time limit, and `slurm_additional_parameters` as further sbatch options."""
+    task (`accelerate launch` starts the processes), `slurm_gpus_per_cell` GPUs and `slurm_cpus_per_gpu` cores per GPU
+    (no GPU: a CPU job of `num_threads` cores, the built-in cell's default), the partition, account and time limit, and
+    `slurm_additional_parameters` as further sbatch options."""
     gpus = config.slurm_gpus_per_cell
     params = {
         "job_name": job_name(config, preset, seed),
@@ -77,8 +84,8 @@ def slurm_parameters(config: StudyConfig, preset: str, seed: int) -> dict:
         "time": config.slurm_time_limit,
         "nodes": 1,
         "ntasks_per_node": 1,
-        "gpus_per_node": gpus,
-        "cpus_per_task": config.slurm_cpus_per_gpu * gpus,
+        "gpus_per_node": gpus or None,
+        "cpus_per_task": config.slurm_cpus_per_gpu * gpus if gpus else config.num_threads,
         "signal_delay_s": SIGNAL_DELAY_S,
         "additional_parameters": config.slurm_extra(),
     }
@@ -101,9 +108,6 @@ def make_executor(config: StudyConfig, folder: Path):
 
 def run_local(config: StudyConfig, out: Path, todo: list[tuple[str, int]]) -> list[str]:
     """Run the cells `todo` on this machine, `config.parallel` at once; returns one line per failed cell."""
-    from .cells import StaleCells
-    from .runner import run_cell
-
     start, finished, failures, refused = time.perf_counter(), [0], [], []
 
     def run_one_cell(cell):
@@ -135,15 +139,50 @@ def job_state(job, cell: Path) -> str:
     return "running" if str(job.state).upper().startswith(("RUNNING", "COMPLETING")) else "queued"
 
 
+def settings_digest(config: StudyConfig, preset: str, seed: int) -> str:
+    """The digest of what the cell (`preset`, `seed`) computes (its fingerprint), recorded with its job."""
+    fingerprint = json.dumps(cell_fingerprint(config, preset, seed), sort_keys=True)
+    return hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
+
+
 def earlier_job(config: StudyConfig, executor, job_id: str | None):
-    """The Slurm job an earlier invocation submitted for a cell, when it is still queued or running (a study whose
-    waiting process stopped, then run again, waits for its jobs instead of submitting each cell twice); else None.
-    A submitit local job cannot be looked up by its id (it is a child process of the invocation that started it), so
-    its cell is submitted again."""
+    """The Slurm job an earlier invocation submitted for a cell, when it may not have ended (`ACTIVE_STATES`: a study
+    whose waiting process stopped, then run again, waits for its jobs instead of submitting each cell twice); else
+    None. A submitit local job cannot be looked up by its id (it is a child process of the invocation that started
+    it), so its cell is submitted again."""
     if job_id is None or config.launcher != "slurm":
         return None
     job = executor.job_class(folder=executor.folder, job_id=job_id)
     return job if str(job.state).split(" ")[0].upper() in ACTIVE_STATES else None
+
+
+def _recorded(entry) -> dict:
+    """A `jobs/cells.json` entry (an id alone, as written before settings were recorded: settings unknown)."""
+    return entry if isinstance(entry, dict) else {"job_id": entry, "settings": None}
+
+
+def earlier_jobs(config: StudyConfig, executor, out: Path, todo: list[tuple[str, int]], submitted: dict) -> dict:
+    """Decided before anything is submitted or waited for: the earlier jobs to wait for (they compute this run's
+    settings), by cell. An earlier job that has not ended and computes other settings (or unknown ones) raises
+    `StaleCells` naming it, or with `config.overwrite` is cancelled (its cell is submitted again)."""
+    reuse, other = {}, []
+    for preset, seed in todo:
+        entry = _recorded(submitted.get(f"{preset}/seed{seed}", {"job_id": None}))
+        job = earlier_job(config, executor, entry["job_id"])
+        if job is None:
+            continue
+        if entry["settings"] == settings_digest(config, preset, seed):
+            reuse[(preset, seed)] = job
+        else:
+            other.append((preset, seed, job))
+    if other and not config.overwrite:
+        found = [(f"{p} seed {s}", [f"job {job.job_id} ({job.state}) computes it with other settings"])
+                 for p, s, job in other]  # fmt: skip
+        raise StaleCells(refusal(out, found))
+    for preset, seed, job in other:
+        say("study", f"{preset} seed {seed}: cancelling job {job.job_id}, which computes other settings (overwrite)")
+        job.cancel(check=False)
+    return reuse
 
 
 def _failure(job) -> str:
@@ -166,22 +205,21 @@ def run_jobs(
     executor = make_executor(config, out / "jobs")
     record = out / "jobs" / JOB_RECORD
     submitted = json.loads(record.read_text()) if record.is_file() else {}
-    jobs = {}
+    jobs = earlier_jobs(config, executor, out, todo, submitted)
     for preset, seed in todo:
-        key = f"{preset}/seed{seed}"
-        job = earlier_job(config, executor, submitted.get(key))
+        job = jobs.get((preset, seed))
         if job is not None:
             say(
                 "study",
                 f"{preset} seed {seed}: job {job.job_id} of an earlier invocation is {job.state}; waiting for it",
             )
-        else:
-            if config.launcher == "slurm":
-                executor.update_parameters(**slurm_parameters(config, preset, seed))
-            job = executor.submit(CellJob(), config, preset, seed, str(out))
-            submitted[key] = job.job_id
-            write_json_atomic(record, submitted)
-            say("study", f"{preset} seed {seed}: job {job.job_id} (log {job.paths.stdout})")
+            continue
+        if config.launcher == "slurm":
+            executor.update_parameters(**slurm_parameters(config, preset, seed))
+        job = executor.submit(CellJob(), config, preset, seed, str(out))
+        submitted[f"{preset}/seed{seed}"] = {"job_id": job.job_id, "settings": settings_digest(config, preset, seed)}
+        write_json_atomic(record, submitted)
+        say("study", f"{preset} seed {seed}: job {job.job_id} (log {job.paths.stdout})")
         jobs[(preset, seed)] = job
     shown = None
     try:

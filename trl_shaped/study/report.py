@@ -120,7 +120,8 @@ def resolution(results: dict) -> list[str]:
     each unresolved claim which intervals left it open, how wide they are, and how many seeds would close them.
     Returns markdown list lines."""
     config = results["config"]
-    n = config["num_seeds"]
+    finished = [len(seeds) for seeds in seeds_finished(results).values() if seeds]
+    n = min(finished) if finished else 0
     lines = []
     if n < 2:
         lines.append(
@@ -128,7 +129,8 @@ def resolution(results: dict) -> list[str]:
         )
     else:
         lines.append(
-            f"- {n} seeds per preset: a {100 * config['confidence']:.0f}% interval is the mean +- "
+            f"- {n} seeds per preset (the fewest any preset finished): a {100 * config['confidence']:.0f}% interval is "
+            "the mean +- "
             f"{t_quantile(n, config['confidence']):.2f} standard errors, so a difference is resolved only when it "
             "exceeds that many standard errors of its per-seed values. For each claim left open: the interval that "
             "decided it, the smallest difference it resolves (its half-width), and roughly how many seeds would "
@@ -200,6 +202,32 @@ def _task_line(config: dict) -> str:
     return f"{task.name} task (judge: {task.judge})"
 
 
+def seeds_finished(results: dict) -> dict[str, list[int]]:
+    """preset -> the seeds of its finished cells (results of an older version: from its cells list)."""
+    if "seeds_finished" in results:
+        return results["seeds_finished"]
+    found = {}
+    for cell in results["cells"]:
+        found.setdefault(cell["preset"], []).append(cell["seed"])
+    return {p: sorted(s) for p, s in found.items()}
+
+
+def _seeds(values: dict | None, base: dict | None = None) -> str:
+    """The seeds behind one number: those with a value (paired: those both have)."""
+    seeds = sorted(int(s) for s in (values or {}) if base is None or s in base)
+    return ", ".join(map(str, seeds)) or "-"
+
+
+def seeds_line(results: dict) -> str:
+    """How many seeds entered the numbers, per preset, against those asked for."""
+    config, finished = results["config"], seeds_finished(results)
+    asked = config["num_seeds"]
+    shown = "; ".join(f"{p}: {', '.join(map(str, s)) or 'none'}" for p, s in finished.items())
+    counts = {len(s) for s in finished.values()}
+    head = f"{counts.pop()} seeds" if len(counts) == 1 else "seeds"
+    return f"{head} finished of {asked} asked ({shown})"
+
+
 def render_markdown(results: dict, figures: dict) -> str:
     """The markdown of the report from `results` (see `runner.run_study`) and the figure paths."""
     config, env = results["config"], results["environment"]
@@ -208,7 +236,7 @@ def render_markdown(results: dict, figures: dict) -> str:
     lines = [
         "# trl_shaped study: the paper's claims across seeds",
         "",
-        f"{len(presets)} presets ({', '.join(presets)}) x {config['num_seeds']} seeds (from seed {config['seed']}), "
+        f"{len(presets)} presets ({', '.join(presets)}), {seeds_line(results)}, "
         + (f"built-in {_task_line(config)}" + (" (quick profile)" if config["quick"] else "") if builtin
            else f"model `{config['model_name_or_path']}` through the recipes")
         + f", {results['seconds']:.0f} s. Verdicts come from {100 * config['confidence']:.0f}% Student-t intervals "
@@ -244,18 +272,24 @@ def render_markdown(results: dict, figures: dict) -> str:
             if mean is None:
                 continue
             diff = results["vs_ce"].get(metric, {}).get(p)
+            values = results["values"].get(metric, {})
             rows.append(
                 [
                     description + (" (%)" if scale == 100 else ""),
                     p,
                     _interval(mean, scale),
+                    _seeds(values.get(p)),
                     _interval(diff, scale, True),
+                    _seeds(values.get(p), values.get(BASELINE)) if diff else "-",
                 ]
             )
-    lines += _table(["metric", "preset", "mean [interval]", f"preset - {BASELINE} [interval]"], rows)
+    header = ["metric", "preset", "mean [interval]", "seeds", f"preset - {BASELINE} [interval]", "paired seeds"]
+    lines += _table(header, rows)
     lines += [
         "",
-        "Pass@k uses the largest k <= n/2 of the evaluation (the paper's Pass@64 of 128). RL changes are the mean of "
+        f"Pass@k is {', '.join(results.get('pass_at_k_compared') or ['-'])} samples: k = n/2 of the evaluation's own n "
+        "(the paper's Pass@64 of 128), or the largest logged k below it. A difference whose seeds agree exactly is no "
+        "verdict with fewer than 3 seeds. RL changes are the mean of "
         "the last quarter of the logged GRPO steps minus the first quarter.",
         "",
         *figure_lines(figures),

@@ -23,8 +23,10 @@ Settings. A rerun whose settings differ from those a cell (or the built-in task'
 before any compute with one line naming them (old -> new); `--overwrite true` recomputes exactly the cells that
 differ, another `--output_dir` starts afresh. Results never mix cells of different settings.
 
-Several processes. `run_cell` holds the cell's lock while it runs it: a second process running the same study (a
-requeued cluster job, a duplicated command) says so, waits, and reads the finished result instead of training again.
+Several processes. The process that writes a cell holds its lock (`cells.owned_cell`; the built-in cell's worker, the
+real-scale `cell_runner.run_cell`): a second process running the same study (a requeued cluster job, a duplicated
+command) says so, waits, and reads the finished result instead of training again. The processes a study starts end
+with it (SIGTERM, SIGINT, SIGHUP, or killed: `children.py`), so no two workers ever write one cell.
 
 Two backends (`StudyConfig.builtin`). The built-in task runs one process per cell (`python -m trl_shaped.study.builtin_cell`,
 `num_threads` torch threads), `max_parallel` at once. At real scale each stage of a cell is a command through the
@@ -32,248 +34,38 @@ recipes (`python -m trl_shaped sft|grpo|eval --config <recipe> --seed ... --outp
 `accelerate launch --config_file <accelerate_config>` when one is given; `stage_commands` builds them.
 
 Where the cells run (`StudyConfig.launcher`, launchers.py): a local pool, or each cell one job (Slurm through submitit).
-Either way a cell is `run_cell`. `report_only` writes the report from the finished cells, naming the missing ones;
+Either way a cell is `cell_runner.run_cell`. `report_only` writes the report from the finished cells, naming the missing ones;
 `dry_run` prints every cell's commands; neither runs a cell.
 """
 
 import os
 import shlex
 import shutil
-import subprocess
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-from ..checkpoints import last_complete_checkpoint
-from ..scripts import LOG_HISTORY
+from .cell_runner import run_cell, run_stage
 from .cells import (
-    FINGERPRINT,
     RESULT,
     StaleCells,
     StudyError,
-    acquire_cell,
     cell_dir,
-    cell_fingerprint,
-    cell_lock,
-    clear_folder,
     read_json,
     read_record,
-    recorded_fingerprint,
+    refusal,
     say,
-    stale_changes,
-    tokenizer_fingerprint,
+    stale_cells,
     write_json_atomic,
 )
-from .claims import judge_claims, metric_values, summarize
-from .config import StudyConfig, stage1_arguments
+from .children import end_children_on_signals
+from .claims import judge_claims, metric_values, paper_k, summarize
+from .commands import BUILTIN_CELL_MODULE, builtin_cell_command, cell_command, cell_env, launcher, stage_commands
+from .config import StudyConfig
+from .launchers import run_jobs, run_local
 
-BUILTIN_CELL_MODULE = (
-    "trl_shaped.study.builtin_cell"  # the built-in cell's worker, run as `python -m` (a process per cell)
-)
-
-
-def cell_env(config: StudyConfig) -> dict:
-    """Environment of a cell process: this package first on the path; on the built-in task `num_threads` threads
-    (the cells run side by side, so one BLAS thread each is what the cores allow)."""
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if config.builtin:
-        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-            env[name] = str(config.num_threads)
-    env.setdefault("WANDB_RUN_GROUP", config.study_name)  # the seeds of a preset line up in one group
-    return env
-
-
-def launcher(config: StudyConfig) -> list[str]:
-    """`python -m trl_shaped`, under `accelerate launch` when the study names an accelerate config. A Slurm cell job
-    launches `slurm_gpus_per_cell` processes (the job's GPUs), under accelerate's defaults when no config is named."""
-    slurm = config.launcher == "slurm"
-    if config.accelerate_config is None and not slurm:
-        return [sys.executable, "-m", "trl_shaped"]
-    argv = [sys.executable, "-m", "accelerate.commands.launch"]
-    if config.accelerate_config is not None:
-        argv += ["--config_file", config.accelerate_config]
-    if slurm:
-        argv += ["--num_processes", str(config.slurm_gpus_per_cell), "--num_machines", "1"]
-        if config.accelerate_config is None and config.slurm_gpus_per_cell > 1:
-            argv.append("--multi_gpu")
-    return argv + ["-m", "trl_shaped"]
-
-
-def tracking_args(config: StudyConfig, preset: str, seed: int, stage: str, name_flag: str = "--run_name") -> list[str]:
-    """Real scale: the run name `<study>/<preset>/seed<k>/<stage>` (an evaluation's `name_flag`: --tracker_run_name)
-    and the trackio project of a stage, and the study's `report_to` when it names trackers (else the recipe's)."""
-    argv = [name_flag, config.run_name(preset, seed, stage), "--project", config.study_name]
-    if config.report_to is not None:
-        argv += ["--report_to", (config.report_to or ["none"])[0]]
-    return argv
-
-
-def stage_commands(config: StudyConfig, preset: str, seed: int, cell: Path) -> list[tuple[str, list[str]]]:
-    """Real scale: the (stage, argv) of a cell's four stages, in order. Recipe values come first, then the study's
-    overrides (the arm's `stage1_arguments`; the recipe's model, seed and output directory are replaced), then
-    `*_args`. The resume flag of a training stage is added by `run_stage` when it finds a checkpoint."""
-    cell = Path(cell)
-
-    def dataset(name):
-        return ["--dataset_name", name] if name else []
-
-    arm = stage1_arguments(preset)  # the recipe is that of the arm's shaping preset (ce for dft)
-    stage1 = [
-        "sft", "--config", config.stage1_recipe.format(preset=arm["shaping_preset"]),
-        *[word for name, value in arm.items() for word in (f"--{name}", str(value))],
-        "--model_name_or_path", config.model_name_or_path, "--seed", str(seed), "--output_dir", str(cell / "stage1"),
-        *dataset(config.stage1_dataset), *tracking_args(config, preset, seed, "stage1"),
-        *shlex.split(config.stage1_args),
-    ]  # fmt: skip
-    rl = [
-        "grpo", "--config", config.rl_recipe, "--model_name_or_path", str(cell / "stage1"), "--seed", str(seed),
-        "--output_dir", str(cell / "rl"), *dataset(config.rl_dataset), *tracking_args(config, preset, seed, "rl"),
-        *shlex.split(config.rl_args),
-    ]  # fmt: skip
-
-    def evaluation(model, name):
-        return [
-            "eval", "--config", config.eval_recipe, "--model_name_or_path", model, "--seed", str(seed),
-            "--output_dir", str(cell / name), "--run_name", "eval", *dataset(config.eval_dataset),
-            *tracking_args(config, preset, seed, name, "--tracker_run_name"), *shlex.split(config.eval_args),
-        ]  # fmt: skip
-
-    return [
-        ("stage1", stage1),
-        ("eval_stage1", evaluation(str(cell / "stage1"), "eval_stage1")),
-        ("rl", rl),
-        ("eval_rl", evaluation(str(cell / "rl"), "eval_rl")),
-    ]
-
-
-def _run(argv: list[str], log: Path, env: dict) -> None:
-    with open(log, "a") as stream:
-        stream.write(f"\n$ {shlex.join(argv)}\n")
-        stream.flush()
-        done = subprocess.run(argv, stdout=stream, stderr=subprocess.STDOUT, env=env, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"exit status {done.returncode} of `{shlex.join(argv[:6])} ...`; see {log}")
-
-
-def stage_log_history(folder: Path) -> list[dict]:
-    """The log history a training stage wrote when it ended (`log_history.json`, scripts/sft.py and grpo.py); for a
-    stage run by an older version, the last checkpoint's `trainer_state.json`; else empty."""
-    written = Path(folder) / LOG_HISTORY
-    if written.is_file():
-        return read_json(written) or []
-    last = last_complete_checkpoint(folder)
-    state = read_json(Path(last) / "trainer_state.json") if last else None
-    return (state or {}).get("log_history", [])
-
-
-def run_stage(config: StudyConfig, stage: str, argv: list[str], cell: Path) -> dict:
-    """Real scale: run one stage unless its record exists; returns the record (`<stage>.json` in the cell). A training
-    stage resumes from its newest complete checkpoint (`trl_shaped.checkpoints.last_complete_checkpoint`, the rule
-    the trainers apply to `--resume_from_checkpoint true`)."""
-    record_path = cell / f"{stage}.json"
-    record = read_record(record_path)
-    if record is not None:
-        return record
-    training = stage in ("stage1", "rl")
-    resumed = last_complete_checkpoint(cell / stage) if training else None
-    if resumed:
-        argv = argv + ["--resume_from_checkpoint", resumed]
-    start = time.perf_counter()
-    _run(launcher(config) + argv, cell / "log.txt", cell_env(config))
-    record = {"seconds": time.perf_counter() - start, "resumed_from": resumed, "command": argv}
-    if training:
-        record["log_history"] = stage_log_history(cell / stage)
-    else:
-        result = read_json(cell / stage / "eval.json")
-        if result is None:
-            raise RuntimeError(
-                f"the evaluation ended without writing {cell / stage / 'eval.json'}; see {cell / 'log.txt'}"
-            )
-        record.update({k: v for k, v in result.items() if k != "per_problem"})
-    write_json_atomic(record_path, record)
-    return record
-
-
-def _refusal(out: Path, stale: list[tuple[str, list[str]]]) -> str:
-    """The one line a rerun with other settings stops with: which cells, which settings (old -> new), the ways on."""
-    names = [name for name, _ in stale]
-    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-    changes = "; ".join(dict.fromkeys(change for _, found in stale for change in found))
-    return (
-        f"{out} holds results computed with other settings ({shown}: {changes}). Nothing was run: choose another "
-        "--output_dir, or rerun with --overwrite true to recompute exactly what differs."
-    )
-
-
-def stale_cells(config: StudyConfig, out: Path, cells: list[tuple[str, int]]) -> list[tuple[str, list[str]]]:
-    """What of `out` was computed with other settings than `config`'s: (name, changes) per differing cell, and the
-    built-in task's shared tokenizer. Reads fingerprints only (no compute)."""
-    stale = []
-    for preset, seed in cells:
-        changes = stale_changes(cell_dir(out, preset, seed), cell_fingerprint(config, preset))
-        if changes:
-            stale.append((f"{preset} seed {seed}", changes))
-    if config.builtin:
-        changes = stale_changes(Path(out) / "tokenizer", tokenizer_fingerprint(config))
-        if changes:
-            stale.append(("the tokenizer", changes))
-    return stale
-
-
-def run_cell(config: StudyConfig, preset: str, seed: int, out: Path) -> dict:
-    """Run (or resume) one cell and return its result; a finished cell is read back, not rerun.
-
-    The one entry any process calls for a cell (the local pool, a cluster job): safe to call from several processes
-    at once. The cell's lock (`cells.cell_lock`) is held throughout; a second caller says so, waits for the first,
-    then reads its result (or resumes the cell if the first failed). Under the lock the cell's recorded fingerprint
-    is checked: a cell computed with other settings raises `StaleCells`, or with `config.overwrite` is cleared and
-    recomputed. A damaged `result.json` or stage record is moved aside and recomputed (`cells.read_record`).
-
-    Args:
-        config (`StudyConfig`): the study.
-        preset (`str`), seed (`int`): the cell.
-        out (`Path`): the study directory.
-    """
-    cell = cell_dir(out, preset, seed)
-    name = f"{preset} seed {seed}"
-    lock = cell_lock(cell)
-    acquire_cell(lock, name)
-    try:
-        cell.mkdir(parents=True, exist_ok=True)
-        fingerprint = cell_fingerprint(config, preset)
-        changes = stale_changes(cell, fingerprint)
-        if changes and not config.overwrite:
-            raise StaleCells(_refusal(Path(out), [(name, changes)]))
-        if changes:
-            say("study", f"{name}: computed with other settings ({'; '.join(changes)}); recomputing it (overwrite)")
-            clear_folder(cell)
-        if recorded_fingerprint(cell) is None:
-            write_json_atomic(cell / FINGERPRINT, fingerprint)
-        result = read_record(cell / RESULT, "study")
-        if result is not None:
-            return result
-        if config.builtin:
-            # this process's settings, not the study directory's shared copy (another process may have rewritten it)
-            write_json_atomic(cell / "study_config.json", asdict(config))
-            argv = [sys.executable, "-m", BUILTIN_CELL_MODULE, str(cell / "study_config.json"), preset, str(seed)]
-            argv.append(str(cell))
-            _run(argv, cell / "log.txt", cell_env(config))  # the worker writes result.json
-            result = read_json(cell / RESULT)
-            if result is None:
-                raise RuntimeError(f"the cell ended without writing {cell / RESULT}; see {cell / 'log.txt'}")
-            return result
-        records = {
-            stage: run_stage(config, stage, argv, cell) for stage, argv in stage_commands(config, preset, seed, cell)
-        }
-        result = {"preset": preset, "seed": seed, **records}
-        write_json_atomic(cell / RESULT, result)
-        return result
-    finally:
-        lock.release()
+# the entries of a cell, importable from here as before the split into cell_runner.py and commands.py
+__all__ = ["BUILTIN_CELL_MODULE", "launcher", "run_cell", "run_stage", "run_study", "stage_commands"]
 
 
 def prepare_cells(config: StudyConfig, out: Path) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
@@ -290,7 +82,7 @@ def prepare_cells(config: StudyConfig, out: Path) -> tuple[list[tuple[str, int]]
     cells = config.cells()
     stale = stale_cells(config, out, cells)
     if stale and not config.overwrite:
-        raise StaleCells(_refusal(out, stale))
+        raise StaleCells(refusal(out, stale))
     if any(name == "the tokenizer" for name, _ in stale):
         say("study", "the shared tokenizer was built with other settings; rebuilding it (overwrite)")
         shutil.rmtree(out / "tokenizer")
@@ -309,7 +101,7 @@ def collect_results(config: StudyConfig, out: Path, cells: list[tuple[str, int]]
     (by another process with `overwrite`): results never mix cells of different settings."""
     stale = stale_cells(config, out, cells)
     if stale:
-        raise StaleCells(_refusal(Path(out), stale))
+        raise StaleCells(refusal(Path(out), stale))
     return [read_json(cell_dir(out, *c) / RESULT) for c in cells]
 
 
@@ -319,9 +111,8 @@ def run_cells(config: StudyConfig, out: Path) -> list[dict]:
     Before any compute the cells' fingerprints are checked (`prepare_cells`): a study whose directory holds cells of
     other settings stops (`StaleCells`) unless `config.overwrite`, which recomputes those cells only.
     """
-    from .launchers import run_jobs, run_local
-
     out = Path(out)
+    end_children_on_signals()  # a stopped study stops its cells' processes (children.py)
     cells, todo = prepare_cells(config, out)
     shape = f"{len(config.preset_names())} presets x {config.num_seeds} seeds"
     how = (
@@ -364,19 +155,20 @@ def print_commands(config: StudyConfig, out: Path) -> None:
     prefix = " ".join(f"{k}={shlex.quote(env[k])}" for k in names)
     print(f"# {config.study_name}: run from {os.getcwd()}; a cell is done when its result.json exists", flush=True)
     if not config.builtin:
-        print("# the runner adds --resume_from_checkpoint <newest checkpoint> to an interrupted training stage and "
-              "writes <cell>/<stage>.json when a stage ends", flush=True)  # fmt: skip
+        print("# each cell's command runs its four stages (shown below it), adds --resume_from_checkpoint <newest "
+              "checkpoint> to an interrupted training stage and records each stage and the cell", flush=True)  # fmt: skip
     for preset, seed in config.cells():
         cell = cell_dir(out, preset, seed)
         done = " (done)" if (cell / RESULT).is_file() else ""
         print(f"\n# cell {preset} seed {seed}: {cell}{done}", flush=True)
         if config.builtin:
-            argv = [sys.executable, "-m", BUILTIN_CELL_MODULE, str(out / "study_config.json"), preset, str(seed)]
-            commands = [argv + [str(cell)]]
+            argv = builtin_cell_command(out / "study_config.json", preset, seed, cell)
         else:
-            commands = [launcher(config) + argv for _, argv in stage_commands(config, preset, seed, cell)]
-        for argv in commands:
-            print(" ".join(filter(None, [prefix, shlex.join(argv)])), flush=True)
+            argv = cell_command(out / "study_config.json", preset, seed, out)
+        print(" ".join(filter(None, [prefix, shlex.join(argv)])), flush=True)
+        if not config.builtin:
+            for stage, stage_argv in stage_commands(config, preset, seed, cell):
+                print(f"#   {stage}: {shlex.join(launcher(config) + stage_argv)}", flush=True)
 
 
 def build_results(
@@ -404,6 +196,9 @@ def build_results(
             for c in cells
         ],
         "missing_cells": missing or [],
+        # the seeds that entered the numbers: every cell's, and the k of the Pass@k compared (k = n/2 of each cell's n)
+        "seeds_finished": {p: sorted(c["seed"] for c in cells if c["preset"] == p) for p in config.preset_names()},
+        "pass_at_k_compared": sorted({"Pass@{} of {}".format(*paper_k(c["eval_rl"])) for c in cells}),
     }
 
 

@@ -38,8 +38,16 @@ class Interval:
         """The standard deviation of the values (inf with one value)."""
         return self.sem * math.sqrt(self.n)
 
+    @property
+    def unsettled(self) -> bool:
+        """Identical values from fewer than 3 draws: a zero-width interval that shows no spread, not a certainty (two
+        seeds that agree to the last digit say nothing of a third)."""
+        return self.n < 3 and self.sem <= 1e-9 * abs(self.mean)  # zero up to the rounding of a difference
+
     def sign(self) -> int:
-        """+1 if the whole interval is above 0, -1 if below, 0 if it contains 0 (not resolved)."""
+        """+1 if the whole interval is above 0, -1 if below, 0 if it contains 0 or is `unsettled` (not resolved)."""
+        if self.unsettled:
+            return 0
         if self.low > 0:
             return 1
         if self.high < 0:
@@ -47,8 +55,8 @@ class Interval:
         return 0
 
     def within(self, tolerance: float) -> bool:
-        """True if the whole interval lies in [-tolerance, +tolerance]."""
-        return -tolerance <= self.low and self.high <= tolerance
+        """True if the whole interval lies in [-tolerance, +tolerance] (never when `unsettled`)."""
+        return not self.unsettled and -tolerance <= self.low and self.high <= tolerance
 
     def to_dict(self) -> dict:
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
