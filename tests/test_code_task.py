@@ -103,7 +103,9 @@ def test_task_settings_change_the_cells_fingerprint_and_bad_values_are_refused(t
     base = StudyConfig(task="code", output_dir=str(tmp_path))
     fingerprint = cell_fingerprint(base, "ce", 0)
     assert fingerprint["task"] == "code" and fingerprint["task.judge"] == "code" and fingerprint["task.max_ops"] == 3
-    other = cell_fingerprint(StudyConfig(task="code", task_args='{"direct_prob": 0.4}', output_dir=str(tmp_path)), "ce", 0)
+    other = cell_fingerprint(
+        StudyConfig(task="code", task_args='{"direct_prob": 0.4}', output_dir=str(tmp_path)), "ce", 0
+    )
     assert {k for k in fingerprint if fingerprint[k] != other[k]} == {"task.direct_prob", "task_args"}
     assert cell_fingerprint(StudyConfig(output_dir=str(tmp_path)), "ce", 0)["task"] == "arithmetic"
     for settings, name in (({"max_ops": 5}, "max_ops"), ({"direct_prob": 1.5}, "direct_prob"), ({"depth": 2}, "depth")):
