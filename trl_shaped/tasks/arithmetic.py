@@ -28,6 +28,8 @@ from typing import ClassVar
 
 from datasets import Dataset, DatasetDict
 
+from .base import draw_distinct_problems
+
 # Step separators: stylistic branching that carries no information about the answer. Skewed, as word choices in
 # general text are, so that a preset that concentrates or spreads probability mass has something to move.
 SEPARATORS = (" ", ", ", "; ")
@@ -192,28 +194,17 @@ def build_datasets(
     task = task or ArithmeticTask()
     if solutions_per_problem is None:
         solutions_per_problem = task.solutions_per_problem
-    for name, value in (("num_train", num_train), ("num_rl", num_rl), ("num_test", num_test)):
-        if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
     if solutions_per_problem < 1:
         raise ValueError(f"solutions_per_problem must be >= 1, got {solutions_per_problem}")
     rng = random.Random(seed)
-    total = num_train + num_rl + num_test
-    problems, seen = [], set()
     # Distinct problems up to the order of their terms (a worked solution of 7+5-3 adds 5+7, so 5+7-3 is the same
-    # problem to the model); give up when the space is too small rather than loop forever.
-    for _ in range(50 * total):
-        terms = task.sample_terms(rng)
-        if tuple(sorted(terms)) not in seen:
-            seen.add(tuple(sorted(terms)))
-            problems.append(terms)
-            if len(problems) == total:
-                break
-    else:
-        raise ValueError(
-            f"the task has fewer than num_train + num_rl + num_test = {total} distinct problems; "
-            "lower them or widen the task (max_operand, max_terms)"
-        )
+    # problem to the model).
+    problems = draw_distinct_problems(
+        lambda: task.sample_terms(rng),
+        lambda terms: tuple(sorted(terms)),
+        {"num_train": num_train, "num_rl": num_rl, "num_test": num_test},
+        widen="max_operand, max_terms",
+    )
     train, rl, test = problems[:num_train], problems[num_train : num_train + num_rl], problems[num_train + num_rl :]
 
     sft_rows = []

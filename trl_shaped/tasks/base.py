@@ -86,6 +86,40 @@ def get_task(name: str, **settings) -> StudyTask:
         raise ValueError(f"task {name!r}: {error}") from None
 
 
+def draw_distinct_problems(draw, key, sizes: dict[str, int], *, widen: str, build=None) -> list:
+    """`sum(sizes)` problems with distinct keys, the pool every split is cut from.
+
+    Args:
+        draw: a call that proposes one problem (from the task's random generator).
+        key: `key(problem)` identifies a problem up to what the model would see as the same one.
+        sizes (`dict[str, int]`): the split sizes by argument name (num_train, num_rl, num_test), each at least 1.
+        widen (`str`): the task settings that make more problems, named in the error when there are too few.
+        build (*optional*): turns a new proposal into the problem; called only for new ones, right after the draw,
+            so the generator's draws stay in the order a task without it would make them.
+
+    Raises:
+        ValueError: a size below 1, or fewer distinct problems than asked (given up after 50 draws per problem
+            rather than looping forever).
+    """
+    for name, value in sizes.items():
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    total = sum(sizes.values())
+    problems, seen = [], set()
+    for _ in range(50 * total):
+        candidate = draw()
+        problem_key = key(candidate)
+        if problem_key not in seen:
+            seen.add(problem_key)
+            problems.append(build(candidate) if build else candidate)
+            if len(problems) == total:
+                return problems
+    raise ValueError(
+        f"the task has fewer than {' + '.join(sizes)} = {total} distinct problems; lower them or widen the task "
+        f"({widen})"
+    )
+
+
 def check_disjoint(data: DatasetDict, key) -> None:
     """Raise a ValueError when a problem of one split also appears in another; `key(row)` is what identifies a
     problem (e.g. its prompt, or its terms up to their order)."""

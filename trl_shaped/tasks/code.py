@@ -39,6 +39,8 @@ from typing import ClassVar
 
 from datasets import Dataset, DatasetDict
 
+from .base import draw_distinct_problems
+
 # name -> (word, statement operator, expression operator, smallest and largest constant)
 OPERATIONS = {
     "add": ("add", "+", "+", 1, 19),
@@ -124,25 +126,14 @@ class CodeTask:
             num_test (`int`): distinct held-out problems, none of which is a stage-1 or RL problem.
             seed (`int`): seed of everything random here.
         """
-        for name, value in (("num_train", num_train), ("num_rl", num_rl), ("num_test", num_test)):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
         rng = random.Random(seed)
-        total = num_train + num_rl + num_test
-        problems, seen = [], set()
-        for _ in range(50 * total):
-            ops = self.sample_ops(rng)
-            key = problem_key(ops)
-            if key not in seen:
-                seen.add(key)
-                problems.append(self.sample_problem(ops, rng))
-                if len(problems) == total:
-                    break
-        else:
-            raise ValueError(
-                f"the task has fewer than num_train + num_rl + num_test = {total} distinct problems; lower them or "
-                "widen the task (max_ops)"
-            )
+        problems = draw_distinct_problems(
+            lambda: self.sample_ops(rng),
+            problem_key,
+            {"num_train": num_train, "num_rl": num_rl, "num_test": num_test},
+            widen="max_ops",
+            build=lambda ops: self.sample_problem(ops, rng),
+        )
         train, rl, test = problems[:num_train], problems[num_train : num_train + num_rl], problems[num_train + num_rl :]
         sft_rows = [
             {"prompt": p["prompt"], "completion": self.sample_solution(p["ops"], rng), "tests": p["tests"]}
