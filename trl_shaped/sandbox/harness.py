@@ -35,6 +35,14 @@ import signal
 import sys
 import time
 
+if __package__:  # imported by the host (for its constants)
+    from . import confine
+else:  # run as the sandbox's script: -I leaves the script's folder off sys.path
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import confine  # the sibling module that sets limits, kills and cleans (standard library only)
+
+    del sys.path[0]
+
 # The test statements of a program read from standard input are calls of this function (see `check_stdio`).
 STDIO_CALL = "check_stdio("
 OUTPUT_FILE = ".output"
@@ -185,26 +193,12 @@ def _child(request: dict, settings: dict, secret_fd: int, result_fd: int) -> Non
     os.closerange(3, low)
     os.closerange(low + 1, high)
     os.closerange(high + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-    uid = settings["uid"]
-    if os.getuid() == 0 and uid:
-        os.setgroups([])
-        os.setgid(uid)
-        os.setuid(uid)
     os.chdir(settings["workdir"])
     out = os.open(OUTPUT_FILE, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)  # readable: check_stdio reads it back
     os.dup2(out, 1)
     os.dup2(out, 2)
     os.close(out)
-    cpu = max(1, int(-(-limits["cpu_time_s"] // 1)))
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-    resource.setrlimit(resource.RLIMIT_AS, (limits["memory_bytes"],) * 2)
-    # the soft limit is the output limit; the hard one (the size of the private /tmp) lets check_stdio write inputs
-    resource.setrlimit(
-        resource.RLIMIT_FSIZE, (limits["max_output_bytes"], max(limits["max_output_bytes"], limits["tmp_bytes"]))
-    )
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    if settings["limit_processes"]:
-        resource.setrlimit(resource.RLIMIT_NPROC, (limits["max_processes"],) * 2)
+    confine.enter_program_limits(limits, settings)
     signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # Python ignores it: writing past the output limit must kill
     secret = os.read(secret_fd, 64)
     os.close(secret_fd)
@@ -257,94 +251,6 @@ def _ending(status: int) -> str:
     return f"exited with {os.WEXITSTATUS(status)} before reporting"
 
 
-def _kill_everything(pid: int, settings: dict) -> int:
-    """Kill the program's whole process tree and reap the child; returns the child's wait status.
-
-    In its own pid namespace the server kills everything but itself (kill(-1) spares the caller and init). Without
-    one, as root, a child that dropped to the worker's uid does it (its signals reach that uid's processes only).
-    Without either, only the program's session can be killed: a process that left it survives (isolation "none").
-    """
-    for kill in (os.killpg, os.kill):
-        try:
-            kill(pid, 9)
-        except OSError:
-            pass
-    try:
-        status = os.waitpid(pid, 0)[1]
-    except ChildProcessError:
-        status = 0
-    if settings["own_pid_namespace"]:
-        _kill_all_signalable()
-    elif os.getuid() == 0 and settings["uid"]:
-        reaper = os.fork()
-        if reaper == 0:
-            try:
-                os.setgroups([])
-                os.setgid(settings["uid"])
-                os.setuid(settings["uid"])
-                _kill_all_signalable(settings["uid"])
-            finally:
-                os._exit(0)
-        os.waitpid(reaper, 0)
-    return status
-
-
-def _kill_all_signalable(uid=None) -> None:
-    """kill(-1, SIGKILL) until nothing is left: in a pid namespace of its own until kill(-1) finds no process; with
-    `uid` (no namespace: the host's processes remain) until no live process of that uid is left."""
-    for attempt in range(5000):
-        try:
-            os.kill(-1, 9)
-        except OSError:  # ESRCH: no process left to signal
-            return
-        if uid is not None and not _live_processes_of(uid):
-            return
-        if attempt > 10:
-            time.sleep(0.001)
-
-
-def _live_processes_of(uid: int) -> bool:
-    """Whether a process of `uid` other than this one is alive (zombies wait for their reaper and do not count)."""
-    me = str(os.getpid())
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or entry == me:
-            continue
-        try:
-            with open(f"/proc/{entry}/status") as handle:
-                status = handle.read()
-        except OSError:
-            continue
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        if fields.get("Uid", "").split()[:1] == [str(uid)] and not fields.get("State", "").strip().startswith("Z"):
-            return True
-    return False
-
-
-def _empty_workdir(path: str) -> None:
-    """Remove everything the program left in the working folder, folders it made unreadable included."""
-    for root, dirs, _ in os.walk(path):
-        for name in dirs:
-            try:
-                os.chmod(os.path.join(root, name), 0o700, follow_symlinks=False)
-            except (OSError, NotImplementedError):
-                pass
-    for root, dirs, files in os.walk(path, topdown=False):
-        for name in files:
-            try:
-                os.unlink(os.path.join(root, name))
-            except OSError:
-                pass
-        for name in dirs:
-            full = os.path.join(root, name)
-            try:
-                if os.path.islink(full):
-                    os.unlink(full)
-                else:
-                    os.rmdir(full)
-            except OSError:
-                pass
-
-
 def serve_one(request: dict, settings: dict) -> dict:
     """Run one program in a forked child and return the reply."""
     total = len(request["tests"])
@@ -368,8 +274,8 @@ def serve_one(request: dict, settings: dict) -> dict:
     os.close(secret_w)
     data, ending = _await_result(pid, result_r, request["limits"]["wall_time_s"])
     os.close(result_r)
-    status_detail = _ending(_kill_everything(pid, settings))
-    _empty_workdir(settings["workdir"])
+    status_detail = _ending(confine.kill_program(pid, settings))
+    confine.clean_scratch(settings)
     line = data.split(b"\n", 1)[0].split(b" ", 3)
     if ending == "ok" and len(line) == 4 and line[0] == secret and line[1].isdigit() and line[2].isdigit():
         passed, reported = int(line[1]), int(line[2])

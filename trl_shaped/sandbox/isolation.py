@@ -20,6 +20,8 @@ from pathlib import Path
 
 HARNESS = Path(__file__).with_name("harness.py")
 SANDBOX_HARNESS = "/sandbox/harness.py"
+CONFINE = HARNESS.with_name("confine.py")  # imported by the harness
+SANDBOX_CONFINE = "/sandbox/confine.py"
 # As root, worker i of a trainer with pid p runs programs as uid FIRST_UID + (p mod 100000) * 64 + i: no host account,
 # and no two workers (of this or another training on the machine) share one, so each process count is a worker's own.
 FIRST_UID = 1_900_000_000
@@ -95,7 +97,8 @@ def bwrap_command(index: int, tmp_bytes: int) -> list[str]:
             bound.append(path)
     command += ["--dev", "/dev"]  # and no /proc: nothing of a process (its memory, its fds) is reachable by path
     command += ["--perms", "1777", "--size", str(tmp_bytes), "--tmpfs", "/tmp"]
-    command += ["--ro-bind", str(HARNESS), SANDBOX_HARNESS, "--chdir", "/tmp"]
+    command += ["--ro-bind", str(HARNESS), SANDBOX_HARNESS, "--ro-bind", str(CONFINE), SANDBOX_CONFINE]
+    command += ["--chdir", "/tmp"]
     # the sandbox's own root and /dev read-only too: without root the program owns them, and a tmpfs with no size
     # limit would let it fill the host's memory; /tmp is the one place to write
     command += ["--remount-ro", "/dev", "--remount-ro", "/"]
