@@ -1,6 +1,7 @@
 """The code judge: a completion's program runs against its problem's tests in the sandbox (`trl_shaped.sandbox`).
 
-    extract_code(text)              the last fenced python block (```python, ```py or bare ```), else the whole text
+    extract_code(text, tests)       the program a completion means: the blocks defining what the tests need
+                                    (`code_extraction.py`)
     CodeReward(all_or_nothing, limits, workers)
                                     a TRL reward function: the fraction of the tests a completion's program passes
     code_reward = CodeReward()      the registered judge "code" (fraction of tests, default limits)
@@ -12,36 +13,11 @@ what passed after every test ran, and a program that crashes, hangs or attacks s
 """
 
 import json
-import re
 
 from ..sandbox import Program, SandboxLimits, get_sandbox
 from ..validation import check_int
 from .answers import completion_text
-
-# An opening fence and its language tag; a closing fence is a line that starts with three backticks.
-_OPENING = re.compile(r"```[ \t]*([\w+-]*)[ \t]*\n")
-_CLOSING = re.compile(r"\n[ \t]*```")
-_PYTHON_TAGS = ("", "python", "python3", "py")
-
-
-def extract_code(text) -> str:
-    """The program written in `text`: its last fenced block marked ```python, ```py or unmarked, else the whole text.
-
-    Blocks in other languages (```bash, ```text) are skipped; an unclosed last block runs to the end of the text
-    (a completion cut by the length limit). Non-strings give "".
-    """
-    if not isinstance(text, str):
-        return ""
-    last, position = None, 0
-    while (opening := _OPENING.search(text, position)) is not None:
-        closing = _CLOSING.search(text, opening.end() - 1)
-        end = closing.start() if closing else len(text)
-        if opening.group(1).lower() in _PYTHON_TAGS:
-            last = text[opening.end() : end]
-        if closing is None:
-            break
-        position = closing.end()
-    return last if last is not None else text
+from .code_extraction import extract_code
 
 
 def normalized_code(text) -> str | None:
@@ -122,10 +98,10 @@ class CodeReward:
 
     def __call__(self, completions, tests, **kwargs) -> list[float]:
         per_completion = _tests_per_completion(tests, len(completions))
-        programs = [
-            Program(extract_code(completion_text(c)), [t for t in problem_tests if isinstance(t, str)])
-            for c, problem_tests in zip(completions, per_completion, strict=True)
-        ]
+        programs = []
+        for completion, problem_tests in zip(completions, per_completion, strict=True):
+            statements = [t for t in problem_tests if isinstance(t, str)]
+            programs.append(Program(extract_code(completion_text(completion), statements), statements))
         outcomes = self.sandbox.run_tests(programs)
         if self.all_or_nothing:
             return [1.0 if o.status == "ok" and o.total and o.passed == o.total else 0.0 for o in outcomes]
