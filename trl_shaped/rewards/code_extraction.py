@@ -16,10 +16,10 @@ block scores many right programs 0, so the program is chosen from what the tests
    Only blocks marked ``python``, ``python3``, ``py``, ``py3`` or nothing count; ``\\r\\n`` reads as ``\\n``.
 2. Function tests (``assert add(1, 2) == 3``, HumanEval's ``check(entry_point)``, ``Solution().f(...)``): the
    names the tests read and do not bind are needed. For each, the last block that defines it (``def``, ``class``
-   or an assignment) is kept; a block whose introduction calls it wrong ("a common mistake is ...") counts only
-   when no other block defines the name, and an import counts only when no block defines it. Then, until nothing
-   changes, the block defining each name a kept block reads from the module's globals (a helper, a constant, an
-   import) is kept too. The kept blocks join in the text's order, so a later definition overrides an earlier one
+   or an assignment) is kept; a block whose introducing sentence calls it wrong ("A common mistake is ...:")
+   counts only when no other block defines the name, and an import counts only when no block defines it. Then,
+   until nothing changes, the block defining each name a kept block reads from the module's globals (a helper, a
+   constant, an import) is kept too. The kept blocks join in the text's order, so a later definition overrides an earlier one
    as it would in Python; blocks that only call, print or assert are never kept, so they never run.
 3. Standard input tests (every test a ``check_stdio`` call): the script is the last block whose top-level code
    reads standard input (``input()``, ``sys.stdin``, ``open(0)``, directly or through the functions it calls), is
@@ -58,6 +58,7 @@ _WRONG = re.compile(
     re.I,
 )
 _FIXED = re.compile(r"\b(fix(ed|es)?|correct(ed|ly)?|right|instead|better|working|final|updated|revised)\b", re.I)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _SENTENCE_START = re.compile(r"[A-Z][a-z'’]*\b")
 
 
@@ -69,7 +70,7 @@ class FencedBlock:
         language (`str`): the first word of the info string, lowercased (``""`` for a bare fence).
         code (`str`): the block's content, without the fence's indentation.
         closed (`bool`): whether a closing fence ends it (else it runs to the end of the text).
-        intro (`str`): the last paragraph of prose before its opening fence.
+        intro (`str`): the sentence of prose that introduces it (the last before its opening fence).
     """
 
     language: str
@@ -106,7 +107,9 @@ def _dedent(lines: list[str], indent: int) -> str:
     return textwrap.dedent("\n".join(kept))
 
 
-def _last_paragraph(lines: list[str]) -> str:
+def _introduction(lines: list[str]) -> str:
+    """The sentence that introduces a block: the last one of the last paragraph before it (``"That was wrong. Here
+    is the fix:"`` introduces the fix, not a wrong block)."""
     paragraph = []
     for line in reversed(lines):
         if not line.strip():
@@ -114,7 +117,8 @@ def _last_paragraph(lines: list[str]) -> str:
                 break
             continue
         paragraph.append(line.strip())
-    return " ".join(reversed(paragraph))[-500:]
+    sentences = _SENTENCE_END.split(" ".join(reversed(paragraph))[-1000:])
+    return sentences[-1]
 
 
 def fenced_blocks(text: str) -> list[FencedBlock]:
@@ -134,7 +138,7 @@ def fenced_blocks(text: str) -> list[FencedBlock]:
             number += 1
             continue
         fence, indent = opening["fence"], len(opening.groupdict().get("indent") or "")
-        intro = _last_paragraph(lines[prose_start:number] + ([line[: opening.start("fence")]] if not indent else []))
+        intro = _introduction(lines[prose_start:number] + ([line[: opening.start("fence")]] if not indent else []))
         candidates = []  # (line of the closing fence, code before the fence on it)
         for later in range(number + 1, len(lines)):
             tail = _closing(lines[later], fence[0], len(fence))
@@ -302,7 +306,7 @@ def _script(blocks: list[_Block]) -> set:
     return _closure({scripts[-1]}, blocks) if scripts else set()
 
 
-def tested_names(tests: Sequence[str]) -> set | None:
+def needed_names(tests: Sequence[str]) -> set | None:
     """The names the test statements read and do not bind (those the program must define); None when every test
     is a ``check_stdio`` call (the program is a script)."""
     if tests and all(t.lstrip().startswith(STDIO_CALL) for t in tests):
@@ -360,7 +364,7 @@ def extract_code(text, tests: Sequence[str] | None = None) -> str:
     if not fenced:
         return _unfenced(text.replace("\r\n", "\n"))
     blocks = [b for b in (_analyse(i, block) for i, block in enumerate(fenced)) if b is not None]
-    names = tested_names(tests) if tests else set()
+    names = needed_names(tests) if tests else set()
     if names is None:
         kept = _script(blocks)
     elif names:
