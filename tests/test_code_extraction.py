@@ -513,6 +513,9 @@ def test_many_blocks_and_text_that_breaks_parsers(reward):
     null_byte = f"```python\n{RIGHT_ADD}\n```\n```python\ndef add(a, b):\x00\n```"
     assert extract_code(null_byte, ADD) == RIGHT_ADD
     assert reward([text, deep, null_byte], tests=[ADD] * 3) == [1.0, 1.0, 1.0]
+    # long lines that make backtracking patterns quadratic
+    for line in ("a" + "`" * 100_000, "```" + " " * 100_000 + "x", "x ```" * 20_000):
+        assert extract_code(line, ADD) == line
 
 
 def test_when_nothing_parses_the_last_python_block_is_run(reward):

@@ -38,6 +38,7 @@ The analysis reads the program with `ast` and `symtable` only: nothing of the co
 
 import ast
 import re
+import string
 import symtable
 import textwrap
 from collections.abc import Iterable, Sequence
@@ -48,9 +49,10 @@ from ..sandbox.harness import STDIO_CALL
 PYTHON_TAGS = ("", "python", "python3", "py", "py3")
 # Later closing fences tried when a block does not parse as closed (a fence inside one of its strings).
 _REPAIR_LOOKAHEAD = 8
-# The opening fence: on a line of its own (any indentation, any info string) or ending a line of prose (a language).
-_OPENING = re.compile(r"(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>.*?)[ \t]*")
-_OPENING_AFTER_TEXT = re.compile(r".*?\S[ \t]*(?P<fence>`{3,})(?P<info>[A-Za-z][\w+#.-]*)[ \t]*")
+# An opening fence on a line of its own (any indentation, any info string); one ending a line of prose is found
+# with str methods (a regular expression that looks for it backtracks quadratically on long lines).
+_FENCE_LINE = re.compile(r"([ \t]*)(`{3,}|~{3,})(.*)")
+_TAG_CHARACTERS = string.ascii_letters + string.digits + "_+#.-"
 # The prose before a block that presents it as what not to write.
 _WRONG = re.compile(
     r"\b(wrong|incorrect|mistakes?|buggy|broken|naive|avoid|fails|(don'?t|do not) (do|write)|"
@@ -85,6 +87,19 @@ def _parses(code: str) -> bool:
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return False
     return True
+
+
+def _opening(line: str) -> tuple[int, str, str, str] | None:
+    """(indentation, fence, info string, prose before the fence) when `line` opens a fence, else None."""
+    match = _FENCE_LINE.match(line)
+    if match and not (match[2][0] == "`" and "`" in match[3]):
+        return len(match[1]), match[2], match[3].strip(), ""
+    stripped = line.rstrip()
+    head = stripped.rstrip(_TAG_CHARACTERS)
+    tag, prose = stripped[len(head) :], head.rstrip("`")
+    if tag[:1].isalpha() and len(head) - len(prose) >= 3 and prose.strip():
+        return 0, head[len(prose) :], tag, prose
+    return None
 
 
 def _closing(line: str, char: str, length: int) -> str | None:
@@ -130,15 +145,12 @@ def fenced_blocks(text: str) -> list[FencedBlock]:
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     blocks, number, prose_start = [], 0, 0
     while number < len(lines):
-        line = lines[number]
-        opening = _OPENING.fullmatch(line)
-        if opening is None or (opening["fence"][0] == "`" and "`" in opening["info"]):
-            opening = _OPENING_AFTER_TEXT.fullmatch(line)
+        opening = _opening(lines[number])
         if opening is None:
             number += 1
             continue
-        fence, indent = opening["fence"], len(opening.groupdict().get("indent") or "")
-        intro = _introduction(lines[prose_start:number] + ([line[: opening.start("fence")]] if not indent else []))
+        indent, fence, info, prose = opening
+        intro = _introduction(lines[prose_start:number] + [prose])
         candidates = []  # (line of the closing fence, code before the fence on it)
         for later in range(number + 1, len(lines)):
             tail = _closing(lines[later], fence[0], len(fence))
@@ -153,7 +165,7 @@ def fenced_blocks(text: str) -> list[FencedBlock]:
         end, tail = candidates[0] if candidates else (len(lines), "")
         if candidates and not _parses(content(end, tail)):
             end, tail = next((c for c in candidates[1:] if _parses(content(*c))), (end, tail))
-        language = (opening["info"].split() or [""])[0].lower()
+        language = (info.split() or [""])[0].lower()
         blocks.append(FencedBlock(language, content(end, tail), closed=end < len(lines), intro=intro))
         number = prose_start = end + 1
     return blocks
@@ -253,57 +265,73 @@ def _analyse(index: int, block: FencedBlock) -> _Block | None:
 # --- choosing the blocks -------------------------------------------------------------------------------------------
 
 
-def _definer(name: str, blocks: list[_Block], imports: bool = True) -> _Block | None:
-    """The block whose binding of `name` a joined program would use: the last that defines it and is not presented
-    as wrong, else the last that defines it, else (with `imports`) the last that imports it."""
-    ranked = [(2 if not b.discouraged else 1, b.index, b) for b in blocks if name in b.defines] + (
-        [(0, b.index, b) for b in blocks if name in b.imports] if imports else []
-    )
-    return max(ranked, key=lambda r: r[:2])[2] if ranked else None
+class _Choice:
+    """The analysed blocks of one completion and, per name, the block whose binding a joined program would use."""
 
+    def __init__(self, blocks: list[_Block]):
+        self.blocks, self.defined, self.imported = blocks, {}, {}
+        for block in blocks:  # in order: a later block replaces an earlier one, unless presented as wrong
+            for name in block.defines:
+                if name not in self.defined or self.defined[name].discouraged or not block.discouraged:
+                    self.defined[name] = block
+            for name in block.imports:
+                self.imported[name] = block
 
-def _closure(kept: Iterable[_Block], blocks: list[_Block]) -> set:
-    """`kept` and, until nothing changes, the blocks defining the globals a kept block reads and does not bind."""
-    kept, todo = set(kept), list(kept)
-    while todo:
-        for name in sorted(todo.pop().uses):
-            found = _definer(name, blocks)
-            if found is not None and found not in kept:
-                kept.add(found)
-                todo.append(found)
-    return kept
+    def definer(self, name: str, imports: bool = True) -> _Block | None:
+        """The last block that defines `name` and is not presented as wrong, else the last that defines it, else
+        (with `imports`) the last that imports it."""
+        found = self.defined.get(name)
+        return found if found is not None or not imports else self.imported.get(name)
 
+    def closure(self, kept: Iterable[_Block]) -> set:
+        """`kept` and, until nothing changes, the blocks defining the globals a kept block reads and does not bind."""
+        kept, todo = set(kept), list(kept)
+        while todo:
+            for name in todo.pop().uses:
+                found = self.definer(name)
+                if found is not None and found not in kept:
+                    kept.add(found)
+                    todo.append(found)
+        return kept
 
-def _for_names(names: set, blocks: list[_Block]) -> set:
-    """Rule 2: the blocks defining `names` (defined ones first, then imported ones not yet bound) and their needs."""
-    kept = _closure({b for n in names if (b := _definer(n, blocks, imports=False)) is not None}, blocks)
-    bound = set().union(*(b.defines | b.imports for b in kept))
-    missing = {b for n in names - bound if (b := _definer(n, blocks)) is not None}
-    return _closure(kept | missing, blocks)
+    def for_names(self, names: set) -> set:
+        """Rule 2: the blocks defining `names` (defined ones first, then imported ones not yet bound), with what they
+        need."""
+        kept = self.closure({b for n in names if (b := self.definer(n, imports=False)) is not None})
+        bound = set().union(*(b.defines | b.imports for b in kept))
+        return self.closure(kept | {b for n in names - bound if (b := self.definer(n)) is not None})
 
+    def readers(self) -> set:
+        """The names whose binding reads standard input, directly or through the names it uses."""
+        used_by, readers = {}, set()  # name -> names whose binding uses it
+        for name in self.defined.keys() | self.imported.keys():
+            for statement in self.definer(name).statements:
+                if name in statement.binds:
+                    if statement.reads_stdin:
+                        readers.add(name)
+                    for used in statement.uses:
+                        used_by.setdefault(used, set()).add(name)
+        todo = list(readers)
+        while todo:
+            for name in used_by.get(todo.pop(), ()):
+                if name not in readers:
+                    readers.add(name)
+                    todo.append(name)
+        return readers
 
-def _script(blocks: list[_Block]) -> set:
-    """Rule 3: the script that reads standard input and the blocks it needs (empty when there is none)."""
-
-    def reads(names: set, seen: set) -> bool:
-        for name in names - seen:
-            seen.add(name)
-            found = _definer(name, blocks)
-            statements = [s for s in found.statements if name in s.binds] if found else []
-            if any(s.reads_stdin or reads(s.uses, seen) for s in statements):
-                return True
-        return False
-
-    scripts = [
-        b
-        for b in blocks
-        if not b.scaffold and any(s.runs and (s.reads_stdin or reads(s.uses, set())) for s in b.statements)
-    ]
-    for script in reversed(scripts):
-        kept = _closure({script}, blocks)
-        if not any(other in kept for other in scripts if other is not script):  # not a second call of a script
-            return kept
-    return _closure({scripts[-1]}, blocks) if scripts else set()
+    def script(self) -> set:
+        """Rule 3: the script that reads standard input with the blocks it needs (empty when there is none)."""
+        readers = self.readers()
+        scripts = [
+            b
+            for b in self.blocks
+            if not b.scaffold and any(s.runs and (s.reads_stdin or s.uses & readers) for s in b.statements)
+        ]
+        for script in reversed(scripts):
+            kept = self.closure({script})
+            if not any(other in kept for other in scripts if other is not script):  # not a second call of a script
+                return kept
+        return self.closure({scripts[-1]}) if scripts else set()
 
 
 def needed_names(tests: Sequence[str]) -> set | None:
@@ -363,16 +391,16 @@ def extract_code(text, tests: Sequence[str] | None = None) -> str:
     fenced = [b for b in fenced_blocks(text) if b.language in PYTHON_TAGS]
     if not fenced:
         return _unfenced(text.replace("\r\n", "\n"))
-    blocks = [b for b in (_analyse(i, block) for i, block in enumerate(fenced)) if b is not None]
+    choice = _Choice([b for b in (_analyse(i, block) for i, block in enumerate(fenced)) if b is not None])
     names = needed_names(tests) if tests else set()
     if names is None:
-        kept = _script(blocks)
+        kept = choice.script()
     elif names:
-        kept = _for_names(names, blocks)
+        kept = choice.for_names(names)
     else:
-        trusted = [b for b in blocks if not b.discouraged and b.functions] or blocks
+        trusted = [b for b in choice.blocks if not b.discouraged and b.functions] or choice.blocks
         functions = {n for b in trusted for n in b.functions if not n.startswith(("test_", "Test"))}
-        kept = _for_names(functions, blocks) | _script(blocks)
+        kept = choice.for_names(functions) | choice.script()
     if not kept:
         return fenced[-1].code
     return "\n\n".join(b.code for b in sorted(kept, key=lambda b: b.index))
