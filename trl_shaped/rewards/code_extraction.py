@@ -2,6 +2,7 @@
 
     extract_code(text, tests=None)   the program the code judge runs for `text` (below)
     fenced_blocks(text)              every fenced block of `text` (```` ``` ```` or ``~~~``), with the prose before it
+    needed_names(tests)              the names test statements need the program to define (None for check_stdio)
 
 Real completions rarely hold one block. After the solution they show a usage example, a block of asserts, the
 expected output, or a wrong variant they warn about; they split a helper and the main function over two blocks,
@@ -19,8 +20,9 @@ block scores many right programs 0, so the program is chosen from what the tests
    or an assignment) is kept; a block whose introducing sentence calls it wrong ("A common mistake is ...:")
    counts only when no other block defines the name, and an import counts only when no block defines it. Then,
    until nothing changes, the block defining each name a kept block reads from the module's globals (a helper, a
-   constant, an import) is kept too. The kept blocks join in the text's order, so a later definition overrides an earlier one
-   as it would in Python; blocks that only call, print or assert are never kept, so they never run.
+   constant, an import) is kept too. The kept blocks join in the text's order, so a later definition overrides an
+   earlier one as it would in Python; blocks that only call, print or assert are never kept, so they never run.
+   A kept block runs whole, as written (its own prints and asserts included).
 3. Standard input tests (every test a ``check_stdio`` call): the script is the last block whose top-level code
    reads standard input (``input()``, ``sys.stdin``, ``open(0)``, directly or through the functions it calls), is
    no test scaffold (``sys.stdin = io.StringIO(...)``) and does not merely call another such script again (a
@@ -233,7 +235,7 @@ class _Block:
     statements: list = field(default_factory=list)
     defines: set = field(default_factory=set)  # bound by def, class or assignment
     imports: set = field(default_factory=set)  # bound by import only
-    uses: set = field(default_factory=set)  # read from the globals and bound elsewhere
+    uses: set = field(default_factory=set)  # globals it reads and does not bind itself
     functions: set = field(default_factory=set)  # top-level def and class names
     scaffold: bool = False
 
