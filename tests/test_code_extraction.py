@@ -554,6 +554,9 @@ def test_fenced_blocks_reads_fences_as_written():
         ("", "c = 3", True),
         ("js", "d", True),
     ]
+    infos = ["python3.11 title=a.py", "{.python}", "python:main.py", "c++", "", " js", "Python"]
+    text = "".join(f"```{info}\nx\n```\n" for info in infos)
+    assert [b.language for b in fenced_blocks(text)] == ["python3", "python", "python", "c", "", "js", "python"]
     assert fenced_blocks("```python\nx = 1")[0].closed is False
     assert fenced_blocks("no fence") == []
 

@@ -62,6 +62,8 @@ _WRONG = re.compile(
     re.I,
 )
 _FIXED = re.compile(r"\b(fix(ed|es)?|correct(ed|ly)?|right|instead|better|working|final|updated|revised)\b", re.I)
+# The language of an info string: ``python``, ``Python3``, ``{.python}``, ``python:main.py``, ``python3.11 title=x``.
+_LANGUAGE = re.compile(r"[{.\s]*([A-Za-z]*\d*)")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _SENTENCE_START = re.compile(r"[A-Z][a-z'’]*\b")
 
@@ -71,7 +73,8 @@ class FencedBlock:
     """One fenced block of a completion.
 
     Args:
-        language (`str`): the first word of the info string, lowercased (``""`` for a bare fence).
+        language (`str`): the language the info string names, lowercased, without a version's minor part or a file
+            name (``"python3"`` for ``python3.11`` or ``python3:main.py``; ``""`` for a bare fence).
         code (`str`): the block's content, without the fence's indentation.
         closed (`bool`): whether a closing fence ends it (else it runs to the end of the text).
         intro (`str`): the sentence of prose that introduces it (the last before its opening fence).
@@ -167,7 +170,7 @@ def fenced_blocks(text: str) -> list[FencedBlock]:
         end, tail = candidates[0] if candidates else (len(lines), "")
         if candidates and not _parses(content(end, tail)):
             end, tail = next((c for c in candidates[1:] if _parses(content(*c))), (end, tail))
-        language = (info.split() or [""])[0].lower()
+        language = _LANGUAGE.match(info)[1].lower()
         blocks.append(FencedBlock(language, content(end, tail), closed=end < len(lines), intro=intro))
         number = prose_start = end + 1
     return blocks
