@@ -223,3 +223,20 @@ def test_the_checker_reads_docstrings_and_yaml_comments(tmp_path):
         assert missing in found, (missing, found)
     assert "not_a_docstring" not in found and "loading.py" not in found, found  # code is not docs; package-relative
     assert len(found.splitlines()) == 4, found
+
+
+def test_the_site_nav_lists_every_page():
+    """mkdocs.yml's nav names every page of docs/ and the repository pages the site publishes (the hook's
+    `PUBLISHED`), and nothing else; the strict build refuses a page left out, this finds it without building."""
+    import yaml
+
+    hook = ast.parse((ROOT / "docs" / "_hooks" / "repository_links.py").read_text())
+    (published,) = [
+        ast.literal_eval(node.value)
+        for node in hook.body
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "PUBLISHED"
+    ]
+    assert all((ROOT / path).is_file() for path in published)
+    nav = [next(iter(entry.values())) for entry in yaml.safe_load((ROOT / "mkdocs.yml").read_text())["nav"]]
+    pages = {page.name for page in (ROOT / "docs").glob("*.md")} | set(published.values())
+    assert sorted(nav) == sorted(pages)

@@ -3,10 +3,10 @@
 On top of GRPO it adds, through TRL's hooks (each concern's logic in its own module, the trainer holding the hooks):
 
 - the prior (stage-1 checkpoint, `prior.py`): TRL's reference (the KL anchor) when `beta > 0`, and the baseline of
-  drift diagnostics (`drift.py`) computed on the sampled completions every `diagnostics_steps` optimizer steps. It is
-  held as cheaply as TRL holds its reference: no copy for a new LoRA adapter (adapters disabled), a frozen adapter
-  copy on the shared base for a PEFT policy carrying a stage-1 adapter, a full frozen copy otherwise, and nothing when
-  nothing reads it;
+  drift diagnostics (`drift.py`, their inputs gathered under ZeRO-3 or FSDP2 by `drift_gather.py`) computed on the
+  sampled completions every `diagnostics_steps` optimizer steps. It is held as cheaply as TRL holds its reference: no
+  copy for a new LoRA adapter (adapters disabled), a frozen adapter copy on the shared base for a PEFT policy carrying
+  a stage-1 adapter, a full frozen copy otherwise, and nothing when nothing reads it;
 - DAPO dynamic sampling around `_generate_and_score_completions` (the decisions are the pure functions of
   `dynamic_sampling.py`): groups whose advantages are all equal are replaced by groups generated from further prompts;
 - an optional auxiliary shaped loss on supervised data (prepared by TRL's SFT preparation, `aux_data.py`), added in
@@ -19,7 +19,7 @@ import copy
 import os
 
 import torch
-from accelerate.utils import extract_model_from_parallel, is_peft_model
+from accelerate.utils import is_peft_model
 from torch.utils.data import DataLoader
 from transformers.utils import logging
 from trl import GRPOTrainer, SyncRefModelCallback
@@ -30,13 +30,13 @@ from .checkpoints import SafeCheckpointsMixin
 from .compat import (
     DataCollatorForLanguageModeling,
     RepeatSampler,
-    maybe_gather_lm_head_ctx,
     trl_builds_no_reference,
 )
-from .drift import DRIFT_SUM_NAMES, HeadParams, drift_means, drift_sums
-from .fsdp import check_fsdp_version, through_root, whole
+from .drift import drift_means
+from .drift_gather import completion_drift_sums
+from .fsdp import check_fsdp_version
 from .grpo_config import ShapedGRPOConfig
-from .lm_head import logit_transform, shaped_causal_lm_loss
+from .lm_head import shaped_causal_lm_loss
 from .paper import PAPER
 from .prior import (
     check_vocabularies,
@@ -44,7 +44,6 @@ from .prior import (
     describe_references,
     is_adapter_dir,
     load_causal_lm,
-    policy_and_prior,
     prepare_frozen_prior,
     prior_init_kwargs,
     vocab_rows,
@@ -341,79 +340,6 @@ class ShapedGRPOTrainer(SafeCheckpointsMixin, GRPOTrainer):
         loss = loss + self.args.shaping_aux_coef * aux_loss / self.current_gradient_accumulation_steps
         self._metrics["train"]["aux_shaped_loss"].append(self.accelerator.gather(aux_loss.detach()).mean().item())
         return loss
-
-
-@torch.no_grad()
-def completion_drift_sums(model, prior_model, prior_kind: str, batch: dict, rows: int, top_k: int) -> torch.Tensor:
-    """This process's `drift.DRIFT_SUM_NAMES` sums on the completion tokens of a generation batch (not yet reduced).
-
-    Runs the policy and the prior on `rows` rows at a time and hands their final hidden states and LM heads to
-    `drift.drift_sums`. Both run outside a training forward, so what they read is gathered first: under ZeRO-3 the
-    heads by TRL's `maybe_gather_lm_head_ctx`; under FSDP2 each backbone runs as its root FSDP unit's forward
-    (`fsdp.through_root`) and a head still sharded after it is gathered whole (`fsdp.whole`). Every process calls
-    this with the same number of rows and enters every gather, whether it has scored tokens or not.
-
-    Args:
-        model: the policy as the trainer holds it (wrapped by DDP, DeepSpeed or FSDP2, or not).
-        prior_model: the prior as the trainer holds it (`"model"` kind), else `None`.
-        prior_kind (`str`): how the prior is held (`prior.choose_prior`).
-        batch (`dict`): a generation batch (`prompt_ids`, `prompt_mask`, `completion_ids`, `completion_mask`, and
-            `tool_mask` when tools ran).
-        rows (`int`): rows per forward (the per-device train batch size).
-        top_k (`int`): `diagnostics_top_k`.
-    """
-    policy, prior, prior_context = policy_and_prior(
-        extract_model_from_parallel(model),
-        prior_kind,
-        None if prior_model is None else extract_model_from_parallel(prior_model),
-    )
-    # the adapter kinds run the prior inside the policy's own model
-    prior_held = model if prior_model is None else prior_model
-    completion_ids = batch["completion_ids"]
-    mask = batch["completion_mask"] * batch.get("tool_mask", 1)
-    input_ids = torch.cat([batch["prompt_ids"], completion_ids], dim=1)
-    attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
-    width = completion_ids.size(1)
-    sums = torch.zeros(len(DRIFT_SUM_NAMES), device=completion_ids.device)
-    for start in range(0, input_ids.size(0), rows):
-        chunk = slice(start, start + rows)
-        scored = mask[chunk].bool()
-        labels = completion_ids[chunk][scored]
-        hidden_policy = _completion_hidden(model, policy, input_ids[chunk], attention_mask[chunk], width)[scored]
-        with prior_context():
-            hidden_prior = _completion_hidden(prior_held, prior, input_ids[chunk], attention_mask[chunk], width)
-        sums += _gathered_drift_sums(policy, prior, prior_context, hidden_policy, hidden_prior[scored], labels, top_k)
-    return sums
-
-
-def _gathered_drift_sums(policy, prior, prior_context, hidden_policy, hidden_prior, labels, top_k) -> torch.Tensor:
-    # Each head is resolved in its own model's context: under the prior's, a PEFT `modules_to_save` wrapper on the
-    # head returns the prior's copy, not the policy's.
-    policy_head = _head_params(policy)
-    with prior_context():
-        prior_head = _head_params(prior)
-    # Every process enters the gathers (collectives under ZeRO-3 and FSDP2), whether it has scored tokens or not; the
-    # chunk size is read from the gathered heads (a ZeRO-3 shard is empty).
-    with maybe_gather_lm_head_ctx(policy_head.weight, policy_head.bias, prior_head.weight, prior_head.bias):
-        policy_head, prior_head = (
-            head._replace(weight=whole(head.weight), bias=whole(head.bias)) for head in (policy_head, prior_head)
-        )
-        return drift_sums(hidden_policy, hidden_prior, labels, policy_head, prior_head, top_k)
-
-
-def _completion_hidden(held, model, input_ids, attention_mask, width):
-    # Final hidden states at the positions that predict the completion tokens (as TRL's fused head scores them). The
-    # backbone runs inside the forward of the model as held (`held`), so that FSDP2's root gathers what it holds.
-    outputs = through_root(held, model.base_model, input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    return outputs.last_hidden_state[:, -width - 1 : -1]
-
-
-def _head_params(model) -> HeadParams:
-    # A LoRA layer on the head: its base layer's parameters (the adapter is bypassed; LoRA target modules rarely
-    # include the head). A `modules_to_save` wrapper: the copy of the active adapter (or the original when disabled).
-    head = model.get_output_embeddings()
-    base = getattr(head, "base_layer", head)
-    return HeadParams(base.weight, base.bias, *logit_transform(model.config.get_text_config()))
 
 
 def _group_by_reference(reference_of_metric: dict[str, str]) -> str:
