@@ -43,6 +43,7 @@ scores the answer against the full entry, which the ``reasoning_gym`` column kee
 paragraph (knights_knaves) is left whole. ``compact=False`` keeps every question whole.
 """
 
+import functools
 import importlib.metadata
 import json
 from dataclasses import dataclass
@@ -129,6 +130,18 @@ def _json_value(value):
     if value is None or isinstance(value, (str, bool, int, float)):
         return value
     return str(value)
+
+
+@functools.lru_cache(maxsize=64)
+def _repeated_lines(name: str, config_json: str) -> frozenset[str]:
+    """The question lines that every entry of the probe sample of puzzle `name` (configuration `config_json`)
+    repeats; cached, as a probe of 64 zebra puzzles takes seconds and every split build needs it."""
+    probe = import_reasoning_gym().create_dataset(name, seed=PROBE_SEED, size=PROBE_SIZE, **json.loads(config_json))
+    common = None
+    for entry in probe:
+        lines = {line.strip() for line in entry["question"].splitlines() if line.strip()}
+        common = lines if common is None else common & lines
+    return frozenset(common or ())
 
 
 @dataclass(frozen=True)
@@ -254,17 +267,10 @@ class ReasoningGymTask:
     def boilerplate(self) -> dict[str, frozenset[str]]:
         """Per puzzle (``metadata.source_dataset``): the question lines every entry of its probe sample repeats
         (empty when not compact). The compact prompt drops them where they lead the question."""
-        rg = import_reasoning_gym()
-        sets = {}
-        for name, config in self.members().items():
-            common = None
-            if self.compact:
-                probe = rg.create_dataset(name, seed=PROBE_SEED, size=PROBE_SIZE, **config)
-                for entry in probe:
-                    lines = {line.strip() for line in entry["question"].splitlines() if line.strip()}
-                    common = lines if common is None else common & lines
-            sets[name] = frozenset(common or ())
-        return sets
+        return {
+            name: _repeated_lines(name, json.dumps(config, sort_keys=True)) if self.compact else frozenset()
+            for name, config in self.members().items()
+        }
 
     def prompt(self, question: str, boilerplate: frozenset[str]) -> str:
         """The model's prompt for `question` (module docstring): when compact, its lines from the last line of the
