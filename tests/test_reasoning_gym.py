@@ -51,7 +51,7 @@ def test_judge_is_the_library_verifier_on_right_wrong_and_garbage_answers():
     assert _judge(["", "####", "<answer> </answer>", "\n\n"], entries[:4]) == [0.0] * 4  # no answer at all
 
 
-def test_answer_is_read_from_tags_then_mark_then_last_line_also_in_conversations():
+def test_answer_is_read_from_tags_then_mark_then_box_then_answer_line_also_in_conversations():
     entry = _entries("syllogism", 1)[0]
     right, other = entry["answer"], {"Yes": "No", "No": "Yes"}[entry["answer"]]
     cases = {
@@ -60,8 +60,22 @@ def test_answer_is_read_from_tags_then_mark_then_last_line_also_in_conversations
         f"<answer>{right}</answer>\n#### {other}": 1.0,  # tags come first
         f"working\n#### {right}\nmore text": 1.0,  # the mark's own line
         f"#### {other}\n#### {right}": 1.0,  # the last mark
-        f"let me see\n{right}\n\n": 1.0,  # the last non-empty line
-        f"{right}\nso the answer is {other}": 0.0,
+        f"so \\boxed{{{right}}}.": 1.0,
+        f"\\boxed{{{other}}} no, \\boxed{{{right}}}": 1.0,  # the last box
+        f"#### {right}\n\\boxed{{{other}}}": 1.0,  # the mark before the box
+        f"Let me see.\nAnswer: {right}": 1.0,
+        f"**Final answer:** {right}": 1.0,
+        f"Answer: {other}\nanswer: {right}": 1.0,  # the last answer line
+        f"\\boxed{{{right}}}\nAnswer: {other}": 1.0,  # the box before the answer line
+        # one answer per completion: a right one in a later form never rescues a wrong one in an earlier form
+        f"<answer>{other}</answer>\n#### {right}\n\\boxed{{{right}}}\nAnswer: {right}": 0.0,
+        f"#### {other}\n\\boxed{{{right}}}": 0.0,
+        f"\\boxed{{{other}}}\nAnswer: {right}": 0.0,
+        # unmarked text is no answer: not the last line, not a stated guess, not a hedge
+        f"let me see\n{right}\n\n": 0.0,
+        f"{right}": 0.0,
+        f"The answer is {right}": 0.0,
+        f"It could be {right} or {other}": 0.0,
         f"#### {other}": 0.0,
     }
     assert _judge(list(cases), [entry] * len(cases)) == list(cases.values())
@@ -70,6 +84,33 @@ def test_answer_is_read_from_tags_then_mark_then_last_line_also_in_conversations
     ]
     assert _judge(conversational, [entry, entry]) == [1.0, 0.0]
     assert _judge([None, 42, [{"role": "assistant"}], ""], [entry] * 4) == [0.0, 0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("puzzle", ["knights_knaves", "zebra_puzzles", "aiw", "circuit_logic", "self_reference"])
+def test_every_answer_form_of_the_reference_scores_what_the_verifier_gives_it(puzzle):
+    """\\boxed{gold} and "Answer: gold" score as the verifier scores gold (full marks), as <answer> and #### do."""
+    entries = _entries(puzzle, 4)
+    verifier = reasoning_gym.get_score_answer_fn(puzzle)
+    golds = [e["answer"] for e in entries]
+    assert [verifier(g, e) for g, e in zip(golds, entries, strict=True)] == [1.0] * 4
+    for form in ("<answer>{}</answer>", "Reasoning first.\n#### {}", "So \\boxed{{{}}}.", "Working.\nAnswer: {}"):
+        assert _judge([form.format(g) for g in golds], entries) == [1.0] * 4, form
+
+
+@pytest.mark.parametrize("puzzle", ["mini_sudoku", "rotate_matrix"])
+def test_multi_line_answers_are_read_whole_from_answer_tags(puzzle):
+    entries = _entries(puzzle, 4)
+    verifier = reasoning_gym.get_score_answer_fn(puzzle)
+    grids = [e["answer"] for e in entries]
+    assert all(len(g.splitlines()) > 1 for g in grids)
+    assert _judge([f"Thinking.\n<answer>\n{g}\n</answer>" for g in grids], entries) == [1.0] * 4
+    # a wrong grid scores what the verifier gives it
+    wrong = ["\n".join(reversed(g.splitlines())) for g in grids]
+    assert _judge([f"<answer>{w}</answer>" for w in wrong], entries) == [
+        verifier(w, e) for w, e in zip(wrong, entries, strict=True)
+    ]
+    # the one-line mark reads the first row only, which is never the whole grid
+    assert all(s < 1.0 for s in _judge([f"#### {g}" for g in grids], entries))
 
 
 def test_unscorable_entries_and_raising_or_hanging_verifiers_score_zero(monkeypatch):
@@ -134,25 +175,35 @@ def test_default_task_splits_are_disjoint_deterministic_and_scored_right_by_thei
         for row in rows[:20]:
             entry = json.loads(row["reasoning_gym"])
             assert verifier(row["answer"], entry) == 1.0
-            # the compact prompt keeps the question's varying lines, in order, and drops the instructions
-            kept = [
-                line.strip() for line in entry["question"].splitlines() if line.strip() in row["prompt"].splitlines()
-            ]
-            assert row["prompt"] == "\n".join(kept) + "\n"
+            # the compact prompt: "Given:", the premises and the question, then the answer format; the instruction
+            # preamble (what the task is, the notation) is gone
+            question = [line for line in entry["question"].splitlines() if line.strip()]
+            start = question.index("Given:")
+            assert row["prompt"] == "\n".join([*question[start:], "Give your final answer after ####."]) + "\n"
+            assert row["prompt"].splitlines()[-2] == ".What can we conclude from the above statements?"
             assert "FORMAT INSTRUCTIONS:" in entry["question"] and "FORMAT INSTRUCTIONS:" not in row["prompt"]
-            assert row["prompt"].startswith("1. ")  # the premises alone
             assert task.solution_strategy(row["completion"]) == "direct"
     assert task.solution_strategy("hmm\n#### Yes") == "worked" and task.solution_strategy("Yes") == "other"
+    assert task.solution_strategy("<answer>Yes</answer>") == "direct"
+    assert task.solution_strategy("so \\boxed{Yes}") == "worked"
 
 
 def test_full_questions_and_a_named_task_with_its_difficulty():
     whole = get_task("reasoning_gym:syllogism", compact=False).build_datasets(num_train=5, num_rl=5, num_test=5, seed=0)
-    assert all(row["prompt"] == json.loads(row["reasoning_gym"])["question"].strip() + "\n" for row in whole["rl"])
+    instruction = "Give your final answer after ####.\n"
+    assert all(
+        row["prompt"] == json.loads(row["reasoning_gym"])["question"].strip() + "\n" + instruction
+        for row in whole["rl"]
+    )
     task = get_task("reasoning_gym:knights_knaves", config={"n_people": 3}, max_sequence_tokens=256)
     data = task.build_datasets(num_train=4, num_rl=4, num_test=4, seed=0)
     entries = [json.loads(row["reasoning_gym"]) for row in data["test"]]
     assert all(len(entry["metadata"]["names"]) == 3 for entry in entries)
-    assert all(json.loads(row["reasoning_gym"])["question"].strip() + "\n" == row["prompt"] for row in data["test"])
+    # one paragraph: the compact prompt is the question whole
+    assert all(
+        json.loads(row["reasoning_gym"])["question"].strip() + "\n" + instruction == row["prompt"]
+        for row in data["test"]
+    )
 
 
 def test_bad_settings_are_refused_before_any_data():
@@ -183,6 +234,7 @@ def test_task_settings_change_the_cell_fingerprint():
         fingerprint(task="reasoning_gym:knights_knaves"),
         fingerprint(task="reasoning_gym", task_args='{"config": {"max_vars": 3}}'),
         fingerprint(task="reasoning_gym", task_args='{"compact": false}'),
+        fingerprint(task="reasoning_gym", task_args='{"answer_format": "tags"}'),
     ):
         assert changed != default
 
@@ -206,6 +258,9 @@ def test_prepare_script_writes_disjoint_jsonl_splits_the_judge_scores(tmp_path):
     for split in ("sft", "test"):
         rows = splits[split]
         assert set(rows[0]) == {"prompt", "completion", "answer", "reasoning_gym"}
+        # reasoning-gym's own answer form, which the prompts name
+        assert all(r["completion"] == f"<answer>{r['answer']}</answer>" for r in rows)
+        assert all(r["prompt"].endswith("between <answer> and </answer> tags.\n") for r in rows)
         scores = get_judge("reasoning_gym")(
             [r["completion"] for r in rows], reasoning_gym=[r["reasoning_gym"] for r in rows]
         )
@@ -229,7 +284,9 @@ def test_logic_recipes_are_the_paper_recipes_with_the_reasoning_gym_judge():
     (paper_eval,) = eval_script.make_parser().parse_args_and_config(
         ["--config", str(ROOT / "recipes" / "eval_paper.yaml")]
     )
-    assert config.judge == "reasoning_gym" and config.dataset_name == "data/propositional_logic/test.jsonl"
+    # both stages read the logic suite's splits of one prepared folder, scored by the same judge
+    assert config.judge == "reasoning_gym" and config.dataset_name == "data/logic/test.jsonl"
+    assert script_args.dataset_data_files == ["train=data/logic/rl.jsonl", "test=data/logic/test.jsonl"]
     for name in ("num_samples", "temperature", "top_p", "pass_k", "diagnostics_top_k", "seed"):
         assert getattr(config, name) == getattr(paper_eval, name), name
 
@@ -251,16 +308,16 @@ def test_a_cell_of_the_study_on_the_default_logic_task_end_to_end(tmp_path):
         samples = json.loads((tmp_path / "cell" / f"eval_{stage}_samples.json").read_text())["per_problem"]
         assert len(samples) == 6
         for record, row in zip(samples, test, strict=True):
-            # recount with the library's verifier on the text after the last "####", else the last line (the tiny
-            # model has no "<" in its vocabulary, so it cannot write answer tags)
+            # recount with the library's verifier on the text after the last "####" (the form the task's prompts ask
+            # for and its corpus writes; the tiny model writes none of the judge's other forms, checked here)
             entry = json.loads(row["reasoning_gym"])
+            for c in record["completions"]:
+                assert "<answer>" not in c and "boxed{" not in c
+                assert not any(line.strip().lower().startswith("answer:") for line in c.splitlines())
             answers = [
-                c.rsplit("####", 1)[1].strip().split("\n")[0].strip()
-                if "####" in c
-                else (c.strip().split("\n") or [""])[-1]
-                for c in record["completions"]
+                c.rsplit("####", 1)[1].strip().split("\n")[0].strip() for c in record["completions"] if "####" in c
             ]
-            expected = sum(a.strip() != "" and verifier(a.strip(), entry) == 1.0 for a in answers)
+            expected = sum(a != "" and verifier(a, entry) == 1.0 for a in answers)
             assert record["num_correct"] == expected
     rewards = [log["reward"] for log in result["rl"]["log_history"] if "reward" in log]
     assert len(rewards) == 2 and all(0.0 <= r <= 1.0 for r in rewards)

@@ -7,11 +7,19 @@ propositional-logic conclusion is right when the premises entail it, whatever it
 names the task) as a JSON string, so JSONL files and `datasets` carry it unchanged;
 `trl_shaped.tasks.ReasoningGymTask` and ``recipes/prepare_reasoning_gym.py`` write it.
 
-The answer is read from the completion (`extract_reasoning_gym_answer`), in this order:
+The answer is read from the completion (`extract_reasoning_gym_answer`) in one of four anchored forms, the first
+present in this order deciding:
 
-1. the content of the last ``<answer>...</answer>`` pair (the tags reasoning-gym's own prompts ask for);
-2. else the text after the last ``####`` (the project's answer mark), up to the end of that line;
-3. else the last non-empty line.
+1. the content of the last ``<answer>...</answer>`` pair, as reasoning-gym's own prompts ask for it and its own
+   ``reasoning_gym.utils.extract_answer`` reads it (a multi-line answer such as a mini_sudoku grid goes here);
+2. the text after the last ``####`` (the project's answer mark), up to the end of that line;
+3. the content of the last ``\\boxed{...}`` (balanced braces, several lines allowed);
+4. the text after the last line that starts with ``Answer:`` (or ``Final answer:``, any case), to the end of that line.
+
+A completion with none of them has no answer and scores 0.0: the judge never guesses the answer from unmarked text
+(its last line, a number somewhere), so hedging ("It could be Yes or No") or text that merely ends on the right words
+earns nothing, and exactly one answer per completion reaches the verifier, whatever forms the completion mixes (a
+right answer in a lower form never rescues a wrong one in a higher form).
 
 The verifier scores the extracted answer, stripped of surrounding whitespace; its score (in [0, 1]) is the reward,
 and an evaluation counts the sample correct at 1.0. Model output never raises: a completion with no answer, an entry
@@ -26,7 +34,7 @@ import json
 import re
 import threading
 
-from .answers import completion_text
+from .answers import _last_boxed, completion_text
 
 INSTALL_HINT = "reasoning-gym is not installed: pip install 'trl_shaped[reasoning]' (or pip install reasoning-gym)"
 # Seconds a verifier may take on one answer before the answer scores 0.
@@ -34,7 +42,9 @@ VERIFIER_TIMEOUT_S = 5.0
 # Longest answer handed to a verifier (its end: a degenerate completion cannot make scoring slow).
 MAX_ANSWER_CHARS = 2000
 
-_ANSWER_TAGS = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+ANSWER_MARK = "####"  # the project's answer mark
+# "Answer: X" / "Final answer: X" at the start of a line (markdown bold around the label allowed).
+_ANSWER_LINE = re.compile(r"^[ \t]*(?:\*\*)?(?:final[ \t]+)?answer[ \t]*(?:\*\*)?[ \t]*:(?:\*\*)?(.*)$", re.I | re.M)
 
 
 def import_reasoning_gym():
@@ -46,22 +56,40 @@ def import_reasoning_gym():
     return reasoning_gym
 
 
-def extract_reasoning_gym_answer(text) -> str | None:
-    """The answer written in `text`: the last ``<answer>...</answer>`` content, else the text after the last
-    ``####`` (to the end of its line), else the last non-empty line; stripped, None when empty or not a string."""
+def read_reasoning_gym_answer(text) -> tuple[str | None, str]:
+    """The answer written in `text` and the text before its form (the module docstring gives the forms and their
+    order): ``(answer, head)``, the answer stripped and cut to its last `MAX_ANSWER_CHARS` characters, None when
+    `text` has no answer form or the first form present is empty (or `text` is not a string)."""
     if not isinstance(text, str):
-        return None
-    tagged = _ANSWER_TAGS.findall(text)
-    if tagged:
-        answer = tagged[-1]
-    elif "####" in text:
-        tail = text.rsplit("####", 1)[1].strip()
+        return None, ""
+    from reasoning_gym.utils import extract_answer  # the library's own reading of its <answer> tags
+
+    answer, start = extract_answer(text, tag_name="answer"), text.rfind("<answer>")
+    if answer is None and ANSWER_MARK in text:
+        start = text.rfind(ANSWER_MARK)
+        tail = text[start + len(ANSWER_MARK) :].strip()
         answer = tail.splitlines()[0] if tail else ""
-    else:
-        lines = [line for line in text.splitlines() if line.strip()]
-        answer = lines[-1] if lines else ""
-    answer = answer.strip()
-    return answer[-MAX_ANSWER_CHARS:] or None
+    if answer is None:
+        answer = _last_boxed(text)
+        start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if answer is None:
+        lines = list(_ANSWER_LINE.finditer(text))
+        answer, start = (lines[-1].group(1), lines[-1].start()) if lines else (None, 0)
+    answer = None if answer is None else answer.strip()[-MAX_ANSWER_CHARS:] or None
+    return answer, text[: max(start, 0)] if answer is not None else ""
+
+
+def extract_reasoning_gym_answer(text) -> str | None:
+    """The answer written in `text` (the module docstring gives the forms and their order).
+
+    Args:
+        text (`str`): a completion's text. Non-strings give None.
+
+    Returns:
+        The answer, stripped and cut to its last `MAX_ANSWER_CHARS` characters; None when `text` has no answer form
+        or the first form present is empty.
+    """
+    return read_reasoning_gym_answer(text)[0]
 
 
 def answer_key(completion) -> str | None:
