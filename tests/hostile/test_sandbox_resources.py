@@ -7,6 +7,7 @@ beside it, on the other worker or in another sandbox, must keep its right score.
 
 import dataclasses
 import os
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -367,3 +368,25 @@ def test_groups_a_dead_trainer_left_are_removed():
     with LocalSandbox(LIMITS, workers=1) as box:
         assert scores(box, RIGHT) == [1.0]
         assert not any(os.path.exists(folder) for folder in stale)
+
+
+@needs_root
+def test_a_worker_whose_scratch_folder_stays_dirty_is_restarted():
+    """What the cleanup cannot remove (here a mount the test puts in the working folder of an unisolated worker)
+    makes the harness ask for a restart: the program is still judged, and the next one gets a fresh folder."""
+    with LocalSandbox(SandboxLimits(isolation="none", cgroups="off"), workers=1) as box:
+        assert scores(box, RIGHT) == [1.0]
+        worker = box._workers[0]
+        first = worker.workdir
+        stuck = os.path.join(first, "stuck")
+        os.mkdir(stuck)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", stuck], check=True)
+        try:
+            assert scores(box, RIGHT) == [1.0]
+            assert not worker.alive()  # stopped after its reply
+            assert scores(box, "import os\nassert 'stuck' not in os.listdir('.')\n" + RIGHT) == [1.0]
+            assert worker.workdir != first
+        finally:
+            subprocess.run(["umount", stuck], check=True)
+            empty_folder(first)
+            os.rmdir(first)

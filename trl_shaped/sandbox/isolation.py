@@ -199,7 +199,19 @@ def bwrap_command(
         for capability in ROOT_CAPABILITIES:
             command += ["--cap-add", capability]
     else:
-        command += ["--unshare-user", "--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_SETPCAP"]
+        # uid 0 inside: otherwise bubblewrap (because of --dev) nests a second user namespace that takes away the
+        # right to mount, which the harness needs once to remount /tmp noexec; it then drops both capabilities
+        command += [
+            "--unshare-user",
+            "--uid",
+            "0",
+            "--gid",
+            "0",
+            "--cap-add",
+            "CAP_SYS_ADMIN",
+            "--cap-add",
+            "CAP_SETPCAP",
+        ]
     command += ["--die-with-parent", "--new-session", "--clearenv"]
     for name, value in HARNESS_ENV.items():
         command += ["--setenv", name, value]
