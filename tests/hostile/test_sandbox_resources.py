@@ -16,7 +16,7 @@ import pytest
 
 from trl_shaped.sandbox import LocalSandbox, Program, SandboxLimits, cgroups
 from trl_shaped.sandbox.confine import empty_folder
-from trl_shaped.sandbox.isolation import FIRST_UID, MAX_WORKERS, UID_BLOCKS
+from trl_shaped.sandbox.isolation import FIRST_UID, MAX_WORKERS, UID_BLOCKS, _try_lock
 
 RIGHT = "def add(a, b):\n    return a + b\n"
 TESTS = ["assert add(1, 2) == 3", "assert add(-1, 1) == 0", "assert add(5, 5) == 10"]
@@ -214,6 +214,10 @@ def test_two_sandboxes_in_one_process_never_share_a_uid():
         finally:
             hogging.join()
         assert processes_of(uids[0]) == []
+    for uid in uids:  # the sandboxes closed: their uids are free for the next worker on the machine
+        free = _try_lock(uid)
+        assert free is not None
+        os.close(free)
 
 
 # --- memory, processes, descriptors and CPU as a whole -------------------------------------------------------------

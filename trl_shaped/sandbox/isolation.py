@@ -39,7 +39,9 @@ SANDBOX_CONFINE = "/sandbox/confine.py"
 FIRST_UID = 1_900_000_000
 MAX_WORKERS = 64
 UID_BLOCKS = 100_000
-UID_LOCKS = "/run/trl_shaped/uids"  # root-only: one lock file per uid in use
+# Root-only folders of one lock file per uid in use: /run where the machine has it (every trainer on the machine makes
+# the same choice), else /tmp.
+UID_LOCKS = "/run/trl_shaped/uids" if os.path.isdir("/run") and os.access("/run", os.W_OK) else "/tmp/trl_shaped-uids"
 # Host folders every Python needs, bound read-only when they exist (symlinks such as /lib -> usr/lib are recreated).
 SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 # Without a user namespace (as root) bubblewrap keeps only these capabilities, for the harness: switching to the
@@ -84,7 +86,8 @@ def worker_uid(index: int) -> int:
 def _lock_folder() -> str:
     """The lock folder, made root-only; refused when someone else could have made or changed it."""
     os.makedirs(UID_LOCKS, mode=0o700, exist_ok=True)
-    for folder in (os.path.dirname(UID_LOCKS), UID_LOCKS):
+    made_here = [os.path.dirname(UID_LOCKS), UID_LOCKS] if UID_LOCKS.startswith("/run/") else [UID_LOCKS]
+    for folder in made_here:
         info = os.lstat(folder)
         if info.st_uid != 0 or info.st_mode & 0o022 or not os.path.isdir(folder) or os.path.islink(folder):
             raise RuntimeError(f"{folder} must be a folder of root's that no one else may write (it holds uid locks)")
@@ -105,7 +108,8 @@ def _try_lock(uid: int) -> int | None:
 
 
 class UidLease:
-    """The uid a worker runs programs as, held machine-wide until `release` (or until the trainer dies).
+    """The uid a worker runs programs as, held machine-wide until `release` (or until the trainer dies): an exclusive
+    flock on ``UID_LOCKS/<uid>`` (the kernel drops it with the last descriptor, so a dead trainer holds nothing).
 
     As root, the first uid from this trainer's block (then the following blocks) whose lock file no live worker holds;
     without root, uid 0 (no switch: the program runs as the caller's uid mapped into bubblewrap's user namespace) and
