@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 CGROUP_MODES = ("auto", "require", "off")
 PREFIX = "trl_shaped-"
 PROGRAM = "program"
+SERVER = "server"  # v2 only: a group with children holds no process of its own
 CONTROLLERS = ("memory", "pids", "cpu")
 CPU_PERIOD_US = 100_000
 _fallback_logged = False
@@ -187,11 +188,11 @@ def _kill_members(folder: str) -> None:
 
 
 def _remove(folder: str) -> None:
-    """Kill what is left in the group and remove it (its program child first)."""
+    """Kill what is left in the group and remove it (its children first)."""
     if not os.path.isdir(folder):
         return
     _kill_members(folder)
-    for path in (os.path.join(folder, PROGRAM), folder):
+    for path in (os.path.join(folder, PROGRAM), os.path.join(folder, SERVER), folder):
         for attempt in range(100):
             try:
                 os.rmdir(path)
@@ -226,10 +227,11 @@ class WorkerGroups:
         """Make the groups and set their caps (a stale group of the same name is removed first)."""
         for folder in self.folders:
             _remove(folder)
+        for folder in self.folders:
             os.mkdir(folder)
-            os.mkdir(os.path.join(folder, PROGRAM if self.hierarchy.version == 1 else "server"))
+            os.mkdir(os.path.join(folder, PROGRAM))
             if self.hierarchy.version == 2:
-                os.mkdir(os.path.join(folder, PROGRAM))
+                os.mkdir(os.path.join(folder, SERVER))
         try:
             self._set_caps()
         except OSError:
@@ -261,7 +263,7 @@ class WorkerGroups:
 
     def server_procs(self) -> list[str]:
         """The ``cgroup.procs`` files the worker's bubblewrap joins before it starts."""
-        leaf = "server" if self.hierarchy.version == 2 else ""
+        leaf = SERVER if self.hierarchy.version == 2 else ""
         return [os.path.join(folder, leaf, "cgroup.procs") for folder in self.folders]
 
     def program_procs(self) -> list[str]:

@@ -9,6 +9,7 @@ available, its two groups (`cgroups.WorkerGroups`); both are released when it st
 """
 
 import json
+import logging
 import os
 import select
 import signal
@@ -21,6 +22,7 @@ from .confine import empty_folder
 from .isolation import HARNESS_ENV, NO_NAMESPACES, UidLease, bare_command, bwrap_command, join_groups
 from .limits import SandboxLimits
 
+logger = logging.getLogger(__name__)
 # Beyond a program's wall time, how long the harness may take to kill it, clean up and reply.
 REPLY_GRACE_S = 10.0
 START_TIMEOUT_S = 60.0
@@ -72,10 +74,14 @@ class Worker:
             try:
                 self.groups.create()
             except OSError as error:
+                self.groups.remove()
                 self.groups = None
-                self.stop()
-                raise RuntimeError(f"could not make the sandbox worker's cgroups: {error}") from None
-            server_procs, program_procs = self.groups.server_procs(), self.groups.program_procs()
+                if self.limits.cgroups == "require":
+                    self.stop()
+                    raise RuntimeError(f"could not make the sandbox worker's cgroups: {error}") from None
+                logger.warning("could not make the sandbox worker's cgroups (%s): per-process limits only", error)
+            else:
+                server_procs, program_procs = self.groups.server_procs(), self.groups.program_procs()
         options = {"uid": self.lease.uid, "program_procs": program_procs, "memory_capped": bool(program_procs)}
         if self.isolation == "bwrap":
             command = bwrap_command(self.index, self.limits.tmp_bytes, **options)
