@@ -247,6 +247,7 @@ def bwrap_command(
         "own_pid_namespace": True,
         "limit_processes": True,
         "remount_scratch": True,
+        "writable": ["/tmp"],  # remounted noexec,nosuid,nodev by the harness: a tmpfs added above must be listed
         "cgroup_procs": inside,
         "memory_capped": bool(memory_capped and program_procs),
     }
