@@ -7,12 +7,15 @@ each run one program at a time):
     python_c      subprocess `python -I -S -c "<program + tests>"` per program, no isolation at all
     bwrap_python  the sandbox's bubblewrap command line with `python -I -S -c "<program + tests>"` per program
 
-Reported: programs a second and the per-program cost (wall time x workers / programs). Then a load check: a few
-hundred right programs in one call, every one must score 1.0. The sandbox's workers are started before timing.
+Reported: programs a second and the per-program cost (wall time x workers / programs). Then a load check: 1,000
+programs in one call, half right and half wrong (a wrong result, an exception, a syntax error, and one in a hundred a
+busy loop that runs to its limit), while busy processes (CPU hogs, one per core by default) run on the host beside the sandbox; every right
+program must score 1.0 and every wrong one 0.0 (misjudged programs are counted and must be 0). The sandbox's workers
+are started before timing.
 
 Usage:
-    python benchmarks/bench_sandbox.py                    # 200 programs per variant, load check of 500, 2 workers
-    python benchmarks/bench_sandbox.py --programs 50 --load 100
+    python benchmarks/bench_sandbox.py                    # 200 programs per variant, load check of 1000, 2 workers
+    python benchmarks/bench_sandbox.py --programs 50 --load 100 --hogs 0
 """
 
 import argparse
@@ -31,6 +34,25 @@ from trl_shaped.sandbox.isolation import bwrap_command, python_executable
 
 CODE = "def add(a, b):\n    return a + b\n"
 TESTS = ["assert add(1, 2) == 3", "assert add(-1, 1) == 0", "assert add(5, 5) == 10"]
+WRONG = [
+    "def add(a, b):\n    return a - b\n",
+    "def add(a, b):\n    raise ValueError(a)\n",
+    "def add(a, b)\n    return a\n",
+]
+BUSY = "def add(a, b):\n    while True:\n        pass\n"  # wrong, and runs to its CPU or wall limit
+HOG = "while True:\n    pass"
+
+
+def load_programs(count: int) -> tuple[list[Program], list[float]]:
+    """`count` programs, right and wrong alternating (the wrong ones cycling through WRONG, and one in a hundred
+    programs a busy loop), and their true scores."""
+    programs, truth = [], []
+    for i in range(count):
+        right = i % 2 == 0
+        wrong = BUSY if i % 100 == 1 else WRONG[(i // 2) % len(WRONG)]
+        programs.append(Program(CODE if right else wrong, TESTS))
+        truth.append(1.0 if right else 0.0)
+    return programs, truth
 
 
 def run_commands(commands: list[list[str]], workers: int) -> float:
@@ -46,7 +68,8 @@ def run_commands(commands: list[list[str]], workers: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--programs", type=int, default=200)
-    parser.add_argument("--load", type=int, default=500)
+    parser.add_argument("--load", type=int, default=1000)
+    parser.add_argument("--hogs", type=int, default=os.cpu_count() or 1, help="busy processes beside the load check")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     started, load_average = time.time(), os.getloadavg()[0]
@@ -65,10 +88,18 @@ def main() -> None:
     timings["bwrap_python"] = run_commands(
         [[*wrapped, python_executable(), "-I", "-S", "-c", source]] * args.programs, args.workers
     )
-    begin = time.perf_counter()
-    load = sandbox.run_tests([Program(CODE, TESTS)] * args.load)
-    load_seconds = time.perf_counter() - begin
-    right = sum(o.fraction == 1.0 for o in load)
+    programs, truth = load_programs(args.load)
+    hogs = [subprocess.Popen([python_executable(), "-I", "-S", "-c", HOG]) for _ in range(args.hogs)]
+    try:
+        begin = time.perf_counter()
+        load = sandbox.run_tests(programs)
+        load_seconds = time.perf_counter() - begin
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    misjudged = [i for i, (o, t) in enumerate(zip(load, truth, strict=True)) if o.fraction != t]
+    statuses = sorted({f"{load[i].status} ({load[i].detail})" for i in misjudged})
     sandbox.close()
 
     rows = [
@@ -96,15 +127,17 @@ def main() -> None:
             "",
             *rows,
             "",
-            f"Load check: {args.load} right programs in one call: {right}/{args.load} scored 1.0 "
-            f"({args.load / load_seconds:.1f} programs/s).",
+            f"Load check: {args.load} programs in one call ({truth.count(1.0)} right, {truth.count(0.0)} wrong: a wrong "
+            f"result, an exception, a syntax error, 1% busy loops), beside {args.hogs} busy host processes: "
+            f"{len(misjudged)} misjudged ({args.load / load_seconds:.1f} programs/s)"
+            + (f": {'; '.join(statuses)[:300]}." if misjudged else "."),
             "",
             f"Limits (defaults of `SandboxLimits`): {limits}.",
         ]
     )
     print(body)
     write_section("bench_sandbox", body)
-    assert right == args.load, f"false results under load: {args.load - right} of {args.load}"
+    assert not misjudged, f"misjudged under load: {len(misjudged)} of {args.load}"
 
 
 if __name__ == "__main__":

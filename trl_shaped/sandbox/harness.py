@@ -293,6 +293,7 @@ def serve_one(request: dict, settings: dict) -> dict:
 def main() -> None:
     settings = json.loads(sys.argv[1])
     reply_fd = os.dup(1)
+    confine.prepare_server(settings, reply_fd=reply_fd)  # /tmp noexec, capabilities dropped; before any program
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 1)
     os.dup2(null, 2)

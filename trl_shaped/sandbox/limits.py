@@ -4,6 +4,7 @@ import dataclasses
 import os
 
 from ..validation import check_choice, check_int, check_real
+from .cgroups import CGROUP_MODES
 
 ISOLATIONS = ("bwrap", "none")
 # Opt-in to running programs without bubblewrap (no namespaces, no mount isolation), for machines without user
@@ -29,6 +30,19 @@ class SandboxLimits:
             or ``"none"`` (no isolation at all, only the limits and a separate process; for machines without user
             namespaces, with a warning on every run). The environment variable ``TRL_SHAPED_SANDBOX_ISOLATION=none``
             opts in as well.
+        max_open_files (`int`, defaults to 256): descriptors each of the program's processes may hold
+            (RLIMIT_NOFILE), instead of the trainer's limit.
+        cgroups (`str`, defaults to ``"auto"``): cap a program's memory, processes and CPU as a whole, with cgroups
+            (``cgroups.py``): ``"auto"`` where the machine allows it (root, or a delegated cgroup v2), else per-process
+            limits with a warning in the log; ``"require"`` (an error where unavailable); ``"off"``.
+
+    With cgroups, `memory_bytes` caps the program's memory as a whole (all its processes, its files in /tmp, its
+    pipe and socket buffers; no swap) and an out-of-memory kill ends the program, never its worker; each process may
+    reserve 4x `memory_bytes` of address space (threads' stacks); `max_processes` counts the program's processes and
+    threads (pids cgroup, and RLIMIT_NPROC); each worker gets at most one core, weighted like the others.
+    Without cgroups, every process gets its own `memory_bytes` of address space (RLIMIT_AS), so a program's memory is
+    bounded by ``memory_bytes x max_processes`` (32 GiB with the defaults), and unix-socket buffers, which no rlimit
+    charges, by ``max_processes x max_open_files x 2 x net.core.wmem_max`` (a bound, not a cap).
     """
 
     wall_time_s: float = 5.0
@@ -38,6 +52,8 @@ class SandboxLimits:
     max_output_bytes: int = 1 << 20
     tmp_bytes: int = 64 << 20
     isolation: str = "bwrap"
+    max_open_files: int = 256
+    cgroups: str = "auto"
 
     def __post_init__(self):
         set_value = object.__setattr__  # frozen: normalised values are stored through object.__setattr__
@@ -48,6 +64,8 @@ class SandboxLimits:
         set_value(self, "max_output_bytes", check_int("max_output_bytes", self.max_output_bytes, minimum=1024))
         set_value(self, "tmp_bytes", check_int("tmp_bytes", self.tmp_bytes, minimum=1 << 20))
         check_choice("isolation", self.isolation, ISOLATIONS)
+        set_value(self, "max_open_files", check_int("max_open_files", self.max_open_files, minimum=16, maximum=1 << 20))
+        check_choice("cgroups", self.cgroups, CGROUP_MODES)
 
     def effective_isolation(self) -> str:
         """`isolation`, or ``"none"`` when the environment variable opts in to it."""

@@ -7,8 +7,9 @@ import threading
 from collections.abc import Sequence
 
 from ..validation import check_int
+from . import cgroups
 from .backend import Sandbox
-from .isolation import MAX_WORKERS
+from .isolation import MAX_WORKERS, key_is_stale
 from .limits import SandboxLimits
 from .programs import Program, TestOutcome
 from .worker import Worker, WorkerError
@@ -27,6 +28,9 @@ class LocalSandbox(Sandbox):
     program from a warm interpreter, so a program costs a fork, not an interpreter start. Workers start on the first
     `run_tests` (a RuntimeError then says why isolation is unavailable) and are restarted after a failure.
 
+    Each worker runs its programs as a uid no other worker on the machine has, and (where cgroups are available, see
+    `SandboxLimits.cgroups`) in cgroups of its own that cap a program's memory, processes and CPU as a whole.
+
     Args:
         limits (`SandboxLimits`, *optional*): the limits of every program (defaults: `SandboxLimits()`).
         workers (`int`, *optional*): programs run at once; defaults to the number of CPU cores (at most 64).
@@ -40,6 +44,8 @@ class LocalSandbox(Sandbox):
         self.num_workers = check_int("workers", default if workers is None else workers, minimum=1, maximum=MAX_WORKERS)
         self._workers = []
         self._isolation = None
+        # "require" without a usable cgroup is refused here, before any program runs
+        self._hierarchy = cgroups.resolve(self.limits.cgroups)
         self._lock = threading.Lock()  # one run_tests at a time: each worker serves one program at once
         atexit.register(self.close)
 
@@ -48,7 +54,9 @@ class LocalSandbox(Sandbox):
         if isolation != self._isolation:
             self.close()
             self._isolation = isolation
-            self._workers = [Worker(i, isolation, self.limits.tmp_bytes) for i in range(self.num_workers)]
+            if self._hierarchy is not None:  # groups that a trainer which died left behind
+                cgroups.remove_stale(self._hierarchy, key_is_stale)
+            self._workers = [Worker(i, isolation, self.limits, self._hierarchy) for i in range(self.num_workers)]
         for worker in self._workers:  # started from the calling thread: bubblewrap dies with the thread that made it
             if not worker.alive():
                 worker.start()
@@ -101,5 +109,6 @@ class LocalSandbox(Sandbox):
         return TestOutcome(passed, total, str(status), str(reply.get("detail", "")))
 
     def close(self) -> None:
+        """Stop the workers: their processes, uids and cgroups are released (started again on the next run)."""
         for worker in self._workers:
             worker.stop()

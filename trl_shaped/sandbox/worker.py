@@ -2,19 +2,27 @@
 
 Every wait on the worker has a deadline, and a worker that misses one, answers garbage or dies is killed with its
 whole process group and started again on the next program: a program can cost its own score, never the caller's.
+
+While it runs, a worker holds a uid of its own on the machine (`isolation.UidLease`) and, where cgroups are
+available, its two groups (`cgroups.WorkerGroups`); both are released when it stops. A harness that could not empty
+/tmp after a program says so before its reply, and the worker is restarted before its next program.
 """
 
 import json
+import logging
 import os
 import select
-import shutil
 import signal
 import subprocess
 import tempfile
 import time
 
-from .isolation import NO_NAMESPACES, bare_command, bwrap_command
+from . import cgroups
+from .confine import empty_folder
+from .isolation import HARNESS_ENV, NO_NAMESPACES, UidLease, bare_command, bwrap_command, join_groups
+from .limits import SandboxLimits
 
+logger = logging.getLogger(__name__)
 # Beyond a program's wall time, how long the harness may take to kill it, clean up and reply.
 REPLY_GRACE_S = 10.0
 START_TIMEOUT_S = 60.0
@@ -29,16 +37,25 @@ class Worker:
     """The harness process of worker `index`, started on first use.
 
     Args:
-        index (`int`): the worker's number in its pool (selects its uid when the trainer is root).
+        index (`int`): the worker's number in its pool.
         isolation (`str`): ``bwrap`` or ``none``.
-        tmp_bytes (`int`): size of the private /tmp under bubblewrap.
+        limits (`SandboxLimits`): the programs' limits (the size of /tmp, the cgroup's caps).
+        hierarchy (`cgroups.Hierarchy`, *optional*): where to make the worker's groups (None: no cgroups).
     """
 
-    def __init__(self, index: int, isolation: str, tmp_bytes: int):
-        self.index, self.isolation, self.tmp_bytes = index, isolation, tmp_bytes
+    def __init__(self, index: int, isolation: str, limits: SandboxLimits, hierarchy=None):
+        self.index, self.isolation, self.limits, self.hierarchy = index, isolation, limits, hierarchy
         self.process = None
         self.workdir = None
+        self.lease = None
+        self.groups = None
+        self._restart = False
         self._buffer = b""
+
+    @property
+    def uid(self) -> int | None:
+        """The uid the worker's programs run as while it lives (0: no switch; None: not started)."""
+        return self.lease.uid if self.lease is not None else None
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -47,18 +64,37 @@ class Worker:
         """Start the harness and wait for its "ready" line; RuntimeError with the reason when the sandbox cannot
         be created (no bubblewrap, no user namespaces)."""
         self.stop()
+        self._restart = False
+        self.lease = UidLease()
+        server_procs, program_procs = [], []
+        if self.hierarchy is not None:
+            self.groups = cgroups.WorkerGroups(
+                self.hierarchy, self.lease.key, self.limits.memory_bytes, self.limits.max_processes
+            )
+            try:
+                self.groups.create()
+            except OSError as error:
+                self.groups.remove()
+                self.groups = None
+                if self.limits.cgroups == "require":
+                    self.stop()
+                    raise RuntimeError(f"could not make the sandbox worker's cgroups: {error}") from None
+                logger.warning("could not make the sandbox worker's cgroups (%s): per-process limits only", error)
+            else:
+                server_procs, program_procs = self.groups.server_procs(), self.groups.program_procs()
+        options = {"uid": self.lease.uid, "program_procs": program_procs, "memory_capped": bool(program_procs)}
         if self.isolation == "bwrap":
-            command = bwrap_command(self.index, self.tmp_bytes)
+            command = bwrap_command(self.index, self.limits.tmp_bytes, **options)
         else:
             self.workdir = tempfile.mkdtemp(prefix="trl_shaped_sandbox_")
             os.chmod(self.workdir, 0o1777)  # the program's uid (root trainers) must be able to write there
-            command = bare_command(self.index, self.workdir)
+            command = bare_command(self.index, self.workdir, **options)
         self.process = subprocess.Popen(
-            command,
+            join_groups(server_procs, command),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env={},
+            env=dict(HARNESS_ENV),
             cwd=self.workdir or "/",
             start_new_session=True,  # its own process group: killed as one, untouched by the terminal's Ctrl-C
         )
@@ -100,8 +136,18 @@ class Worker:
                 except (OSError, ValueError):
                     pass
             self.process = None
+        if self.groups is not None:  # kills whatever of the worker is left, then removes the groups
+            self.groups.remove()
+            self.groups = None
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
         if self.workdir is not None:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+            empty_folder(self.workdir)  # through descriptors: shutil.rmtree recurses and stops at a deep folder
+            try:
+                os.rmdir(self.workdir)
+            except OSError:
+                pass
             self.workdir = None
 
     def _read_line(self, deadline: float) -> dict:
@@ -135,7 +181,14 @@ class Worker:
         try:
             self.process.stdin.write(json.dumps(request).encode() + b"\n")
             self.process.stdin.flush()
-            return self._read_line(time.monotonic() + wall_time_s + REPLY_GRACE_S)
+            deadline = time.monotonic() + wall_time_s + REPLY_GRACE_S
+            reply = self._read_line(deadline)
+            if reply == {"restart": True}:  # the harness could not empty /tmp: its reply follows
+                self._restart = True
+                reply = self._read_line(deadline)
         except (OSError, ValueError, WorkerError) as error:
             self.stop()
             raise WorkerError(str(error) or type(error).__name__) from None
+        if self._restart:  # a fresh bubblewrap is a fresh /tmp for the next program
+            self.stop()
+        return reply
