@@ -240,7 +240,18 @@ def convert(specs, format: str = "auto", **options) -> list[dict]:
     converted = []
     for spec in specs:
         rows = load_rows(str(spec))
-        kept = [out for out in (to_row(row, format, **options) for row in rows) if out is not None]
+        kept = []
+        for number, row in enumerate(rows):
+            try:
+                out = to_row(row, format, **options)
+            except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as error:
+                present = sorted(k for k in row if row[k] is not None)
+                raise ValueError(
+                    f"row {number} of {spec} does not fit the {format} layout ({type(error).__name__}: {error}); "
+                    f"its fields: {present}"
+                ) from None
+            if out is not None:
+                kept.append(out)
         print(f"{spec}: {len(kept)} problems ({len(rows) - len(kept)} without tests left out)", file=sys.stderr)
         converted.extend(kept)
     return converted

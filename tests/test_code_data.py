@@ -22,8 +22,8 @@ import yaml
 
 from trl_shaped.evaluation import EvalConfig, evaluate, score_completions
 from trl_shaped.rewards.code import CodeReward, extract_code, program_text
-from trl_shaped.rewards.code_tests import decode_livecodebench_tests, mbpp_tests
-from trl_shaped.sandbox import LocalSandbox, SandboxLimits, TestOutcome
+from trl_shaped.rewards.code_tests import apps_tests, decode_livecodebench_tests, mbpp_tests
+from trl_shaped.sandbox import LocalSandbox, Program, SandboxLimits, TestOutcome
 from trl_shaped.tiny import build_char_tokenizer, build_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,6 +148,13 @@ def test_each_layout_converts_and_its_canonical_solutions_score_one_and_wrong_on
     assert _score(reward, rows, wrong) == [0.0] * len(rows)
 
 
+def test_rows_that_do_not_fit_a_layout_are_named(prepare_code):
+    with pytest.raises(ValueError, match=r"row 0 of .*code_mbpp_full.jsonl does not fit the apps layout"):
+        prepare_code.convert([FIXTURES / "code_mbpp_full.jsonl"], format="apps")
+    with pytest.raises(ValueError, match="cannot tell the format of a row with fields"):
+        prepare_code.to_row({"question": "no tests"})
+
+
 def test_canonical_completions_are_the_datasets_solutions(prepare_code):
     mbpp = prepare_code.convert([FIXTURES / "code_mbpp_full.jsonl"])
     assert extract_code(mbpp[1]["completion"]) == _fixture_rows("code_mbpp_full.jsonl")[1]["code"].strip()
@@ -187,8 +194,9 @@ def test_apps_call_based_rows_become_value_tests_and_stdio_rows_check_stdio(prep
     stdio, codewars, tuples, leetcode, no_tests = rows
     assert prepare_code.to_row(stdio)["tests"][0] == "check_stdio('2 3\\n', '5\\n6\\n')"
     tests = prepare_code.to_row(codewars)["tests"]
-    # APPS wraps each output in a list ([[23]]): the test expects the value itself, as a literal
-    assert all(t.startswith("assert ") for t in tests)
+    # APPS wraps each output in a list ([[23]]): the test expects the value itself, as a literal, after the definition
+    # of the function that reads the result as APPS's checker does
+    assert all(t.startswith("def apps_value(") and t.splitlines()[-1].startswith("assert ") for t in tests)
     assert re.search(r"\(solution\(10\)\) == 23$", tests[0])
     assert re.search(r"\(two_sum\(\[1, 2, 3\], 4\)\) == \[0, 2\]$", prepare_code.to_row(tuples)["tests"][0])
     assert re.search(
@@ -201,6 +209,47 @@ def test_apps_call_based_rows_become_value_tests_and_stdio_rows_check_stdio(prep
     # TACO's stdin given as a list of lines is joined as APPS's checker joins it
     taco = prepare_code.to_row(_fixture_rows("code_taco.jsonl")[0])
     assert taco["tests"][2] == "check_stdio('1', 'NO')"
+
+
+def _apps_checker_accepts(output, stored) -> bool:
+    """APPS's own call-based comparison (its testing_util.py), written out independently of the converter."""
+    if isinstance(output, tuple):
+        output = list(output)
+    accepted = output == stored
+    if isinstance(stored, list) and stored:
+        accepted = accepted or output == stored[0]
+    try:
+        if isinstance(output[0], tuple):
+            accepted = accepted or [list(x) for x in output] == stored[0]
+    except (IndexError, KeyError, TypeError):
+        pass
+    return accepted
+
+
+def test_apps_value_tests_pass_every_result_apps_accepts(sandbox):
+    results = [5, [5], [[5]], 7, [7], [8], (0, 1), [0, 1], [(0, 1)], [[0, 1]], [1, 0], "x", ["x"], None]
+    stored = [[5], [7], [[0, 1]], [0, 1], [[[0, 1]]], ["x"], [None]]
+    pairs = [(repr(r), repr(s)) for r in results for s in stored]
+    programs = [
+        Program(
+            f"def f():\n    return {r}", apps_tests({"fn_name": "f", "inputs": [[]], "outputs": [ast.literal_eval(s)]})
+        )
+        for r, s in pairs
+    ]
+    passed = [o.fraction == 1.0 for o in sandbox.run_tests(programs)]
+    accepted = [_apps_checker_accepts(ast.literal_eval(r), ast.literal_eval(s)) for r, s in pairs]
+    assert sum(accepted) == 14  # APPS accepts some of them
+    assert all(p for p, a in zip(passed, accepted, strict=True) if a)  # everything APPS accepts passes
+    # beyond APPS, only values that differ from an accepted one by one-element lists around them (checked by hand)
+    extra = {(r, s) for (r, s), p, a in zip(pairs, passed, accepted, strict=True) if p and not a}
+    assert extra == {
+        (repr([[5]]), repr([5])),
+        (repr((0, 1)), repr([[[0, 1]]])),
+        (repr([0, 1]), repr([[[0, 1]]])),
+        (repr([(0, 1)]), repr([[0, 1]])),
+        (repr([(0, 1)]), repr([0, 1])),
+        (repr([[0, 1]]), repr([0, 1])),
+    }
 
 
 def test_codecontests_uses_public_private_and_generated_tests_once_each_and_reads_parquet(prepare_code, tmp_path):

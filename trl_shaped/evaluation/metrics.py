@@ -139,7 +139,13 @@ def extracted_answers(judge, samples: Sequence) -> list:
     extract = getattr(judge, "extract", None)
     if extract is None:
         return [extract_answer(completion_text(s)) for s in samples]
-    return [extract(s) for s in samples]
+    extracted = []
+    for sample in samples:
+        try:
+            extracted.append(extract(sample))
+        except Exception:  # noqa: BLE001 -- model output never stops an evaluation
+            extracted.append(None)
+    return extracted
 
 
 def vote_keys(judge, samples: Sequence) -> list[str | None]:

@@ -32,15 +32,19 @@ writes them as the ``code_prefix`` column, which the code judge runs before the 
 
 The benchmarks' checkers accept a little more than ``==``; what is matched here:
 
-- APPS (and TACO) store each call-based output wrapped in a one-element list (``[[0, 1]]`` for ``[0, 1]``); their
-  checker accepts the wrapped or the unwrapped value. The test expects the unwrapped value. APPS turns a tuple result
-  (and tuples inside a list result) into lists, and LiveCodeBench a tuple result: the test's call does the same, so a
-  function returning ``(0, 1)`` passes where JSON says ``[0, 1]``.
+- APPS (and TACO) store call-based outputs wrapped in a one-element list (``[[0, 1]]`` for ``[0, 1]``), though not
+  always; their checker accepts the result equal to the stored output or to its first element, with tuples (a tuple
+  result, tuples inside a list result) as lists. The tests compare `apps_value` of the result (its definition is the
+  test's setup) with `apps_value` of the stored output: tuples as lists, every top level of one-element list
+  removed. Every result APPS accepts passes; so does, beyond it, a bare element where a one-element list is expected.
+- LiveCodeBench compares with ``==`` after turning a tuple result into a list: `livecodebench_value` does the same.
 - Standard output is compared token by token (APPS's and LiveCodeBench's main rule); their further fallbacks (floats
   within a tolerance, lines as sets) are not applied.
 """
 
+import ast
 import base64
+import inspect
 import io
 import json
 import pickle
@@ -71,10 +75,28 @@ LIVECODEBENCH_IMPORTS = (
     + "sys.setrecursionlimit(50000)\n"
 )
 
-# The call of a value test goes through this, as the benchmarks' checkers turn tuples into lists (JSON has none).
-_TUPLES_AS_LISTS = (
-    "(lambda v: [list(x) if isinstance(x, tuple) else x for x in v] if isinstance(v, (list, tuple)) else v)"
-)
+
+def livecodebench_value(result):
+    """LiveCodeBench's checker turns a tuple result into a list (JSON has no tuples)."""
+    return list(result) if isinstance(result, tuple) else result
+
+
+def apps_value(result):
+    """APPS's checker (and TACO's) turns a tuple result, and tuples inside a list result, into lists, and accepts the
+    stored output or its first element (outputs are stored wrapped in a one-element list, not always): here both
+    sides are read with every top level of one-element list removed."""
+    for _ in range(100):  # bounded: a list may contain itself
+        if isinstance(result, tuple):
+            result = list(result)
+        if not isinstance(result, list):
+            return result
+        result = [list(x) if isinstance(x, tuple) else x for x in result]
+        if len(result) != 1:
+            return result
+        result = result[0]
+    return result
+
+
 # LiveCodeBench's private tests can be large (tens of MB); more than this is refused rather than unpacked.
 MAX_DECODED_TEST_BYTES = 1 << 30
 
@@ -124,24 +146,35 @@ def stdio_tests(inputs, outputs) -> list[str]:
     return [f"{STDIO_CALL}{stdin!r}, {expected!r})" for stdin, expected in zip(inputs, outputs, strict=True)]
 
 
-def call_tests(function: str, arguments, expected) -> list[str]:
-    """One value test per call: ``assert function(*arguments[i]) == expected[i]`` with the values written as literals
-    (tuples in the result compared as lists, see the module's docstring).
+def _source(function) -> str:
+    """The source of a function of this module without its docstring (the setup of a value test)."""
+    definition = ast.parse(inspect.getsource(function)).body[0]
+    if ast.get_docstring(definition) is not None:
+        definition.body = definition.body[1:]
+    return ast.unparse(definition)
+
+
+def call_tests(function: str, arguments, expected, value=None) -> list[str]:
+    """One value test per call: ``assert function(*arguments[i]) == expected[i]``, the values written as literals.
 
     Args:
         function (`str`): what is called: a function name (``add``) or ``Solution().method``.
         arguments: for each test, the list of positional arguments (JSON-decoded values).
         expected: for each test, the expected value.
+        value (*optional*): a function of this module the call's result goes through (`apps_value`,
+            `livecodebench_value`: the benchmarks' checkers' own leniencies); its source is the test's setup.
     """
     if not isinstance(arguments, (list, tuple)) or not isinstance(expected, (list, tuple)):
         raise ValueError("arguments and expected must be lists, one entry per test")
     if len(arguments) != len(expected):
         raise ValueError(f"arguments and expected must pair up, got {len(arguments)} and {len(expected)}")
+    setup, name = (_source(value), value.__name__) if value is not None else ("", "")
     tests = []
-    for args, value in zip(arguments, expected, strict=True):
+    for args, result in zip(arguments, expected, strict=True):
         args = args if isinstance(args, (list, tuple)) else [args]
         call = f"{function}({', '.join(repr(a) for a in args)})"
-        tests.append(f"assert {_TUPLES_AS_LISTS}({call}) == {value!r}")
+        test = f"assert {name}({call}) == {result!r}" if name else f"assert {call} == {result!r}"
+        tests.append(f"{setup}\n{test}" if setup else test)
     return tests
 
 
@@ -167,9 +200,9 @@ def apps_tests(input_output, starter_code: str | None = "") -> list[str]:
         raise ValueError(f"input_output must be a JSON object of inputs and outputs, got {type(spec).__name__}")
     inputs, outputs = spec.get("inputs") or [], spec.get("outputs") or []
     if spec.get("fn_name"):
-        # APPS wraps each expected value in a one-element list; its checker also accepts the unwrapped value
-        expected = [o[0] if isinstance(o, list) and len(o) == 1 else o for o in outputs]
-        return call_tests(solution_callable(starter_code, spec["fn_name"]), inputs, expected)
+        # the stored output without APPS's wrapping list, then read as APPS_VALUE reads the result
+        expected = [apps_value(o) for o in outputs]
+        return call_tests(solution_callable(starter_code, spec["fn_name"]), inputs, expected, apps_value)
     return stdio_tests([_joined(i) for i in inputs], [_joined(o) for o in outputs])
 
 
@@ -235,7 +268,8 @@ def livecodebench_tests(cases, metadata=None, starter_code: str | None = "") -> 
             raise ValueError("functional LiveCodeBench tests need metadata's func_name")
         function = solution_callable(starter_code if starter_code else "class Solution", metadata["func_name"])
         arguments = [[json.loads(line) for line in c["input"].split("\n") if line.strip()] for c in functional]
-        tests = call_tests(function, arguments, [json.loads(c["output"]) for c in functional])
+        expected = [json.loads(c["output"]) for c in functional]
+        tests = call_tests(function, arguments, expected, livecodebench_value)
     else:
         tests = []
     stdin = [c for c in cases if c.get("testtype", "stdin") == "stdin"]
