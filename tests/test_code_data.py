@@ -577,3 +577,46 @@ def test_code_judge_arguments_from_a_recipe():
         CodeReward(limits={"wall_time": 2})
     with pytest.raises(ValueError, match="code_prefix must be"):
         CodeReward()(["x = 1"], tests=[["assert x == 1"]], code_prefix=[1])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GRPO: the code prefix reaches the judge as TRL passes dataset columns
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _runs_cleanly(code: str) -> bool:
+    """Independent of the sandbox: does `code` run without an error as a plain script?"""
+    return subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, timeout=60).returncode == 0
+
+
+def test_grpo_scores_prefix_plus_completion(tmp_path, sandbox):
+    """A tiny policy over digits and operators continues ``x = ``: a completion scores 1.0 exactly when the prefix and
+    the completion make a program that runs and sets x (the completion alone never defines x)."""
+    from _grpo_common import grpo_config
+    from datasets import Dataset
+
+    from trl_shaped import ShapedGRPOTrainer
+
+    tokenizer = build_char_tokenizer("0123456789+-*( )")
+    model = build_tiny_model(len(tokenizer), hidden_size=32, num_layers=1, tokenizer=tokenizer, seed=0)
+    prefix = "x = "
+    dataset = Dataset.from_dict(
+        {"prompt": ["1+", "(2", "3*", "4"] * 2, "tests": [["assert x is not None"]] * 8, "code_prefix": [prefix] * 8}
+    )
+    seen = []
+    judge = CodeReward(sandbox=sandbox)
+
+    def recorded_code_reward(completions, tests, code_prefix, **kwargs):
+        scores = judge(completions, tests=tests, code_prefix=code_prefix, **kwargs)
+        seen.append((list(completions), list(code_prefix), scores))
+        return scores
+
+    recorded_code_reward.__name__ = "code_reward"
+    args = grpo_config(tmp_path, max_steps=2, per_device_train_batch_size=8, num_generations=4, max_completion_length=6)
+    trainer = ShapedGRPOTrainer(model, [recorded_code_reward], args, train_dataset=dataset, processing_class=tokenizer)
+    trainer.train()
+    completions = [c for batch, _, _ in seen for c in batch]
+    scores = [s for _, _, batch in seen for s in batch]
+    assert all(p == prefix for _, prefixes, _ in seen for p in prefixes)
+    assert scores == [1.0 if _runs_cleanly(prefix + c) else 0.0 for c in completions]
+    assert 0.0 in scores and 1.0 in scores, completions
