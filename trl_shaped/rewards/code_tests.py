@@ -16,8 +16,8 @@ and otherwise statements that run in the program's process (HumanEval's ``check(
     humaneval_tests(test, entry_point)    HumanEval: one statement, the test code (defining ``check``) then
                                           ``check(<entry_point>)``; all or nothing, in-process
     stdio_tests(inputs, outputs)          one ``check_stdio`` per input/output pair
-    call_tests(function, arguments, expected)
-                                          one value test per call: ``assert function(*arguments) == expected``
+    call_tests(function, arguments, expected, value)
+                                          one value test per call: ``assert value(function(*arguments)) == expected``
     apps_tests(input_output, starter_code)
                                           APPS and TACO: call-based with ``fn_name``, else standard input/output
     codecontests_tests(*groups)           CodeContests: its public, private and generated tests (standard I/O)
@@ -36,7 +36,8 @@ The benchmarks' checkers accept a little more than ``==``; what is matched here:
   always; their checker accepts the result equal to the stored output or to its first element, with tuples (a tuple
   result, tuples inside a list result) as lists. The tests compare `apps_value` of the result (its definition is the
   test's setup) with `apps_value` of the stored output: tuples as lists, every top level of one-element list
-  removed. Every result APPS accepts passes; so does, beyond it, a bare element where a one-element list is expected.
+  removed. Every result APPS accepts passes; beyond it, so do results that differ from an accepted one only by
+  one-element lists around them (``[[5]]`` where APPS takes ``5`` or ``[5]``).
 - LiveCodeBench compares with ``==`` after turning a tuple result into a list: `livecodebench_value` does the same.
 - Standard output is compared token by token (APPS's and LiveCodeBench's main rule); their further fallbacks (floats
   within a tolerance, lines as sets) are not applied.
