@@ -85,9 +85,13 @@ def judge_scores(completions: Sequence[Sequence], columns: dict | None = None, *
     for name, values in columns.items():
         if len(values) != len(completions):
             raise ValueError(f"column {name!r} has {len(values)} values for {len(completions)} problems")
-    flat, per_completion = _flatten(completions, columns)
+    flat = [c for samples in completions for c in samples]
     if not flat:
         return [[] for _ in completions]
+    per_completion = {
+        name: [v for v, samples in zip(values, completions, strict=True) for _ in samples]
+        for name, values in columns.items()
+    }
     scores = judge(completions=flat, **per_completion)
     name = name_of_judge(judge)
     if scores is None or len(scores) != len(flat):
@@ -105,16 +109,6 @@ def judge_scores(completions: Sequence[Sequence], columns: dict | None = None, *
     return out
 
 
-def _flatten(completions: Sequence[Sequence], columns: dict) -> tuple[list, dict]:
-    """The completions of all problems in one list, and each column repeated once per completion (as TRL passes)."""
-    flat = [c for samples in completions for c in samples]
-    per_completion = {
-        name: [v for v, samples in zip(values, completions, strict=True) for _ in samples]
-        for name, values in columns.items()
-    }
-    return flat, per_completion
-
-
 def judge_vote_keys(judge, completions: Sequence[Sequence], columns: dict | None = None) -> list[list[str | None]]:
     """For each problem, what each of its samples votes for in Cons@n. A judge with a method
     ``vote_keys(completions, **columns)`` gets the arguments it is scored with (the code judge: each program's
@@ -122,7 +116,11 @@ def judge_vote_keys(judge, completions: Sequence[Sequence], columns: dict | None
     key_method = getattr(judge, "vote_keys", None)
     if key_method is None:
         return [vote_keys(judge, samples) for samples in completions]
-    flat, per_completion = _flatten(completions, dict(columns or {}))
+    flat = [c for samples in completions for c in samples]
+    per_completion = {  # as `judge_scores` hands them
+        name: [v for v, samples in zip(values, completions, strict=True) for _ in samples]
+        for name, values in (columns or {}).items()
+    }
     keys = list(key_method(completions=flat, **per_completion)) if flat else []
     if len(keys) != len(flat):
         raise ValueError(f"judge {name_of_judge(judge)} gave {len(keys)} vote keys for {len(flat)} completions")
