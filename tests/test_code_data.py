@@ -22,7 +22,7 @@ import yaml
 
 from trl_shaped.evaluation import EvalConfig, evaluate, score_completions
 from trl_shaped.rewards.code import CodeReward, extract_code, program_text
-from trl_shaped.rewards.code_tests import apps_tests, decode_livecodebench_tests, mbpp_tests
+from trl_shaped.rewards.code_tests import apps_tests, decode_livecodebench_tests
 from trl_shaped.sandbox import LocalSandbox, Program, SandboxLimits, TestOutcome
 from trl_shaped.tiny import build_char_tokenizer, build_tiny_model
 
@@ -176,10 +176,7 @@ def test_canonical_completions_are_the_datasets_solutions(prepare_code):
 def test_mbpp_sanitized_test_imports_run_before_the_asserts(reward, prepare_code):
     source = _fixture_rows("code_mbpp_sanitized.jsonl")[1]
     row = prepare_code.to_row(source)
-    assert row["tests"][0].startswith("import math\nassert math.isclose(")
-    # without the imports the right program fails every test: the imports are what make it pass
-    bare = mbpp_tests(source["test_list"])
-    assert reward([_fenced(source["code"])], tests=[bare]) == [0.0]
+    assert row["tests"] == [f"import math\n{test}" for test in source["test_list"]]
     assert reward([_fenced(source["code"])], tests=[row["tests"]]) == [1.0]
     # full MBPP's test_setup_code, and its challenge tests are not used
     full = prepare_code.to_row(_fixture_rows("code_mbpp_full.jsonl")[2])
