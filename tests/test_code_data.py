@@ -441,6 +441,11 @@ RIGHT_B = "def add(x, y):\n    total = x\n    total += y\n    return total"
 WRONG_SUB, WRONG_MUL, WRONG_OFF = (f"def add(a, b):\n    return {body}" for body in ("a - b", "a * b", "a + b + 1"))
 SUB_AGAIN, SUB_THIRD = "def add(a, b):\n    return a + (-b)", "def add(p, q):\n    return -(q - p)"
 BROKEN = ["def add(a, b) return a + b", "def add(a, b):\nreturn a", "add = lambda a, b: (a + b"]
+CRASHING = [
+    "def add(a, b):\n    return a + c",
+    "def add(a, b):\n    raise ValueError(a)",
+    "def add(a, b):\n    return [][a]",
+]
 
 
 def _values_digest(program) -> str:
@@ -497,6 +502,12 @@ def test_code_votes_pool_right_programs_written_differently_and_a_split_wrong_ma
     record = _cons(judge, broken)["per_problem"][0]
     assert record["cons_correct"] and record["scores"] == [0.0, 1.0, 0.0, 1.0, 0.0]
     assert judge.vote_keys([_fenced(s) for s in broken], tests=[ADD_TESTS] * 5)[0::2] == [None] * 3
+    # nor do programs that fail with an error on every test, however differently (no answer on any input): three
+    # crashing programs would otherwise pool and outvote two right ones
+    crashing = [CRASHING[0], RIGHT_A, CRASHING[1], RIGHT_B, CRASHING[2]]
+    result = _cons(judge, crashing)
+    assert result["per_problem"][0]["scores"] == [0.0, 1.0, 0.0, 1.0, 0.0] and result["cons_at_n"] == 1.0
+    assert judge.vote_keys([_fenced(s) for s in crashing], tests=[ADD_TESTS] * 5)[0::2] == [None] * 3
     # per_problem's extracted is the code judge's own reading: the program
     assert record["extracted"] == broken
 
@@ -518,15 +529,23 @@ def test_scoring_then_voting_runs_each_program_once(sandbox):
 
     class Counting:
         def run_tests(self, programs):
-            runs.append(len(programs))
+            runs.append([p.code for p in programs])
             return sandbox.run_tests(programs)
 
-    judge = CodeReward(sandbox=Counting())
-    samples = [_fenced(RIGHT_A), _fenced(RIGHT_A), _fenced(WRONG_SUB)]
-    assert judge(samples, tests=[ADD_TESTS] * 3) == [1.0, 1.0, 0.25]
-    keys = judge.vote_keys(samples, tests=[ADD_TESTS] * 3)
-    assert runs == [2]  # the repeated program ran once, and voting reused the scoring's runs
-    assert keys[0] == keys[1] != keys[2]
+    for run_sandbox in (Counting(), _BehaviourSandbox(Counting())):
+        runs.clear()
+        judge = CodeReward(sandbox=run_sandbox)
+        samples = [_fenced(RIGHT_A), _fenced(RIGHT_A), _fenced(WRONG_SUB)]
+        assert judge(samples, tests=[ADD_TESTS] * 3) == [1.0, 1.0, 0.25]
+        keys = judge.vote_keys(samples, tests=[ADD_TESTS] * 3)
+        # the repeated program ran once, and voting reused the scoring's runs; with behaviour, voting ran one more
+        # program, the one that does nothing, once for the problem
+        assert runs[0] == [RIGHT_A, WRONG_SUB]
+        has_behaviour = getattr(run_sandbox, "box", None) is not None or "behaviour" in {
+            f.name for f in dataclasses.fields(TestOutcome)
+        }
+        assert runs[1:] == ([["pass"]] if has_behaviour else [])
+        assert keys[0] == keys[1] != keys[2] and None not in keys
 
 
 # A judge reached by its dotted path, with a vote_keys method: every sample votes for the same key.

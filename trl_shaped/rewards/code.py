@@ -66,6 +66,10 @@ def normalized_code(text) -> str | None:
 _CONTINUATION_STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
 
 
+# What a program that gives no answer does on any tests: its behaviour is what "no answer" looks like (Cons@n).
+_SILENT_PROGRAM = "pass"
+
+
 def _parses(code: str) -> bool:
     """Whether `code` is Python that compiles (parsed on the host, never run)."""
     try:
@@ -156,7 +160,9 @@ class CodeReward:
     of its program's outputs on the tests judged outside the program (``TestOutcome.behaviour``), so right programs
     written differently pool; where the sandbox gives no behaviour (tests that run in-process, such as HumanEval's
     ``check``, or a program without a result), the normalised program text (`normalized_code`). A program that does
-    not parse does not vote. The outcomes of the last call are reused, so scoring then voting runs each program once.
+    not parse, or that behaves as one that does nothing (errors or prints nothing on every test), does not vote.
+    The outcomes of the last call are reused, so scoring then voting runs each program once (and, with behaviour,
+    one program that does nothing per problem).
 
     Args:
         all_or_nothing (`bool`, defaults to `False`): 1.0 only when every test passes, else 0.0 (instead of the
@@ -220,15 +226,24 @@ class CodeReward:
 
     def vote_keys(self, completions, tests, code_prefix=None, **kwargs) -> list[str | None]:
         """What each completion votes for in Cons@n: ``behaviour:<digest>`` of its program's outputs on the tests
-        judged outside the program when the sandbox gives one, else its normalised program text; None (no vote) for a
-        program that does not parse or a completion without code. Arguments as for a call."""
+        judged outside the program when the sandbox gives one, else its normalised program text. None (no vote) for
+        a program that does not parse, a completion without code, and a program that behaves as one that defines and
+        prints nothing (it fails with an error, or prints nothing, on every test: no answer, as a math completion
+        without one; else programs that crash in different ways would pool and could outvote right ones).
+        Arguments as for a call."""
         programs = self._programs(completions, tests, code_prefix)
+        outcomes = self._run(programs)
+        behaviours = [getattr(o, "behaviour", None) if o.status == "ok" else None for o in outcomes]
+        silent = {}  # tests -> the behaviour of a program that does nothing, run once per problem
+        if any(b is not None for b in behaviours):
+            probes = list(dict.fromkeys(Program(_SILENT_PROGRAM, p.tests) for p in programs))
+            probe_outcomes = self._run(programs + probes)[len(programs) :]
+            silent = {p.tests: getattr(o, "behaviour", None) for p, o in zip(probes, probe_outcomes, strict=True)}
         keys = []
-        for completion, program, outcome in zip(completions, programs, self._run(programs), strict=True):
-            behaviour = getattr(outcome, "behaviour", None)  # the sandbox's digest of the program's outputs
-            if not _parses(program.code):
+        for completion, program, behaviour in zip(completions, programs, behaviours, strict=True):
+            if not _parses(program.code) or (behaviour is not None and behaviour == silent.get(program.tests)):
                 keys.append(None)
-            elif behaviour is not None and outcome.status == "ok":
+            elif behaviour is not None:
                 keys.append(f"behaviour:{behaviour}")
             else:
                 keys.append(normalized_code(completion_text(completion)))
