@@ -448,10 +448,21 @@ CRASHING = [
 ]
 
 
-def _values_digest(program) -> str:
-    """Independently of the sandbox: the sha256 of the program's values on its value tests (`assert <expr> == ...`),
-    from running it (programs written in this test) in a plain subprocess."""
-    expressions = [ast.unparse(ast.parse(t).body[-1].test.left) for t in program.tests]
+def _behaviour_digest(program) -> str:
+    """Independently of the sandbox: the sha256 of what the program produces on its tests, from running it (programs
+    written in this test) in plain subprocesses: its values on value tests (``assert <expr> == ...``), its output
+    tokens on ``check_stdio`` tests (an error when it exits with an error)."""
+    calls = [ast.parse(t).body[-1] for t in program.tests]
+    if all(isinstance(c, ast.Expr) and ast.unparse(c).startswith("check_stdio(") for c in calls):
+        produced = []
+        for call in calls:
+            stdin = ast.literal_eval(call.value.args[0])
+            done = subprocess.run(
+                [sys.executable, "-I", "-c", program.code], input=stdin, capture_output=True, text=True
+            )
+            produced.append(done.stdout.split() if done.returncode == 0 else "error")
+        return hashlib.sha256(repr(produced).encode()).hexdigest()
+    expressions = [ast.unparse(c.test.left) for c in calls]
     probe = "\n".join(
         [program.code, "_values = []", *(f"try:\n    _values.append(repr({e}))\nexcept Exception as _e:\n"
          f"    _values.append('error')" for e in expressions), "print(_values)"]
@@ -467,7 +478,7 @@ class _OutcomeWithBehaviour(TestOutcome):
 
 class _BehaviourSandbox:
     """The real sandbox, with `TestOutcome.behaviour` (what the sandbox's outside verdict reports: a digest of the
-    program's values on the value tests) computed independently by `_values_digest`."""
+    program's values on the value tests, its output on stdio tests) computed independently by `_behaviour_digest`."""
 
     def __init__(self, box):
         self.box = box
@@ -475,7 +486,7 @@ class _BehaviourSandbox:
     def run_tests(self, programs):
         outcomes = self.box.run_tests(programs)
         return [
-            _OutcomeWithBehaviour(**{**dataclasses.asdict(o), "behaviour": _values_digest(p)})
+            _OutcomeWithBehaviour(**{**dataclasses.asdict(o), "behaviour": _behaviour_digest(p)})
             for p, o in zip(programs, outcomes, strict=True)
         ]
 
@@ -508,6 +519,18 @@ def test_code_votes_pool_right_programs_written_differently_and_a_split_wrong_ma
     result = _cons(judge, crashing)
     assert result["per_problem"][0]["scores"] == [0.0, 1.0, 0.0, 1.0, 0.0] and result["cons_at_n"] == 1.0
     assert judge.vote_keys([_fenced(s) for s in crashing], tests=[ADD_TESTS] * 5)[0::2] == [None] * 3
+    # the same on standard input/output: crashing and silent scripts give no answer; two right scripts pool
+    stdio = ["check_stdio('1 2\\n', '3\\n')", "check_stdio('5 5\\n', '10\\n')"]
+    scripts = [
+        "print(1 / 0)",
+        "print(sum(map(int, input().split())))",
+        "import sys\nsys.exit(2)",
+        "a, b = input().split()\nprint(int(a) + int(b))",
+        "x = input()",
+    ]
+    result = score_completions([[_fenced(s) for s in scripts]], judge=judge, columns={"tests": [stdio]})
+    assert result["per_problem"][0]["scores"] == [0.0, 1.0, 0.0, 1.0, 0.0] and result["cons_at_n"] == 1.0
+    assert judge.vote_keys([_fenced(s) for s in scripts], tests=[stdio] * 5)[0::2] == [None] * 3
     # per_problem's extracted is the code judge's own reading: the program
     assert record["extracted"] == broken
 
@@ -538,13 +561,13 @@ def test_scoring_then_voting_runs_each_program_once(sandbox):
         samples = [_fenced(RIGHT_A), _fenced(RIGHT_A), _fenced(WRONG_SUB)]
         assert judge(samples, tests=[ADD_TESTS] * 3) == [1.0, 1.0, 0.25]
         keys = judge.vote_keys(samples, tests=[ADD_TESTS] * 3)
-        # the repeated program ran once, and voting reused the scoring's runs; with behaviour, voting ran one more
-        # program, the one that does nothing, once for the problem
+        # the repeated program ran once, and voting reused the scoring's runs; with behaviour, voting ran the two
+        # programs that give no answer, once for the problem
         assert runs[0] == [RIGHT_A, WRONG_SUB]
         has_behaviour = getattr(run_sandbox, "box", None) is not None or "behaviour" in {
             f.name for f in dataclasses.fields(TestOutcome)
         }
-        assert runs[1:] == ([["pass"]] if has_behaviour else [])
+        assert runs[1:] == ([["pass", "raise SystemExit(1)"]] if has_behaviour else [])
         assert keys[0] == keys[1] != keys[2] and None not in keys
 
 

@@ -66,8 +66,9 @@ def normalized_code(text) -> str | None:
 _CONTINUATION_STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
 
 
-# What a program that gives no answer does on any tests: its behaviour is what "no answer" looks like (Cons@n).
-_SILENT_PROGRAM = "pass"
+# Programs that give no answer on any tests (nothing defined or printed; an error on every test): their behaviours
+# are what "no answer" looks like to Cons@n.
+_NO_ANSWER_PROGRAMS = ("pass", "raise SystemExit(1)")
 
 
 def _parses(code: str) -> bool:
@@ -160,9 +161,9 @@ class CodeReward:
     of its program's outputs on the tests judged outside the program (``TestOutcome.behaviour``), so right programs
     written differently pool; where the sandbox gives no behaviour (tests that run in-process, such as HumanEval's
     ``check``, or a program without a result), the normalised program text (`normalized_code`). A program that does
-    not parse, or that behaves as one that does nothing (errors or prints nothing on every test), does not vote.
+    not parse, or that behaves as one that gives no answer (an error, or no output, on every test), does not vote.
     The outcomes of the last call are reused, so scoring then voting runs each program once (and, with behaviour,
-    one program that does nothing per problem).
+    two programs that give no answer per problem).
 
     Args:
         all_or_nothing (`bool`, defaults to `False`): 1.0 only when every test passes, else 0.0 (instead of the
@@ -227,21 +228,22 @@ class CodeReward:
     def vote_keys(self, completions, tests, code_prefix=None, **kwargs) -> list[str | None]:
         """What each completion votes for in Cons@n: ``behaviour:<digest>`` of its program's outputs on the tests
         judged outside the program when the sandbox gives one, else its normalised program text. None (no vote) for
-        a program that does not parse, a completion without code, and a program that behaves as one that defines and
-        prints nothing (it fails with an error, or prints nothing, on every test: no answer, as a math completion
-        without one; else programs that crash in different ways would pool and could outvote right ones).
+        a program that does not parse, a completion without code, and a program that behaves as one that gives no
+        answer (``pass``, which defines and prints nothing, or ``raise SystemExit(1)``, which fails every test with
+        an error): as a math completion without an answer; else programs that crash in different ways would pool
+        and could outvote right ones.
         Arguments as for a call."""
         programs = self._programs(completions, tests, code_prefix)
         outcomes = self._run(programs)
         behaviours = [getattr(o, "behaviour", None) if o.status == "ok" else None for o in outcomes]
-        silent = {}  # tests -> the behaviour of a program that does nothing, run once per problem
+        no_answer = set()  # (tests, behaviour) of the programs that give no answer, run once per problem
         if any(b is not None for b in behaviours):
-            probes = list(dict.fromkeys(Program(_SILENT_PROGRAM, p.tests) for p in programs))
+            probes = list(dict.fromkeys(Program(code, p.tests) for p in programs for code in _NO_ANSWER_PROGRAMS))
             probe_outcomes = self._run(programs + probes)[len(programs) :]
-            silent = {p.tests: getattr(o, "behaviour", None) for p, o in zip(probes, probe_outcomes, strict=True)}
+            no_answer = {(p.tests, getattr(o, "behaviour", None)) for p, o in zip(probes, probe_outcomes, strict=True)}
         keys = []
         for completion, program, behaviour in zip(completions, programs, behaviours, strict=True):
-            if not _parses(program.code) or (behaviour is not None and behaviour == silent.get(program.tests)):
+            if not _parses(program.code) or (behaviour is not None and (program.tests, behaviour) in no_answer):
                 keys.append(None)
             elif behaviour is not None:
                 keys.append(f"behaviour:{behaviour}")
