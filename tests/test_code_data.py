@@ -571,6 +571,18 @@ def test_scoring_then_voting_runs_each_program_once(sandbox):
         assert keys[0] == keys[1] != keys[2] and None not in keys
 
 
+def test_programs_without_a_result_do_not_vote():
+    box = LocalSandbox(SandboxLimits(wall_time_s=1, cpu_time_s=1), workers=1)
+    try:
+        judge = CodeReward(sandbox=box)
+        samples = [_fenced("def add(a, b):\n    while True:\n        pass"), _fenced(RIGHT_A)]
+        assert judge(samples, tests=[ADD_TESTS] * 2) == [0.0, 1.0]
+        keys = judge.vote_keys(samples, tests=[ADD_TESTS] * 2)
+        assert keys[0] is None and keys[1] is not None
+    finally:
+        box.close()
+
+
 # A judge reached by its dotted path, with a vote_keys method: every sample votes for the same key.
 KEY_CALLS = []
 

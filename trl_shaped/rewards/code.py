@@ -228,7 +228,8 @@ class CodeReward:
     def vote_keys(self, completions, tests, code_prefix=None, **kwargs) -> list[str | None]:
         """What each completion votes for in Cons@n: ``behaviour:<digest>`` of its program's outputs on the tests
         judged outside the program when the sandbox gives one, else its normalised program text. None (no vote) for
-        a program that does not parse, a completion without code, and a program that behaves as one that gives no
+        a program that does not parse, a completion without code, a program without a result (timed out, killed),
+        and a program that behaves as one that gives no
         answer (``pass``, which defines and prints nothing, or ``raise SystemExit(1)``, which fails every test with
         an error): as a math completion without an answer; else programs that crash in different ways would pool
         and could outvote right ones.
@@ -242,8 +243,9 @@ class CodeReward:
             probe_outcomes = self._run(programs + probes)[len(programs) :]
             no_answer = {(p.tests, getattr(o, "behaviour", None)) for p, o in zip(probes, probe_outcomes, strict=True)}
         keys = []
-        for completion, program, behaviour in zip(completions, programs, behaviours, strict=True):
-            if not _parses(program.code) or (behaviour is not None and (program.tests, behaviour) in no_answer):
+        for completion, program, outcome, behaviour in zip(completions, programs, outcomes, behaviours, strict=True):
+            silent = behaviour is not None and (program.tests, behaviour) in no_answer
+            if outcome.status != "ok" or silent or not _parses(program.code):
                 keys.append(None)
             elif behaviour is not None:
                 keys.append(f"behaviour:{behaviour}")
