@@ -134,7 +134,7 @@ def _prepare_code():
 def test_prepare_code_on_the_fixtures(tmp_path, reward, name):
     out = _prepare_code().prepare(ROOT / "tests" / "fixtures" / f"code_{name}.jsonl", tmp_path / f"{name}.jsonl")
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert rows and all(set(row) == {"prompt", "tests", "completion"} for row in rows)
+    assert rows and all({"prompt", "tests", "completion"} <= set(row) for row in rows)
     tests = [row["tests"] for row in rows]
     # the reference solutions pass every test; an empty program passes none
     assert reward([row["completion"] for row in rows], tests=tests) == [1.0] * len(rows)
@@ -146,7 +146,7 @@ def test_prepare_code_rejects_an_unknown_format():
     with pytest.raises(ValueError, match="cannot tell the format"):
         module.to_row({"question": "no tests"})
     with pytest.raises(ValueError, match="format must be one of"):
-        module.prepare("in.jsonl", "out.jsonl", format="apps")
+        module.prepare("in.jsonl", "out.jsonl", format="fortran")
 
 
 def test_without_namespaces_the_sandbox_refuses_unless_opted_out(monkeypatch, caplog):

@@ -6,7 +6,7 @@ from transformers.utils import logging
 
 from .config import EvalConfig
 from .heldout import combine_text_sums, text_sums
-from .metrics import judge_scores, missing_judge_columns, resolve_judge, score_completions
+from .metrics import judge_scores, judge_vote_keys, missing_judge_columns, resolve_judge, score_completions
 from .sampling import prompts_per_call, sample_completions
 from .sharding import block_range, current_shard, gather_in_order
 from .vllm_sampling import build_vllm_engine, sample_completions_vllm
@@ -99,10 +99,13 @@ def evaluate(model, tokenizer, problems, config: EvalConfig, *, llm=None, shard:
         )
     own_columns = {name: values[own_problems.start : own_problems.stop] for name, values in columns.items()}
     local_scores = judge_scores(local[0], own_columns, judge=judge)
-    sampled = gather_in_order(list(zip(*local, local_scores, strict=True)), process, len(rows))
-    completions, lengths, scores = ([s[i] for s in sampled] for i in range(3))
+    local_keys = judge_vote_keys(judge, local[0], own_columns)  # the code judge: from the runs just scored
+    sampled = gather_in_order(list(zip(*local, local_scores, local_keys, strict=True)), process, len(rows))
+    completions, lengths, scores, keys = ([s[i] for s in sampled] for i in range(4))
 
-    results = score_completions(completions, pass_k=config.pass_k, judge=judge, columns=columns, scores=scores)
+    results = score_completions(
+        completions, pass_k=config.pass_k, judge=judge, columns=columns, scores=scores, keys=keys
+    )
     for record, samples in zip(results["per_problem"], completions, strict=True):
         record["completions"] = samples
     all_lengths = [length for row in lengths for length in row]

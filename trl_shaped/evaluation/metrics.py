@@ -6,6 +6,8 @@ a sample is correct when its score is 1.0, its full score, so evaluation counts 
 judge_scores(completions, columns, judge) -> scores   one call to the judge for every completion of every problem
 is_correct(completion, answer) -> bool      the exact judge on one completion (numbers; kept for callers)
 pass_at_k(n, c, k) -> float                 unbiased Pass@k = 1 - C(n - c, k) / C(n, k)
+judge_vote_keys(judge, completions, columns) -> keys   what each sample votes for (a judge's `vote_keys` method,
+                                            e.g. the code judge's program behaviour, else `vote_keys` per problem)
 majority_vote(answers) -> str | None        most frequent answer, ties to the first occurrence
 cons_at_n(answers, correct) -> float        1.0 when the majority answer is correct
 score_completions(completions, answers, pass_k=..., judge=...) -> dict   Avg@n, Cons@n, Pass@k, mean score and
@@ -107,6 +109,43 @@ def judge_scores(completions: Sequence[Sequence], columns: dict | None = None, *
     return out
 
 
+def judge_vote_keys(judge, completions: Sequence[Sequence], columns: dict | None = None) -> list[list[str | None]]:
+    """For each problem, what each of its samples votes for in Cons@n. A judge with a method
+    ``vote_keys(completions, **columns)`` gets the arguments it is scored with (the code judge: each program's
+    behaviour on the tests, from the runs of its last scoring call); any other judge, `vote_keys` per problem."""
+    key_method = getattr(judge, "vote_keys", None)
+    if key_method is None:
+        return [vote_keys(judge, samples) for samples in completions]
+    flat = [c for samples in completions for c in samples]
+    per_completion = {  # as `judge_scores` hands them
+        name: [v for v, samples in zip(values, completions, strict=True) for _ in samples]
+        for name, values in (columns or {}).items()
+    }
+    keys = list(key_method(completions=flat, **per_completion)) if flat else []
+    if len(keys) != len(flat):
+        raise ValueError(f"judge {name_of_judge(judge)} gave {len(keys)} vote keys for {len(flat)} completions")
+    out, start = [], 0
+    for samples in completions:
+        out.append([None if key is None else str(key) for key in keys[start : start + len(samples)]])
+        start += len(samples)
+    return out
+
+
+def extracted_answers(judge, samples: Sequence) -> list:
+    """What the judge read in each sample, for the records: ``judge.extract(completion)`` when the judge has one (the
+    code judge: the program), else the extracted final answer (`extract_answer`)."""
+    extract = getattr(judge, "extract", None)
+    if extract is None:
+        return [extract_answer(completion_text(s)) for s in samples]
+    extracted = []
+    for sample in samples:
+        try:
+            extracted.append(extract(sample))
+        except Exception:  # noqa: BLE001 -- model output never stops an evaluation
+            extracted.append(None)
+    return extracted
+
+
 def vote_keys(judge, samples: Sequence) -> list[str | None]:
     """What each sample votes for in Cons@n: `judge.answer_key(completion)` when the judge has one, else its
     normalised extracted answer (`extract_answer`, `answer_key`). None does not vote."""
@@ -183,6 +222,7 @@ def score_completions(
     judge=DEFAULT_JUDGE,
     columns: dict | None = None,
     scores: Sequence[Sequence[float]] | None = None,
+    keys: Sequence[Sequence[str | None]] | None = None,
 ) -> dict:
     """Avg@n, Cons@n, Pass@k and the mean score of sampled completions, scored by `judge`.
 
@@ -196,6 +236,7 @@ def score_completions(
         judge: a name of `trl_shaped.rewards.JUDGES` (default `exact`), a dotted import path, or a reward function.
         columns (`dict`, *optional*): the judge's other columns, name -> one value per problem (`tests`, ...).
         scores (*optional*): the scores already computed by `judge_scores` (e.g. per process); else computed here.
+        keys (*optional*): the vote keys already computed by `judge_vote_keys`, with `scores`; else computed here.
 
     Returns:
         dict with "judge" (its name), "num_problems", "num_samples", "avg_at_n", "cons_at_n", "pass_at_k"
@@ -227,20 +268,21 @@ def score_completions(
     judge = resolve_judge(judge)
     if scores is None:
         scores = judge_scores(completions, columns, judge=judge)
+    if keys is None:
+        keys = judge_vote_keys(judge, completions, columns)
     golds = columns.get("answer", [None] * len(completions))
     per_problem = []
-    for samples, sample_scores, gold in zip(completions, scores, golds, strict=True):
+    for samples, sample_scores, gold, sample_keys in zip(completions, scores, golds, keys, strict=True):
         correct = [s == 1.0 for s in sample_scores]
-        keys = vote_keys(judge, samples)
         per_problem.append(
             {
                 "answer": gold,
                 "scores": list(sample_scores),
                 "num_correct": sum(correct),
                 "mean_score": math.fsum(sample_scores) / n,
-                "majority_answer": majority_vote(keys),
-                "cons_correct": cons_at_n(keys, correct) == 1.0,
-                "extracted": [extract_answer(completion_text(s)) for s in samples],
+                "majority_answer": majority_vote(sample_keys),
+                "cons_correct": cons_at_n(sample_keys, correct) == 1.0,
+                "extracted": extracted_answers(judge, samples),
             }
         )
     num = len(per_problem)
