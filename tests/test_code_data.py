@@ -157,7 +157,10 @@ def test_rows_that_do_not_fit_a_layout_are_named(prepare_code):
 
 def test_canonical_completions_are_the_datasets_solutions(prepare_code):
     mbpp = prepare_code.convert([FIXTURES / "code_mbpp_full.jsonl"])
-    assert extract_code(mbpp[1]["completion"]) == _fixture_rows("code_mbpp_full.jsonl")[1]["code"].strip()
+    # MBPP's solutions have Windows line endings; the extraction reads them as plain newlines
+    solution = _fixture_rows("code_mbpp_full.jsonl")[1]["code"]
+    assert "\r\n" in solution
+    assert extract_code(mbpp[1]["completion"]) == solution.replace("\r\n", "\n").strip()
     contests = prepare_code.convert([FIXTURES / "code_codecontests.jsonl"])
     # the first PYTHON3 (language 3) solution, not the C++ (2) or Python 2 (1) ones before and after it
     solutions = _fixture_rows("code_codecontests.jsonl")[0]["solutions"]
