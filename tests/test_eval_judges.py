@@ -169,12 +169,16 @@ def test_evaluate_gives_the_judge_the_rows_columns(writer_dir):
     )  # fmt: skip
     CALLS.clear()
     result = evaluate(model, tokenizer, rows, config)
-    assert len(CALLS) == 1
-    call = CALLS[0]
+    # one call on the first row before sampling (its reference completion), then one for every completion
+    assert len(CALLS) == 2
+    probe, call = CALLS
+    assert probe["completions"] == ["half"] and probe["tests"] == [rows[0]["tests"]]
     assert call["completions"] == [HALF] * 6  # the checkpoint writes its one answer, then eos
-    # as TRL calls a reward: the prompts, and every column but the prompt and completion columns, one value per
-    # completion; the answer column as `answer`
-    assert set(call) == {"completions", "prompts", "tests", "answer"}
+    # as TRL calls a reward: the prompts, every column but the prompt and completion columns, one value per
+    # completion (the answer column as `answer`), and TRL's trainer arguments
+    trainer = {"completion_ids", "trainer_state", "log_extra", "log_metric"}
+    assert set(call) == {"completions", "prompts", "tests", "answer"} | trainer
+    assert [len(ids) for ids in call["completion_ids"]] == [2] * 6  # the answer token and eos
     assert call["prompts"] == ["Half? "] * 3 + ["Boxed? "] * 3
     assert call["answer"] == ["0.5"] * 3 + ["1"] * 3
     assert call["tests"] == [rows[0]["tests"]] * 3 + [rows[1]["tests"]] * 3
