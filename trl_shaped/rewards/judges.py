@@ -105,15 +105,14 @@ def check_judge_args(judge_args, what: str = "judge_args") -> dict:
 
 
 def _options(func) -> tuple[list[str], bool]:
-    """The keyword options `func` (or a class's __init__) takes besides TRL's arguments, and whether it takes
-    **kwargs."""
+    """The named options `func` (or a class's __init__) takes besides TRL's arguments, and whether they are unknown
+    (no signature). A reward function's **kwargs swallow what TRL passes, so they do not count as options."""
     try:
         parameters = inspect.signature(func).parameters.values()
     except (TypeError, ValueError):
         return [], True
     kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    names = [p.name for p in parameters if p.kind in kinds and p.name not in TRAINER_ARGUMENTS]
-    return names, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+    return [p.name for p in parameters if p.kind in kinds and p.name not in TRAINER_ARGUMENTS], False
 
 
 def _with_args(func, judge_args: dict, name: str):
