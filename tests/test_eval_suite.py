@@ -155,3 +155,28 @@ def test_a_suite_recipe_runs_as_config_and_its_errors_are_clear(suite, tmp_path,
             dispatch(["eval", "--suite", str(bad), "--model_name_or_path", str(writer)])
         assert exit_info.value.code == 2
         assert re.search(message, capsys.readouterr().err), message
+
+
+def test_the_real_scale_studies_evaluate_through_the_suite(monkeypatch):
+    from pathlib import Path
+
+    from trl_shaped.scripts.study import make_parser
+    from trl_shaped.study.commands import stage_commands
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)  # the recipes name files relative to the repository root
+    for name in ("study_qwen3.yaml", "study_qwen3_code.yaml"):
+        (study,) = make_parser().parse_args_and_config(["--config", f"recipes/{name}"])
+        commands = dict(stage_commands(study, "precision", 42, Path("cell")))
+        for stage in ("eval_stage1", "eval_rl"):
+            assert commands[stage][:3] == ["eval", "--suite", "recipes/eval_suite.yaml"], name
+            assert "--dataset_name" not in commands[stage]
+        # the suite's configs build from the recipe (every benchmark checked before a model is loaded)
+        configs = suite_configs(EvalConfig(suite="recipes/eval_suite.yaml", run_name="eval"), "recipes/eval_suite.yaml")
+        assert {c.judge for _, c in configs} == {"math", "code", "reasoning_gym"}
+        assert {c.num_samples for _, c in configs} == {128}
+    (study,) = make_parser().parse_args_and_config(
+        ["--config", "recipes/study_qwen3.yaml", "--eval_dataset", "data/gsm8k/test.jsonl"]
+    )
+    with pytest.raises(ValueError, match="cannot replace the data of the suite"):
+        stage_commands(study, "precision", 42, Path("cell"))

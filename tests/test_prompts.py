@@ -3,8 +3,10 @@ and GRPO reading the problem and answer columns by name."""
 
 import json
 import string
+from pathlib import Path
 
 import pytest
+import yaml
 
 from trl_shaped.cli import dispatch
 from trl_shaped.evaluation import EvalConfig
@@ -141,3 +143,50 @@ def test_grpo_and_eval_hand_the_judge_the_same_prompts_and_stop(checkpoint, tmp_
         assert {type(a) for call in calls for a in call["answer"]} == {str}
         assert all("completion_ids" in call and "trainer_state" in call for call in calls)
     assert {json.dumps(p) for p in eval_calls[0]["prompts"]} == expected
+
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+TEMPLATE_KEYS = ("prompt_template", "system_prompt", "instruction", "chat_template", "stop_sequences")
+
+
+@pytest.mark.parametrize(
+    ("rl", "evaluation", "template"),
+    [
+        ("rl_math.yaml", "eval_math.yaml", "math"),
+        ("rl_code.yaml", "eval_code.yaml", "code"),
+        ("rl_logic.yaml", "eval_logic.yaml", "logic"),
+        ("rl_paper.yaml", "eval_paper.yaml", "plain"),
+    ],
+)
+def test_each_domain_trains_and_evaluates_with_one_template_and_judge(rl, evaluation, template):
+    train, test = (yaml.safe_load((RECIPES / name).read_text()) for name in (rl, evaluation))
+    assert train["prompt_template"] == test["prompt_template"] == template
+    assert {k: train.get(k) for k in TEMPLATE_KEYS} == {k: test.get(k) for k in TEMPLATE_KEYS}
+    assert train["reward_funcs"] == [test["judge"]]
+    assert train.get("prompt_column", "prompt") == test.get("prompt_column", "prompt")
+    # and the suite's benchmarks of that domain use the same template and judge
+    suite = yaml.safe_load((RECIPES / "eval_suite.yaml").read_text())
+    for bench in suite["benchmarks"]:
+        if bench["judge"] == test["judge"]:
+            assert bench["prompt_template"] == template
+
+
+def test_the_math_recipe_parses_with_its_columns():
+    from trl_shaped.scripts.grpo import make_parser
+
+    script_args, *_ = make_parser().parse_args_and_config(
+        ["--config", str(RECIPES / "rl_math.yaml"), "--bf16", "false", "--use_cpu", "true"]
+    )
+    assert (script_args.prompt_column, script_args.answer_column) == ("problem", "answer")
+    assert script_args.template == PROMPT_TEMPLATES["math"] and script_args.reward_funcs == ["math"]
+
+
+def test_stop_sequences_reach_both_generation_backends():
+    from trl_shaped.scripts.grpo import generation_stop_kwargs
+
+    assert generation_stop_kwargs(("</answer>",), use_vllm=True) == {
+        "stop": ["</answer>"],
+        "include_stop_str_in_output": True,  # kept in the text, as transformers keeps it
+    }
+    assert generation_stop_kwargs(("</answer>",), use_vllm=False) == {"stop_strings": ["</answer>"]}
+    assert generation_stop_kwargs((), use_vllm=True) == {}
