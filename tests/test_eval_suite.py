@@ -174,7 +174,7 @@ def test_the_real_scale_studies_evaluate_through_the_suite(monkeypatch):
         # the suite's configs build from the recipe (every benchmark checked before a model is loaded)
         configs = suite_configs(EvalConfig(suite="recipes/eval_suite.yaml", run_name="eval"), "recipes/eval_suite.yaml")
         assert {c.judge for _, c in configs} == {"math", "code", "reasoning_gym"}
-        assert {c.num_samples for _, c in configs} == {128}
+        assert {c.num_samples for _, c in configs} == {128} and {c.dtype for _, c in configs} == {"bfloat16"}
     (study,) = make_parser().parse_args_and_config(
         ["--config", "recipes/study_qwen3.yaml", "--eval_dataset", "data/gsm8k/test.jsonl"]
     )

@@ -17,8 +17,11 @@ A suite file is YAML: settings shared by every benchmark (any `EvalConfig` key) 
 
 A benchmark's settings are, from weakest to strongest: `EvalConfig`'s defaults and the `--config` recipe, the suite's
 shared settings, the benchmark's entry, and the flags given on the command line (`--seed`, `--num_samples`, ...,
-which hold for every benchmark). Every benchmark's config is built (and checked) before the model is loaded.
+which hold for every benchmark). Every benchmark's config is built (and checked) before the model is loaded. A
+benchmark's Pass@k defaults to the powers of two up to its own n unless `pass_k` is set in the suite or on the command
+line. The model, its sampler (vLLM's engine is built once) and where the files go are the suite's (`SUITE_ONLY`).
 
+    suite_base(base, path, explicit=...)      the command's config with the suite's whole-suite settings
     suite_configs(base, path, explicit=...)   [(name, EvalConfig)] of a suite file
     evaluate_suite(model, tokenizer, configs, load_problems)   every benchmark's `evaluate` result and the table
     suite_table(results)                      per-benchmark Avg@n, Cons@n, Pass@k; their macro average
@@ -34,8 +37,11 @@ from pathlib import Path
 from .config import EvalConfig
 from .reporting import to_jsonable, write_results
 
-# what is set for the whole suite, not per benchmark: where the files go and what the model is
-SUITE_ONLY = ("output_dir", "run_name", "suite", "model_name_or_path", "dtype", "trust_remote_code", "use_vllm")
+# what is set for the whole suite, not per benchmark: where the files go, the model and its sampler (loaded once)
+SUITE_ONLY = (
+    "output_dir", "run_name", "suite", "model_name_or_path", "dtype", "trust_remote_code", "use_vllm",
+    "vllm_gpu_memory_utilization", "vllm_max_model_len", "report_to", "project", "tracker_run_name",
+)  # fmt: skip
 
 
 def read_suite(path) -> tuple[dict, list[dict]]:
@@ -79,6 +85,16 @@ def read_suite(path) -> tuple[dict, list[dict]]:
     return shared, content["benchmarks"]
 
 
+def suite_base(base: EvalConfig, path, explicit=()) -> EvalConfig:
+    """`base` with the suite file's shared settings of the whole suite (`SUITE_ONLY`: the model's dtype, vLLM, where the
+    files go ...) applied, except those given on the command line (`explicit`)."""
+    from dataclasses import replace
+
+    shared, _ = read_suite(path)
+    changes = {k: v for k, v in shared.items() if k in SUITE_ONLY and k not in set(explicit) and k != "suite"}
+    return replace(base, **changes) if changes else base
+
+
 def suite_configs(base: EvalConfig, path, explicit=()) -> list[tuple[str, EvalConfig]]:
     """The `EvalConfig` of every benchmark of the suite file `path`, in its order.
 
@@ -90,6 +106,7 @@ def suite_configs(base: EvalConfig, path, explicit=()) -> list[tuple[str, EvalCo
     Raises:
         ValueError: from `read_suite`, or a benchmark's bad value, naming the benchmark.
     """
+    base = suite_base(base, path, explicit)
     shared, entries = read_suite(path)
     explicit = set(explicit)
     configs = []

@@ -24,7 +24,7 @@ import torch
 
 from trl_shaped.evaluation import EvalConfig, evaluate, markdown_summary, write_results
 from trl_shaped.evaluation.sharding import current_shard, launched, partial_state
-from trl_shaped.evaluation.suite import evaluate_suite, suite_configs, write_suite
+from trl_shaped.evaluation.suite import evaluate_suite, suite_base, suite_configs, write_suite
 from trl_shaped.evaluation.tracking import log_evaluation
 from trl_shaped.scripts import make_trl_parser, parse_or_exit, split_config_flag
 from trl_shaped.scripts.data import load_split
@@ -109,9 +109,22 @@ def main_suite(config: EvalConfig, explicit=()) -> dict:
         "files" added.
     """
     _log_launched_shares()
+    config = suite_base(config, config.suite, explicit)
     configs = suite_configs(config, config.suite, explicit)
     model, tokenizer = load_model(config)
-    results, table = evaluate_suite(model, tokenizer, configs, load_problems)
+    llm = None
+    if config.use_vllm:  # one engine for every benchmark
+        from trl_shaped.evaluation.vllm_sampling import build_vllm_engine
+
+        llm = build_vllm_engine(
+            config.model_name_or_path,
+            dtype=config.dtype,
+            seed=config.seed,
+            gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+            max_model_len=config.vllm_max_model_len,
+            trust_remote_code=config.trust_remote_code,
+        )
+    results, table = evaluate_suite(model, tokenizer, configs, load_problems, llm=llm)
     out = f"{config.output_dir}/{config.run_name}"
     files = {"json": f"{out}.json", "markdown": f"{out}.md"}
     if current_shard().is_main:
