@@ -177,10 +177,10 @@ def test_evaluate_gives_the_judge_the_rows_columns(writer_dir):
     probe, call = CALLS
     assert probe["completions"] == ["half"] and probe["tests"] == [rows[0]["tests"]]
     assert call["completions"] == [HALF] * 6  # the checkpoint writes its one answer, then eos
-    # as TRL calls a reward: the prompts, every column but the prompt and completion columns, one value per
-    # completion (the answer column as `answer`), and TRL's trainer arguments
+    # as TRL calls a reward: the prompts, every column but `prompt` and `completion` (as GRPO passes the same rows),
+    # one value per completion (the answer column also as `answer`), and TRL's trainer arguments
     trainer = {"completion_ids", "trainer_state", "log_extra", "log_metric"}
-    assert set(call) == {"completions", "prompts", "tests", "answer"} | trainer
+    assert set(call) == {"completions", "prompts", "tests", "answer", "question", "gold", "solution"} | trainer
     assert [len(ids) for ids in call["completion_ids"]] == [2] * 6  # the answer token and eos
     assert call["prompts"] == ["Half? "] * 3 + ["Boxed? "] * 3
     assert call["answer"] == ["0.5"] * 3 + ["1"] * 3

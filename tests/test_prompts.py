@@ -143,6 +143,9 @@ def test_grpo_and_eval_hand_the_judge_the_same_prompts_and_stop(checkpoint, tmp_
         assert {type(a) for call in calls for a in call["answer"]} == {str}
         assert all("completion_ids" in call and "trainer_state" in call for call in calls)
     assert {json.dumps(p) for p in eval_calls[0]["prompts"]} == expected
+    # the same keyword arguments in both stages: the columns (the `problem` column too) and TRL's trainer arguments
+    assert set(grpo_calls[0]) == set(eval_calls[0])
+    assert {"problem", "answer", "completion_ids", "trainer_state", "log_extra", "log_metric"} <= set(eval_calls[0])
 
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"

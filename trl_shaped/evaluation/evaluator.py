@@ -153,10 +153,11 @@ def evaluate(
 
 
 def judge_columns(rows: list[dict], config: EvalConfig) -> dict[str, list]:
-    """What the judge gets besides the completions, one value per problem, as TRL passes them to a reward function:
-    the prompts as `prompts`, and every column but the prompt and completion columns, the answer column (as text)
-    under the name `answer`."""
-    skip = {config.prompt_column, config.completion_column, config.answer_column}
+    """What the judge gets besides the completions, one value per problem, as GRPO passes them to a reward function
+    after `trl_shaped.prompts.format_rows`: the prompts as `prompts`, every column but `prompt` and `completion`
+    (TRL's rule: a `problem` prompt column or a `solution` reference reaches the judge in both stages), and the answer
+    column (as text) under the name `answer`."""
+    skip = {"prompt", "completion", "answer"}
     columns = {name: [r.get(name) for r in rows] for name in rows[0] if name not in skip}
     columns["prompts"] = [r.get(config.prompt_column) for r in rows]
     if config.answer_column in rows[0]:
