@@ -171,15 +171,10 @@ def main(script_args, training_args, model_args, dataset_args=None):
     dataset, trainer_kwargs = trainer_inputs(
         script_args, training_args, model_args, dataset_args, model_help=" (the stage-1 checkpoint)"
     )
-    identity = template == resolve_template("plain") and script_args.prompt_column == "prompt"
-    identity = identity and script_args.answer_column == "answer"  # the rows as they are: nothing to build
-    tokenizer = (
-        None
-        if identity
-        else _template_tokenizer(template, model_args.model_name_or_path, training_args.trust_remote_code)
-    )
+    # the prompts of the template (a plain template keeps them as they are) and `answer` as text, as the evaluation
+    tokenizer = _template_tokenizer(template, model_args.model_name_or_path, training_args.trust_remote_code)
     for key in ("train_dataset", "eval_dataset"):
-        if trainer_kwargs.get(key) is not None and not identity:
+        if trainer_kwargs.get(key) is not None:
             trainer_kwargs[key] = format_rows(
                 trainer_kwargs[key],
                 template,
