@@ -139,7 +139,7 @@ def test_at_real_scale_the_task_picks_its_domains_recipes(monkeypatch):
     assert not code.builtin and code.task == "code"
     commands = dict(stage_commands(code, "precision", 42, Path("cell")))
     assert commands["rl"][:3] == ["grpo", "--config", "recipes/rl_code.yaml"]
-    assert commands["eval_rl"][:3] == ["eval", "--config", "recipes/eval_code.yaml"]
+    assert commands["eval_rl"][:3] == ["eval", "--suite", "recipes/eval_suite.yaml"]  # the paper's table
     (math,) = make_parser().parse_args_and_config(["--config", str(RECIPES / "study_qwen3.yaml")])
     assert math.task == "arithmetic" and math.rl_recipe == "recipes/rl_paper.yaml"
     # the defaults follow the task when the recipes are not named

@@ -6,12 +6,15 @@ import json
 import numpy as np
 import pytest
 import torch
+import trl.rewards
 
 from trl_shaped.cli import dispatch
 from trl_shaped.evaluation import EvalConfig, evaluate, score_completions
+from trl_shaped.evaluation.metrics import vote_keys
 from trl_shaped.evaluation.tracking import check_report_to, tracked_metrics
-from trl_shaped.rewards import exact_answer_reward, get_judge, math_answer_reward
-from trl_shaped.scripts.grpo import resolve_reward_funcs
+from trl_shaped.rewards import MathAnswerReward, exact_answer_reward, get_judge, math_answer_reward
+from trl_shaped.sandbox import SandboxLimits
+from trl_shaped.scripts.grpo import ShapedGRPOScriptArguments, resolve_reward_funcs
 from trl_shaped.tiny import build_char_tokenizer, build_tiny_model
 
 pytest.importorskip("math_verify")  # the math extra (in `dev`): without it `math` is a string match
@@ -169,12 +172,16 @@ def test_evaluate_gives_the_judge_the_rows_columns(writer_dir):
     )  # fmt: skip
     CALLS.clear()
     result = evaluate(model, tokenizer, rows, config)
-    assert len(CALLS) == 1
-    call = CALLS[0]
+    # one call on the first row before sampling (its reference completion), then one for every completion
+    assert len(CALLS) == 2
+    probe, call = CALLS
+    assert probe["completions"] == ["half"] and probe["tests"] == [rows[0]["tests"]]
     assert call["completions"] == [HALF] * 6  # the checkpoint writes its one answer, then eos
-    # as TRL calls a reward: the prompts, and every column but the prompt and completion columns, one value per
-    # completion; the answer column as `answer`
-    assert set(call) == {"completions", "prompts", "tests", "answer"}
+    # as TRL calls a reward: the prompts, every column but `prompt` and `completion` (as GRPO passes the same rows),
+    # one value per completion (the answer column also as `answer`), and TRL's trainer arguments
+    trainer = {"completion_ids", "trainer_state", "log_extra", "log_metric"}
+    assert set(call) == {"completions", "prompts", "tests", "answer", "question", "gold", "solution"} | trainer
+    assert [len(ids) for ids in call["completion_ids"]] == [2] * 6  # the answer token and eos
     assert call["prompts"] == ["Half? "] * 3 + ["Boxed? "] * 3
     assert call["answer"] == ["0.5"] * 3 + ["1"] * 3
     assert call["tests"] == [rows[0]["tests"]] * 3 + [rows[1]["tests"]] * 3
@@ -251,8 +258,141 @@ def test_grpo_reward_funcs_take_the_judge_names():
     funcs = resolve_reward_funcs(["exact", "math", "exact_answer_reward", JUDGE_PATH])
     assert funcs == [get_judge("exact"), get_judge("math"), exact_answer_reward, share_of_tests_held]
     assert funcs[1] is math_answer_reward
-    with pytest.raises(ValueError, match=r"unknown reward function 'mathh'; use a judge out of \['code'"):
+    with pytest.raises(ValueError, match=r"reward_funcs: judge must be one of \['code', 'exact', 'math'"):
         resolve_reward_funcs(["mathh"])
+
+
+NAMES = {
+    "exact": exact_answer_reward,
+    "exact_answer_reward": exact_answer_reward,
+    "math": math_answer_reward,
+    "math_answer_reward": math_answer_reward,
+    "code_reward": get_judge("code"),
+    "reasoning_gym_reward": get_judge("reasoning_gym"),
+    "accuracy_reward": trl.rewards.accuracy_reward,
+    "trl.rewards.accuracy_reward": trl.rewards.accuracy_reward,
+    "think_format_reward": trl.rewards.think_format_reward,
+}
+
+
+@pytest.mark.parametrize("name", sorted(NAMES))
+def test_one_set_of_names_for_reward_funcs_and_judge(name):
+    # `trl-shaped grpo --reward_funcs NAME` and `trl-shaped eval --judge NAME` take the same names, to one function
+    assert resolve_reward_funcs([name]) == [NAMES[name]]
+    assert EvalConfig(judge=name).judge == name and get_judge(name) is NAMES[name]
+    assert ShapedGRPOScriptArguments(reward_funcs=[name]).reward_funcs == [name]
+
+
+def test_judge_args_are_the_same_in_both_stages_and_checked_when_the_config_is_built():
+    loose = get_judge("math", {"anchored": False})
+    assert isinstance(loose, MathAnswerReward) and not loose.anchored
+    grpo = resolve_reward_funcs(["math_answer_reward"], {"anchored": False})[0]
+    assert grpo.anchored is False and grpo(["It is 5."], ["5"]) == loose(["It is 5."], ["5"]) == [1.0]
+    assert EvalConfig(judge="math", judge_args='{"anchored": false}').judge_args == {"anchored": False}  # the CLI's
+    code = get_judge("code", {"limits": {"wall_time_s": 2, "cpu_time_s": 1}, "all_or_nothing": True})
+    assert code.all_or_nothing and code.limits == SandboxLimits(wall_time_s=2, cpu_time_s=1)
+    # several reward functions: reward function name -> its options
+    funcs = resolve_reward_funcs(["math", "code"], {"math": {"anchored": False}, "code": {"all_or_nothing": True}})
+    assert funcs[0].anchored is False and funcs[1].all_or_nothing is True
+    for config in (
+        lambda args: EvalConfig(judge="math", judge_args=args),
+        lambda args: ShapedGRPOScriptArguments(reward_funcs=["math"], judge_args=args),
+    ):
+        with pytest.raises(
+            ValueError, match=r"judge 'math' takes no option \['anchord'\]; its options: \['anchored'\]"
+        ):
+            config({"anchord": False})
+        with pytest.raises(ValueError, match="judge_args must be a mapping"):
+            config("[1, 2]")
+    with pytest.raises(ValueError, match="anchored must be True or False"):
+        EvalConfig(judge="math", judge_args={"anchored": "no"})
+    with pytest.raises(ValueError, match=r"limits of judge 'code': .*wall_tim"):
+        EvalConfig(judge="code", judge_args={"limits": {"wall_tim": 2}})
+    with pytest.raises(ValueError, match="judge 'exact' takes no option"):
+        EvalConfig(judge="exact", judge_args={"anchored": False})
+    with pytest.raises(ValueError, match=r"maps each reward function's name \(out of \['math', 'code'\]\)"):
+        ShapedGRPOScriptArguments(reward_funcs=["math", "code"], judge_args={"anchored": False})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hard to game: anchored answers only, and every scored answer votes
+# ---------------------------------------------------------------------------------------------------------------
+
+HEDGES = ["I am not sure. It could be 3, 4 or 5.", "Problem 5: I cannot solve this."]
+
+
+@pytest.mark.parametrize("judge", ["math", "exact"])
+def test_unanchored_text_scores_zero(judge):
+    score = get_judge(judge)
+    assert score(HEDGES, ["5", "5"]) == [0.0, 0.0]
+    assert score([r"so \boxed{5}", "so #### 5", r"\boxed{4}"], ["5"] * 3) == [1.0, 1.0, 0.0]
+    # the loose form is a setting; it reads the end of the text (what made the hedges score)
+    assert get_judge("math", {"anchored": False})(HEDGES, ["5", "5"]) == [1.0, 1.0]
+
+
+@pytest.mark.parametrize(("judge", "judge_args"), [("math", {}), ("math", {"anchored": False}), ("exact", {})])
+def test_cons_at_n_counts_every_scored_answer(judge, judge_args):
+    samples = ["the answer: 5", "It is 5", r"\boxed{5}", r"\boxed{4}", "so #### 4"]
+    scorer = get_judge(judge, judge_args)
+    result = score_completions([samples], ["5"], pass_k=[1], judge=scorer)
+    record = result["per_problem"][0]
+    keys = vote_keys(scorer, samples)
+    # whatever the judge scored has a vote; the majority of the votes decides Cons@n
+    assert all(key is not None for key, score in zip(keys, record["scores"], strict=True) if score > 0)
+    votes = [k for k in keys if k is not None]
+    winner = max(votes, key=votes.count)
+    assert record["majority_answer"] == winner
+    assert result["cons_at_n"] == float(record["scores"][keys.index(winner)] == 1.0)
+    if judge_args:  # loose: 3 samples answer 5 (scored 1.0) and 2 answer 4: Avg 0.6, Cons 1
+        assert (result["avg_at_n"], result["cons_at_n"]) == (0.6, 1.0)
+    else:  # anchored: 1 right box against 2 anchored 4s: Avg 0.2, Cons 0
+        assert (result["avg_at_n"], result["cons_at_n"]) == (0.2, 0.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The evaluation hands a judge what GRPO hands it, and checks it before sampling
+# ---------------------------------------------------------------------------------------------------------------
+
+CHAT_PROBLEMS = [
+    {"prompt": [{"role": "user", "content": "Half of one?"}], "solution": r"\frac{1}{2}"},
+    {"prompt": [{"role": "user", "content": "A third of one?"}], "solution": r"\frac{1}{3}"},
+]
+
+
+def test_trl_accuracy_reward_judges_conversational_data(writer_dir, tmp_path):
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in CHAT_PROBLEMS))
+    result = dispatch([
+        "eval", "--model_name_or_path", str(writer_dir), "--dataset_name", str(data), "--judge", "accuracy_reward",
+        "--num_samples", "2", "--pass_k", "1", "--max_new_tokens", "3", "--diagnostics", "false", "--no_progress",
+        "--output_dir", str(tmp_path / "eval"),
+    ])  # fmt: skip
+    # TRL's reward reads completion[0]["content"]: conversational completions, as GRPO hands them
+    assert [p["scores"] for p in result["per_problem"]] == [[1.0, 1.0], [0.0, 0.0]]
+    assert result["avg_at_n"] == 0.5 and result["judge"] == "trl.rewards.accuracy_rewards.accuracy_reward"
+    assert result["per_problem"][0]["completions"] == [HALF, HALF]
+
+
+def raises_on_tests(completions, tests, **kwargs):
+    raise KeyError("tests must be dicts")
+
+
+def test_a_judge_that_fails_on_the_first_row_fails_before_sampling(writer_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(writer_dir), AutoTokenizer.from_pretrained(writer_dir)
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled before the judge was checked")
+
+    model.generate = no_sampling
+    config = EvalConfig(judge=f"{__name__}.raises_on_tests", num_samples=2, diagnostics=False, progress=False)
+    with pytest.raises(ValueError, match=r"raises_on_tests fails on the first problem, checked before sampling"):
+        evaluate(model, tokenizer, [{"prompt": "q", "tests": ["x"]}], config)
+    # TRL's accuracy_reward on plain-text prompts gets strings, as GRPO would hand it: it cannot read them, before
+    # anything is sampled
+    with pytest.raises(ValueError, match="accuracy_reward fails on the first problem.*plain-text"):
+        evaluate(model, tokenizer, [{"prompt": "q", "solution": "1"}], EvalConfig(judge="accuracy_reward"))
 
 
 # ---------------------------------------------------------------------------------------------------------------

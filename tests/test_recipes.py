@@ -37,6 +37,7 @@ def test_every_yaml_is_covered():
         "eval_math.yaml", "rl_code.yaml", "eval_code.yaml", "study_code.yaml", "study_qwen3_code.yaml", "rl_logic.yaml",
         "eval_logic.yaml", "study_logic.yaml",
         "midtrain.yaml",
+        "eval_suite.yaml", "rl_math.yaml",  # tests/test_prompts.py, tests/test_eval_suite.py
     }  # fmt: skip
     assert {p.name for p in RECIPES.glob("*.yaml")} == tested
 

@@ -3,6 +3,7 @@
     trl-shaped sft  --config recipes/stage1.yaml --shaping_preset precision --output_dir runs/stage1_precision
     trl-shaped grpo --config recipes/rl_paper.yaml --model_name_or_path runs/stage1_precision
     trl-shaped eval --model_name_or_path runs/rl_precision --dataset_name data/test.jsonl
+    trl-shaped eval --suite recipes/eval_suite.yaml --model_name_or_path runs/rl_precision
     trl-shaped demo --quick
 
 Every subcommand is parsed with TRL's `TrlParser`: `--config file.yaml` sets values and command-line flags
@@ -73,7 +74,7 @@ def _packaged_files(args: list[str]) -> list[str]:
     # `--config recipes/x.yaml` and `--accelerate_config accelerate_configs/y.yaml` name the files shipped with the
     # package when they do not exist where the command runs (trl_shaped/packaged.py)
     return [
-        packaged_path(arg) if index > 0 and args[index - 1] in ("--config", "--accelerate_config") else arg
+        packaged_path(arg) if index > 0 and args[index - 1] in ("--config", "--suite", "--accelerate_config") else arg
         for index, arg in enumerate(args)
     ]
 

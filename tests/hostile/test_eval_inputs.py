@@ -194,3 +194,54 @@ def test_evaluate_without_a_scored_token_reports_nan_and_warns_once(tiny, tmp_pa
     assert saved["diagnostics"]["nll"] is None and saved["diagnostics"]["perplexity"] is None
     assert saved["diagnostics"]["num_tokens"] == 0
     assert "| nll | n/a |" in markdown_summary(result)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Templates, judges and judge_args from the command line: usage errors naming the key, before any loading
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--prompt_template", "maths"], "invalid choice: 'maths' (choose from 'code', 'logic', 'math', 'plain')"),
+        (["--chat_template", "maybe"], "chat_template must be one of ['auto', 'true', 'false']"),
+        (["--stop_sequences", ""], "stop_sequences must be a list of non-empty strings"),
+        (["--judge", "mathh"], "judge must be one of ['code', 'exact', 'math', 'reasoning_gym']"),
+        (["--judge", "math", "--judge_args", "{anchored: [}"], "judge_args must be a mapping (JSON or YAML)"),
+        (["--judge", "math", "--judge_args", '{"anchored": "no"}'], "anchored must be True or False"),
+        (["--judge", "code", "--judge_args", '{"limits": {"wall_time": 1}}'], "judge_args: limits of judge 'code'"),
+        (["--judge", "exact_answer_reward", "--judge_args", '{"x": 1}'], "judge 'exact_answer_reward' takes no option"),
+        (["--suite", "nowhere.yaml"], "suite: can't read 'nowhere.yaml'"),
+    ],
+)
+def test_bad_template_judge_and_suite_flags_are_usage_errors(args, message, capsys):
+    from trl_shaped.cli import dispatch
+
+    with pytest.raises(SystemExit) as exit_info:
+        dispatch(["eval", "--model_name_or_path", "m", "--dataset_name", "d.jsonl", *args])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def wrong_length_judge(completions, **kwargs):
+    return [1.0, 1.0]
+
+
+def out_of_range_judge(completions, **kwargs):
+    return [2.0] * len(completions)
+
+
+@pytest.mark.parametrize(
+    "judge, message",
+    [
+        ("wrong_length_judge", "returned 2 scores for 1"),
+        ("out_of_range_judge", r"must score in \[0, 1\], returned 2.0"),
+    ],
+)
+def test_a_judge_that_misbehaves_on_the_first_row_stops_before_sampling(tiny, monkeypatch, judge, message):
+    model, tokenizer = tiny
+    monkeypatch.setattr(model, "generate", lambda *a, **k: pytest.fail("sampled before the judge was checked"))
+    config = EvalConfig(judge=f"{__name__}.{judge}", num_samples=2, progress=False, diagnostics=False)
+    with pytest.raises(ValueError, match=rf"fails on the first problem, checked before sampling.*{message}"):
+        evaluate(model, tokenizer, [{"prompt": "1=?", "answer": "1"}], config)

@@ -172,3 +172,40 @@ def test_dynamic_sampling_with_an_iterable_dataset(tmp_path, no_trl_init):
             model, [varied_reward], grpo_config(tmp_path, dynamic_sampling=True),
             train_dataset=arithmetic_prompts().to_iterable_dataset(), processing_class=tokenizer,
         )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# `trl-shaped grpo`: reward names, judge_args, templates and columns fail before the trainer is built
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--reward_funcs", "mathh"], "reward_funcs: judge must be one of ['code', 'exact', 'math'"),
+        (["--reward_funcs", "math", "--judge_args", '{"anchord": false}'], "judge 'math' takes no option ['anchord']"),
+        (["--reward_funcs", "math", "code", "--judge_args", '{"anchored": false}'], "maps each reward function's name"),
+        (["--reward_funcs", "code", "--judge_args", '{"limits": {"wall_tim": 2}}'], "limits of judge 'code'"),
+        (["--prompt_template", "maths"], "invalid choice: 'maths' (choose from 'code', 'logic', 'math', 'plain')"),
+        (["--chat_template", "sometimes"], "chat_template must be one of"),
+    ],
+)
+def test_bad_reward_and_template_flags_are_usage_errors(args, message, capsys):
+    from trl_shaped.cli import dispatch
+
+    with pytest.raises(SystemExit) as exit_info:
+        dispatch(["grpo", "--model_name_or_path", "m", "--bf16", "false", *args])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_prompt_column_the_data_lack_is_named_before_the_trainer_is_built(tmp_path, no_trl_init):
+    from trl_shaped.cli import dispatch
+
+    data = tmp_path / "rl.jsonl"
+    data.write_text('{"question": "1+1=", "answer": "2"}\n')
+    with pytest.raises(ValueError, match=r"prompt_column 'problem' is not a column of the data; columns: \['answer'"):
+        dispatch([
+            "grpo", "--model_name_or_path", "m", "--dataset_data_files", f"train={data}", "--prompt_column", "problem",
+            "--use_cpu", "true", "--bf16", "false", "--output_dir", str(tmp_path / "rl"),
+        ])  # fmt: skip

@@ -12,7 +12,9 @@ One module per concern, read bottom-up:
     heldout.py        `text_diagnostics` (per-text sums added in order: shards add up exactly)
     config.py         `EvalConfig`, checked when built
     sharding.py       whole blocks of problems per process under `accelerate launch`, gathered in problem order
-    evaluator.py      `evaluate`: all of the above on a list of problems
+    evaluator.py      `evaluate`: all of the above on a list of problems, prompts built by the template
+                      (`trl_shaped.prompts`), the judge handed what GRPO hands it and checked on one row first
+    suite.py          `suite_configs`, `evaluate_suite`, `write_suite`: several benchmarks, one table (macro average)
     reporting.py      `write_results` (JSON, markdown, PNG) and plots with bands / error bars for several runs
     tracking.py       `log_evaluation`: the metrics to trackio / wandb / tensorboard (`EvalConfig.report_to`)
 

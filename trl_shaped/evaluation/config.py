@@ -2,7 +2,8 @@
 
 from dataclasses import dataclass, field
 
-from ..rewards.judges import DEFAULT_JUDGE, JUDGES, get_judge
+from ..prompts import PROMPT_TEMPLATES, resolve_template
+from ..rewards.judges import DEFAULT_JUDGE, JUDGES, check_judge_args, get_judge
 from ..validation import check_choice, check_int, check_real
 from .tracking import check_report_to
 from .vllm_sampling import INSTALL_HINT, vllm_available
@@ -37,10 +38,19 @@ class EvalConfig:
         dataset_split (`str`): split to evaluate.
         prompt_column, answer_column, completion_column (`str`): column names; the completion column (optional in
             the data) gives the held-out text of the diagnostics. The answer column reaches the judge as `answer`.
-        judge (`str`): what scores a completion: a name of `trl_shaped.rewards.JUDGES` (exact, math, code,
-            reasoning_gym) or a dotted import path to a TRL reward function; the same name as the RL reward. A sample
-            is correct when its score is 1.0. It gets the prompts and every column but the prompt and
-            completion columns, as TRL passes them.
+        prompt_template (`str`): the domain's prompt template, a name of `trl_shaped.prompts.PROMPT_TEMPLATES`
+            (plain, math, code, logic), the same as `trl-shaped grpo`'s.
+        system_prompt, instruction (`str`, *optional*), chat_template (`str`: auto/true/false, *optional*),
+            stop_sequences (`list[str]`, *optional*): replace the template's own (`trl_shaped.prompts.PromptTemplate`).
+        judge (`str`): what scores a completion, the same names as GRPO's `reward_funcs`: a name of
+            `trl_shaped.rewards.JUDGES` (exact, math, code, reasoning_gym), a function's name (math_answer_reward,
+            ...), a reward function of `trl.rewards` (accuracy_reward, ...) or a dotted import path. A sample is
+            correct when its score is 1.0. It gets what GRPO hands a reward function: the prompts, the completions
+            (conversational messages when the prompts are), `completion_ids`, `trainer_state` and every column but
+            the prompt and completion columns.
+        judge_args (`dict`, *optional*): the judge's options, as GRPO's `judge_args` (``{anchored: false}`` for
+            math; ``{limits: {wall_time_s: 2}, all_or_nothing: true}`` for code).
+        suite (`str`, *optional*): a suite YAML (`trl_shaped.evaluation.suite`): several benchmarks, one table.
         max_problems (`int`, *optional*): evaluate only the first problems.
         num_samples (`int`): n, completions per problem.
         temperature, top_p (`float`): sampling parameters (the paper: 0.7, 0.95 for base models).
@@ -75,13 +85,44 @@ class EvalConfig:
         default="completion",
         metadata={"help": "Column holding reference completions: the held-out text of the diagnostics, if present."},
     )
+    prompt_template: str = field(
+        default="plain",
+        metadata={
+            "help": "Prompt template, the same as trl-shaped grpo's: the system prompt, instruction, chat template and "
+            "stop sequences of a domain.",
+            "choices": sorted(PROMPT_TEMPLATES),
+        },
+    )
+    system_prompt: str | None = field(default=None, metadata={"help": "System prompt (replaces the template's)."})
+    instruction: str | None = field(
+        default=None, metadata={"help": "Instruction added after the problem (replaces the template's)."}
+    )
+    chat_template: str | None = field(
+        default=None,
+        metadata={"help": "Apply the tokenizer's chat template: auto (when it has one), true or false (default: the "
+                  "template's)."},
+    )  # fmt: skip
+    stop_sequences: list[str] | None = field(
+        default=None, metadata={"help": "Strings that end a completion (replaces the template's)."}
+    )
     judge: str = field(
         default=DEFAULT_JUDGE,
         metadata={
-            "help": f"What scores a completion, the same name as the RL reward: one of {sorted(JUDGES)} or a dotted "
-            "import path to a TRL reward function. A sample is correct when its score is 1.0."
+            "help": f"What scores a completion, the same names as GRPO's reward_funcs: one of {sorted(JUDGES)}, a "
+            "function name (math_answer_reward, ...), a reward function of trl.rewards (accuracy_reward) or a dotted "
+            "import path. A sample is correct when its score is 1.0."
         },
     )
+    judge_args: dict | str | None = field(
+        default=None,
+        metadata={"help": "The judge's options as a mapping (JSON on the command line), the same as GRPO's, e.g. "
+                  "'{\"anchored\": false}' for math or '{\"limits\": {\"wall_time_s\": 2}}' for code."},
+    )  # fmt: skip
+    suite: str | None = field(
+        default=None,
+        metadata={"help": "A suite YAML: several benchmarks (each with its data, judge, template, n, pass_k), one "
+                  "table with the macro average; this config's values are the benchmarks' defaults."},
+    )  # fmt: skip
     max_problems: int | None = field(default=None, metadata={"help": "Evaluate only the first this many problems."})
     num_samples: int = field(default=16, metadata={"help": "Completions sampled per problem (n of Avg@n, Cons@n)."})
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (0: greedy)."})
@@ -136,7 +177,9 @@ class EvalConfig:
             "vllm_gpu_memory_utilization", self.vllm_gpu_memory_utilization, minimum=0, maximum=1, open_minimum=True
         )
         check_choice("dtype", self.dtype, DTYPES)
-        get_judge(self.judge)  # an unknown judge fails here, naming `judge` and the registered names
+        self.judge_args = check_judge_args(self.judge_args)
+        get_judge(self.judge, self.judge_args)  # an unknown judge or option fails here, naming it
+        _ = self.template  # a bad template or template setting fails here, naming it
         if isinstance(self.report_to, str):
             self.report_to = [self.report_to]
         check_report_to(self.report_to)
@@ -146,6 +189,17 @@ class EvalConfig:
                 "or leave use_vllm off to sample with transformers' generate"
             )
         self.pass_k = self._check_pass_k()
+
+    @property
+    def template(self):
+        """The `trl_shaped.prompts.PromptTemplate` of these settings (the preset with the given keys replaced)."""
+        return resolve_template(
+            self.prompt_template,
+            system_prompt=self.system_prompt,
+            instruction=self.instruction,
+            chat_template=self.chat_template,
+            stop_sequences=self.stop_sequences,
+        )
 
     def _check_pass_k(self) -> list[int]:
         n = self.num_samples

@@ -4,9 +4,18 @@ from dataclasses import asdict
 
 from transformers.utils import logging
 
+from ..prompts import build_prompt
+from ..rewards.judges import get_judge
 from .config import EvalConfig
 from .heldout import combine_text_sums, text_sums
-from .metrics import judge_scores, judge_vote_keys, missing_judge_columns, resolve_judge, score_completions
+from .metrics import (
+    check_judge_on_row,
+    judge_scores,
+    judge_vote_keys,
+    missing_judge_columns,
+    resolve_judge,
+    score_completions,
+)
 from .sampling import prompts_per_call, sample_completions
 from .sharding import block_range, current_shard, gather_in_order
 from .vllm_sampling import build_vllm_engine, sample_completions_vllm
@@ -14,7 +23,9 @@ from .vllm_sampling import build_vllm_engine, sample_completions_vllm
 logger = logging.get_logger(__name__)
 
 
-def evaluate(model, tokenizer, problems, config: EvalConfig, *, llm=None, shard: bool | None = None) -> dict:
+def evaluate(
+    model, tokenizer, problems, config: EvalConfig, *, llm=None, shard: bool | None = None, judge=None
+) -> dict:
     """Sample, score and (optionally) diagnose `model` on `problems`.
 
     Under `accelerate launch` every process samples, scores and diagnoses its share of the problems (whole batches,
@@ -33,6 +44,11 @@ def evaluate(model, tokenizer, problems, config: EvalConfig, *, llm=None, shard:
             (else `model.name_or_path`) when not given.
         shard (`bool`, *optional*): False evaluates everything in this process even when it is one of several;
             None (default) splits the work when launched.
+        judge (*optional*): a reward function to score with instead of `config.judge` / `config.judge_args`.
+
+    The prompts are the rows' prompt column through `config.template` (`trl_shaped.prompts.build_prompt`), as GRPO
+    builds them; the judge gets what GRPO hands a reward function (conversational completions when the prompts are
+    chat messages, `completion_ids`, `trainer_state`) and is called once on the first row before any sampling.
 
     Returns:
         dict: "run_name", "settings" (the sampling settings and the judge), "judge", "avg_at_n", "cons_at_n",
@@ -47,19 +63,28 @@ def evaluate(model, tokenizer, problems, config: EvalConfig, *, llm=None, shard:
         raise ValueError("problems must not be empty")
     if config.prompt_column not in rows[0]:
         raise ValueError(f"problems have no column {config.prompt_column!r}; columns: {sorted(rows[0])}")
-    judge = resolve_judge(config.judge)
+    judge = resolve_judge(judge) if judge is not None else get_judge(config.judge, config.judge_args)
+    template = config.template
+    raw_prompts = [r.get(config.prompt_column) for r in rows]
+    _check_column(raw_prompts, config.prompt_column, (str, list), "a string or a list of chat messages")
+    # the prompts GRPO trains on: the template's system prompt, instruction and chat template (trl_shaped.prompts)
+    prompts = [build_prompt(p, template, tokenizer) for p in raw_prompts]
+    conversational = isinstance(prompts[0], list)
     columns = judge_columns(rows, config)
+    columns["prompts"] = prompts
     missing = missing_judge_columns(judge, columns)
     if missing:
         named = [config.answer_column if name == "answer" else name for name in missing]
         raise ValueError(
             f"problems have no column {named[0]!r}, which judge {config.judge!r} reads; columns: {sorted(rows[0])}"
         )
-    prompts = [r.get(config.prompt_column) for r in rows]
-    _check_column(prompts, config.prompt_column, (str, list), "a string or a list of chat messages")
     with_reference = config.diagnostics and config.completion_column in rows[0]
     if with_reference:
         _check_column([r.get(config.completion_column) for r in rows], config.completion_column, str, "a string")
+    reference = rows[0].get(config.completion_column)
+    check_judge_on_row(
+        judge, columns, conversational=conversational, probe=reference if isinstance(reference, str) else ""
+    )
     process = current_shard(shard)
 
     block = prompts_per_call(config.num_samples, config.temperature, config.batch_size)
@@ -78,6 +103,8 @@ def evaluate(model, tokenizer, problems, config: EvalConfig, *, llm=None, shard:
         first_index=own_problems.start,
         progress=config.progress and process.is_main,
         return_lengths=True,
+        stop_sequences=template.stop_sequences,
+        return_ids=True,
     )
     if config.use_vllm:
         if llm is None:
@@ -98,13 +125,22 @@ def evaluate(model, tokenizer, problems, config: EvalConfig, *, llm=None, shard:
             model, tokenizer, prompts[own_problems.start : own_problems.stop], batch_size=config.batch_size, **sampling
         )
     own_columns = {name: values[own_problems.start : own_problems.stop] for name, values in columns.items()}
-    local_scores = judge_scores(local[0], own_columns, judge=judge)
-    local_keys = judge_vote_keys(judge, local[0], own_columns)  # the code judge: from the runs just scored
-    sampled = gather_in_order(list(zip(*local, local_scores, local_keys, strict=True)), process, len(rows))
+    local_scores = judge_scores(
+        local[0], own_columns, judge=judge, conversational=conversational, completion_ids=local[2]
+    )
+    # the code judge's keys come from the runs just scored
+    local_keys = judge_vote_keys(judge, local[0], own_columns, conversational=conversational)
+    sampled = gather_in_order(list(zip(local[0], local[1], local_scores, local_keys, strict=True)), process, len(rows))
     completions, lengths, scores, keys = ([s[i] for s in sampled] for i in range(4))
 
     results = score_completions(
-        completions, pass_k=config.pass_k, judge=judge, columns=columns, scores=scores, keys=keys
+        completions,
+        pass_k=config.pass_k,
+        judge=judge,
+        columns=columns,
+        scores=scores,
+        keys=keys,
+        conversational=conversational,
     )
     for record, samples in zip(results["per_problem"], completions, strict=True):
         record["completions"] = samples
@@ -132,10 +168,11 @@ def evaluate(model, tokenizer, problems, config: EvalConfig, *, llm=None, shard:
 
 
 def judge_columns(rows: list[dict], config: EvalConfig) -> dict[str, list]:
-    """What the judge gets besides the completions, one value per problem, as TRL passes them to a reward function:
-    the prompts as `prompts`, and every column but the prompt and completion columns, the answer column (as text)
-    under the name `answer`."""
-    skip = {config.prompt_column, config.completion_column, config.answer_column}
+    """What the judge gets besides the completions, one value per problem, as GRPO passes them to a reward function
+    after `trl_shaped.prompts.format_rows`: the prompts as `prompts`, every column but `prompt` and `completion`
+    (TRL's rule: a `problem` prompt column or a `solution` reference reaches the judge in both stages), and the answer
+    column (as text) under the name `answer`."""
+    skip = {"prompt", "completion", "answer"}
     columns = {name: [r.get(name) for r in rows] for name in rows[0] if name not in skip}
     columns["prompts"] = [r.get(config.prompt_column) for r in rows]
     if config.answer_column in rows[0]:

@@ -3,7 +3,9 @@
 A *judge* (`trl_shaped.rewards.JUDGES`: exact, math, code, reasoning_gym, or a dotted path) scores the completions;
 a sample is correct when its score is 1.0, its full score, so evaluation counts what RL rewarded.
 
-judge_scores(completions, columns, judge) -> scores   one call to the judge for every completion of every problem
+judge_scores(completions, columns, judge) -> scores   one call to the judge for every completion of every problem,
+                                            with what GRPO hands a reward (conversational, completion_ids, ...)
+check_judge_on_row(judge, columns, ...)     the judge on the first problem, before any sampling
 is_correct(completion, answer) -> bool      the exact judge on one completion (numbers; kept for callers)
 pass_at_k(n, c, k) -> float                 unbiased Pass@k = 1 - C(n - c, k) / C(n, k)
 judge_vote_keys(judge, completions, columns) -> keys   what each sample votes for (a judge's `vote_keys` method,
@@ -20,12 +22,12 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 
 from trl_shaped.rewards import completion_text, exact_answer_reward, extract_answer, normalize_answer
-from trl_shaped.rewards.judges import DEFAULT_JUDGE, get_judge
+from trl_shaped.rewards.judges import DEFAULT_JUDGE, TRAINER_ARGUMENTS, get_judge
 from trl_shaped.rewards.judges import judge_name as name_of_judge
 from trl_shaped.validation import check_int
 
 # What TRL passes to every reward function besides the dataset's columns: never a column a judge needs from the data.
-_TRAINER_ARGUMENTS = ("completions", "prompts", "completion_ids", "trainer_state", "kwargs")
+_TRAINER_ARGUMENTS = (*TRAINER_ARGUMENTS, "kwargs")
 
 
 def is_correct(completion, answer) -> bool:
@@ -67,15 +69,55 @@ def missing_judge_columns(judge, columns: Sequence[str]) -> list[str]:
     ]  # fmt: skip
 
 
-def judge_scores(completions: Sequence[Sequence], columns: dict | None = None, *, judge=DEFAULT_JUDGE) -> list:
+def _discard(*args, **kwargs) -> None:
+    """What the evaluation hands a judge as TRL's `log_extra` / `log_metric`: there is no completions table to log to."""
+
+
+def trainer_arguments(completions: Sequence, completion_ids=None, trainer_state=None) -> dict:
+    """What GRPO hands every reward function besides the completions and the columns (TRL's `_calculate_rewards`):
+    `completion_ids`, `trainer_state` (a fresh `transformers.TrainerState` when none is given), and `log_extra` /
+    `log_metric` (here callables that discard what they get)."""
+    from transformers import TrainerState
+
+    if completion_ids is None:
+        completion_ids = [[] for _ in completions]
+    return {
+        "completion_ids": list(completion_ids),
+        "trainer_state": TrainerState() if trainer_state is None else trainer_state,
+        "log_extra": _discard,
+        "log_metric": _discard,
+    }
+
+
+def as_conversation(completion):
+    """A completion in TRL's conversational form, ``[{"role": "assistant", "content": text}]`` (a message list is
+    kept as it is)."""
+    if isinstance(completion, list):
+        return completion
+    return [{"role": "assistant", "content": completion}]
+
+
+def judge_scores(
+    completions: Sequence[Sequence],
+    columns: dict | None = None,
+    *,
+    judge=DEFAULT_JUDGE,
+    conversational: bool = False,
+    completion_ids: Sequence[Sequence] | None = None,
+    trainer_state=None,
+) -> list:
     """Each completion's score by `judge`, from one call for all the problems (a judge that runs programs runs them
-    in parallel).
+    in parallel), with the arguments GRPO hands a reward function.
 
     Args:
         completions: for each problem, its completions (strings or conversational message lists).
-        columns (`dict`, *optional*): column name -> one value per problem (`answer`, `tests`, ...); each reaches the
-            judge as TRL passes dataset columns, one value per completion.
-        judge: a name of `trl_shaped.rewards.JUDGES`, a dotted import path, or a reward function.
+        columns (`dict`, *optional*): column name -> one value per problem (`answer`, `tests`, `prompts`, ...); each
+            reaches the judge as TRL passes dataset columns, one value per completion.
+        judge: a judge name (`trl_shaped.rewards.get_judge`) or a reward function.
+        conversational (`bool`): the prompts were chat messages: the judge gets each completion as
+            ``[{"role": "assistant", "content": text}]``, as GRPO hands it.
+        completion_ids (*optional*): for each problem, its completions' token ids (`completion_ids` of the judge).
+        trainer_state (*optional*): `trainer_state` of the judge (default: a fresh `transformers.TrainerState`).
 
     Returns:
         for each problem, the scores of its completions, floats in [0, 1] (a judge's None counts as 0.0).
@@ -88,11 +130,15 @@ def judge_scores(completions: Sequence[Sequence], columns: dict | None = None, *
     flat = [c for samples in completions for c in samples]
     if not flat:
         return [[] for _ in completions]
+    if conversational:
+        flat = [as_conversation(c) for c in flat]
     per_completion = {
         name: [v for v, samples in zip(values, completions, strict=True) for _ in samples]
         for name, values in columns.items()
     }
-    scores = judge(completions=flat, **per_completion)
+    flat_ids = None if completion_ids is None else [ids for row in completion_ids for ids in row]
+    extra = trainer_arguments(flat, flat_ids, trainer_state)
+    scores = judge(completions=flat, **extra, **per_completion)
     name = name_of_judge(judge)
     if scores is None or len(scores) != len(flat):
         raise ValueError(f"judge {name} returned {None if scores is None else len(scores)} scores for {len(flat)}")
@@ -109,19 +155,25 @@ def judge_scores(completions: Sequence[Sequence], columns: dict | None = None, *
     return out
 
 
-def judge_vote_keys(judge, completions: Sequence[Sequence], columns: dict | None = None) -> list[list[str | None]]:
+def judge_vote_keys(
+    judge, completions: Sequence[Sequence], columns: dict | None = None, *, conversational: bool = False
+) -> list[list[str | None]]:
     """For each problem, what each of its samples votes for in Cons@n. A judge with a method
-    ``vote_keys(completions, **columns)`` gets the arguments it is scored with (the code judge: each program's
-    behaviour on the tests, from the runs of its last scoring call); any other judge, `vote_keys` per problem."""
+    ``vote_keys(completions, **columns)`` gets the arguments it is scored with, as `judge_scores` hands them (the code
+    judge: each program's behaviour on the tests, from the runs of its last scoring call); any other judge,
+    `vote_keys` per problem."""
     key_method = getattr(judge, "vote_keys", None)
     if key_method is None:
         return [vote_keys(judge, samples) for samples in completions]
     flat = [c for samples in completions for c in samples]
-    per_completion = {  # as `judge_scores` hands them
+    if conversational:
+        flat = [as_conversation(c) for c in flat]
+    per_completion = {
         name: [v for v, samples in zip(values, completions, strict=True) for _ in samples]
         for name, values in (columns or {}).items()
     }
-    keys = list(key_method(completions=flat, **per_completion)) if flat else []
+    extra = trainer_arguments(flat) if flat else {}
+    keys = list(key_method(completions=flat, **extra, **per_completion)) if flat else []
     if len(keys) != len(flat):
         raise ValueError(f"judge {name_of_judge(judge)} gave {len(keys)} vote keys for {len(flat)} completions")
     out, start = [], 0
@@ -144,6 +196,25 @@ def extracted_answers(judge, samples: Sequence) -> list:
         except Exception:  # noqa: BLE001 -- model output never stops an evaluation
             extracted.append(None)
     return extracted
+
+
+def check_judge_on_row(judge, columns: dict, *, conversational: bool, probe: str = "") -> None:
+    """Call `judge` once on the first problem, before any sampling, with the arguments the evaluation will hand it
+    (the completion is `probe`: the row's reference completion, or an empty one), so that a judge that cannot read
+    the data fails in seconds, not after all the sampling.
+
+    Raises:
+        ValueError: naming the judge, what it raised, and that nothing was sampled yet.
+    """
+    first = {name: values[:1] for name, values in columns.items()}
+    try:
+        judge_scores([[probe]], first, judge=judge, conversational=conversational, completion_ids=[[[]]])
+    except Exception as error:
+        raise ValueError(
+            f"judge {name_of_judge(judge)} fails on the first problem, checked before sampling "
+            f"(columns {sorted(columns)}, {'conversational' if conversational else 'plain-text'} completions): "
+            f"{type(error).__name__}: {error}"
+        ) from error
 
 
 def vote_keys(judge, samples: Sequence) -> list[str | None]:
@@ -223,6 +294,7 @@ def score_completions(
     columns: dict | None = None,
     scores: Sequence[Sequence[float]] | None = None,
     keys: Sequence[Sequence[str | None]] | None = None,
+    conversational: bool = False,
 ) -> dict:
     """Avg@n, Cons@n, Pass@k and the mean score of sampled completions, scored by `judge`.
 
@@ -237,6 +309,7 @@ def score_completions(
         columns (`dict`, *optional*): the judge's other columns, name -> one value per problem (`tests`, ...).
         scores (*optional*): the scores already computed by `judge_scores` (e.g. per process); else computed here.
         keys (*optional*): the vote keys already computed by `judge_vote_keys`, with `scores`; else computed here.
+        conversational (`bool`): hand the judge conversational completions (see `judge_scores`).
 
     Returns:
         dict with "judge" (its name), "num_problems", "num_samples", "avg_at_n", "cons_at_n", "pass_at_k"
@@ -267,9 +340,9 @@ def score_completions(
     ]
     judge = resolve_judge(judge)
     if scores is None:
-        scores = judge_scores(completions, columns, judge=judge)
+        scores = judge_scores(completions, columns, judge=judge, conversational=conversational)
     if keys is None:
-        keys = judge_vote_keys(judge, completions, columns)
+        keys = judge_vote_keys(judge, completions, columns, conversational=conversational)
     golds = columns.get("answer", [None] * len(completions))
     per_problem = []
     for samples, sample_scores, gold, sample_keys in zip(completions, scores, golds, keys, strict=True):

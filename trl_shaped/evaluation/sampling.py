@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
+from ..prompts import check_stop_sequences, truncate_at_stop
 from ..validation import check_int, check_real
 
 # Uniforms are drawn this many at a time per row: one generator call per row every BLOCK steps, not every step.
@@ -77,6 +78,26 @@ class PerRowSampler(LogitsProcessor):
         return chosen.scatter_(-1, tokens, 0.0)
 
 
+def stopped_length(tokenizer, ids: Sequence[int], stop_sequences) -> tuple[str, int]:
+    """(text, length) of a completion's token `ids` (up to and including its first eos) cut after the first stop
+    sequence it writes: the fewest tokens whose text holds a stop sequence (found by bisection; the text is cut right
+    after it), else all of them. The same rule for `generate` and vLLM, so both score the same text."""
+    eos_id = tokenizer.eos_token_id
+    ids = list(ids)
+    length = ids.index(eos_id) + 1 if eos_id is not None and eos_id in ids else len(ids)
+    text = tokenizer.decode(ids[:length], skip_special_tokens=True)
+    if not stop_sequences or not any(s in text for s in stop_sequences):
+        return text, length
+    low, high = 1, length  # the text of ids[:high] holds a stop sequence; find the smallest such high
+    while low < high:
+        middle = (low + high) // 2
+        if any(s in tokenizer.decode(ids[:middle], skip_special_tokens=True) for s in stop_sequences):
+            high = middle
+        else:
+            low = middle + 1
+    return truncate_at_stop(tokenizer.decode(ids[:high], skip_special_tokens=True), stop_sequences), high
+
+
 def check_sampling(num_samples, temperature, top_p, max_new_tokens, batch_size, seed) -> None:
     """The ValueErrors of bad sampling settings, each naming the argument and its allowed range."""
     check_int("num_samples", num_samples, minimum=1)
@@ -108,6 +129,8 @@ def sample_completions(
     first_index: int = 0,
     progress: bool = True,
     return_lengths: bool = False,
+    stop_sequences: Sequence[str] | None = None,
+    return_ids: bool = False,
 ):
     """Sample `num_samples` completions per prompt with `model.generate` (left padding, batched).
 
@@ -128,14 +151,18 @@ def sample_completions(
         first_index (`int`): the problem index of `prompts[0]` (a shard of a larger list passes its offset).
         progress (`bool`): show a tqdm progress bar over prompts.
         return_lengths (`bool`): also return the completions' lengths in tokens (eos included when generated).
+        stop_sequences (`list[str]`, *optional*): strings that end a completion (transformers' `stop_strings`); the
+            completion keeps the stop string and nothing after it (`stopped_length`).
+        return_ids (`bool`): also return the completions' token ids (what GRPO hands a reward as `completion_ids`).
 
     Returns:
-        `list[list[str]]` (one list of n decoded completions per prompt, special tokens removed), and with
-        `return_lengths` a matching `list[list[int]]`.
+        `list[list[str]]` (one list of n decoded completions per prompt, special tokens removed), then with
+        `return_lengths` a matching `list[list[int]]`, then with `return_ids` a matching `list[list[list[int]]]`.
     """
     from tqdm.auto import tqdm
 
     check_sampling(num_samples, temperature, top_p, max_new_tokens, batch_size, seed)
+    stop_sequences = list(check_stop_sequences(stop_sequences))
     greedy = temperature == 0
     per_prompt = 1 if greedy else num_samples
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -150,7 +177,8 @@ def sample_completions(
     if tokenizer.pad_token is None:  # many base-model tokenizers have none; padding is masked anyway
         tokenizer.pad_token = tokenizer.eos_token
     chunk_size = prompts_per_call(num_samples, temperature, batch_size)
-    completions, lengths = [], []
+    completions, lengths, all_ids = [], [], []
+    stop = {"stop_strings": stop_sequences, "tokenizer": tokenizer} if stop_sequences else {}
     try:
         bar = tqdm(total=len(texts), desc="sampling", unit="prompt", disable=not progress)
         for start in range(0, len(texts), chunk_size):
@@ -158,6 +186,7 @@ def sample_completions(
             enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             rows = [[] for _ in chunk]
             row_lengths = [[] for _ in chunk]
+            row_ids = [[] for _ in chunk]
             done = 0
             while done < per_prompt:  # when n > batch_size one prompt takes several calls
                 m = min(per_prompt - done, max(1, batch_size // len(chunk)))
@@ -176,23 +205,28 @@ def sample_completions(
                     max_new_tokens=max_new_tokens,
                     pad_token_id=pad_id,
                     eos_token_id=eos_id,
+                    **stop,
                     **extra,
                 )
                 new = out[:, input_ids.shape[1] :]
-                for r, seq in enumerate(new):
-                    stop = (seq == eos_id).nonzero() if eos_id is not None else seq[:0]
-                    length = int(stop[0]) + 1 if len(stop) else len(seq)  # no eos: it ran to max_new_tokens
-                    rows[r // m].append(tokenizer.decode(seq[:length], skip_special_tokens=True))
+                for r, seq in enumerate(new.tolist()):
+                    # no eos: it ran to max_new_tokens, or a stop string ended it (the rest is padding)
+                    text, length = stopped_length(tokenizer, seq, stop_sequences)
+                    rows[r // m].append(text)
                     row_lengths[r // m].append(length)
+                    row_ids[r // m].append(seq[:length])
                 done += m
             if greedy:
                 rows = [r * num_samples for r in rows]
                 row_lengths = [r * num_samples for r in row_lengths]
+                row_ids = [r * num_samples for r in row_ids]
             completions.extend(rows)
             lengths.extend(row_lengths)
+            all_ids.extend(row_ids)
             bar.update(len(chunk))
         bar.close()
     finally:
         tokenizer.padding_side, tokenizer.pad_token = old_side, old_pad
         model.train(was_training)
-    return (completions, lengths) if return_lengths else completions
+    extra_results = ([lengths] if return_lengths else []) + ([all_ids] if return_ids else [])
+    return (completions, *extra_results) if extra_results else completions

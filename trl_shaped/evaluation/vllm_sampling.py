@@ -14,7 +14,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .sampling import check_sampling, problem_seed, render_prompt
+from ..prompts import check_stop_sequences
+from .sampling import check_sampling, problem_seed, render_prompt, stopped_length
 
 INSTALL_HINT = "pip install 'trl_shaped[vllm]'"
 
@@ -89,6 +90,8 @@ def sample_completions_vllm(
     first_index: int = 0,
     progress: bool = True,
     return_lengths: bool = False,
+    stop_sequences: Sequence[str] | None = None,
+    return_ids: bool = False,
 ):
     """`sample_completions` with a vLLM engine: same arguments (no batch size: vLLM batches itself), same result.
 
@@ -99,10 +102,13 @@ def sample_completions_vllm(
     Args:
         llm: a `vllm.LLM` (see `build_vllm_engine`).
         tokenizer: the model's tokenizer (prompts are encoded and completions decoded with it).
-        prompts, num_samples, temperature, top_p, max_new_tokens, seed, first_index, progress, return_lengths:
-            as in `sample_completions`.
+        prompts, num_samples, temperature, top_p, max_new_tokens, seed, first_index, progress, return_lengths,
+            stop_sequences, return_ids: as in `sample_completions` (stop sequences are vLLM's `stop`, the stop string
+            kept in the output as `generate` keeps it).
     """
     check_sampling(num_samples, temperature, top_p, max_new_tokens, 1, seed)
+    stop_sequences = list(check_stop_sequences(stop_sequences))
+    stop = {"stop": stop_sequences, "include_stop_str_in_output": True} if stop_sequences else {}
     vllm = import_vllm()
     greedy = temperature == 0
     per_prompt = 1 if greedy else num_samples
@@ -117,23 +123,26 @@ def sample_completions_vllm(
             top_p=1.0 if greedy else top_p,
             max_tokens=max_new_tokens,
             seed=problem_seed(seed, first_index + i),
+            **stop,
         )
         for i in range(len(requests))
     ]
     outputs = llm.generate(requests, params, use_tqdm=progress) if requests else []
     if len(outputs) != len(requests):
         raise RuntimeError(f"vLLM returned {len(outputs)} results for {len(requests)} prompts")
-    eos_id = tokenizer.eos_token_id
-    completions, lengths = [], []
+    completions, lengths, all_ids = [], [], []
     for output in outputs:  # vLLM returns the requests' results in the order of the prompts
         if len(output.outputs) != per_prompt:
             raise RuntimeError(f"vLLM returned {len(output.outputs)} completions for a prompt, expected {per_prompt}")
-        row, row_lengths = [], []
+        row, row_lengths, row_ids = [], [], []
         for sample in output.outputs:
             ids = list(sample.token_ids)
-            length = ids.index(eos_id) + 1 if eos_id in ids else len(ids)
-            row.append(tokenizer.decode(ids[:length], skip_special_tokens=True))
+            text, length = stopped_length(tokenizer, ids, stop_sequences)
+            row.append(text)
             row_lengths.append(length)
+            row_ids.append(ids[:length])
         completions.append(row * num_samples if greedy else row)
         lengths.append(row_lengths * num_samples if greedy else row_lengths)
-    return (completions, lengths) if return_lengths else completions
+        all_ids.append(row_ids * num_samples if greedy else row_ids)
+    extra_results = ([lengths] if return_lengths else []) + ([all_ids] if return_ids else [])
+    return (completions, *extra_results) if extra_results else completions

@@ -9,8 +9,9 @@ does anything that makes the parser fail or time out.
 
     extract_answer(text) -> str | None         text after the last "####", else the last \\boxed{...}
     exact_answer_reward(completions, answer)   1.0 when the extracted number equals the gold number exactly
-    math_answer_reward(completions, answer)    equivalence through math-verify (optional extra ``math``);
-                                               normalised string match when math-verify is not installed
+    math_answer_reward(completions, answer)    equivalence through math-verify (optional extra ``math``) of the
+                                               anchored answer (`MathAnswerReward(anchored=False)`: also the end
+                                               of an unanchored text); normalised string match without math-verify
 """
 
 import re
@@ -158,88 +159,118 @@ def _load_math_verify():
     return parse, verify
 
 
-def math_answer_reward(completions, answer, **kwargs) -> list[float]:
-    """1.0 when the completion's final answer is mathematically equal to the gold answer, else 0.0.
+class MathAnswerReward:
+    """The math judge: 1.0 when the completion's final answer is mathematically equal to the gold answer, else 0.0.
 
     Args:
-        completions (`list[str]` or `list[list[dict]]`): the completions, plain or conversational.
-        answer (`list[str]` or `str`): the gold answer per completion (LaTeX or plain).
-        **kwargs: the other arguments TRL passes; ignored.
+        anchored (`bool`): only an anchored answer counts, the last ``\\boxed{...}`` or the text after the last
+            ``####`` (`extract_answer`); a completion without one scores 0.0 (default). False adds the loose form:
+            without an anchor, math-verify reads the end of the text, so that "It could be 3, 4 or 5." answers 5
+            (a reward an RL policy learns to exploit; use it for models that cannot be prompted for a box).
 
-    With math-verify installed (``pip install trl_shaped[math]``) equivalence is decided by it (fractions,
-    LaTeX, sets ...). The answer extracted by `extract_answer` is parsed when there is one, else the last
-    ``MATH_VERIFY_MAX_CHARS`` characters of the completion. math-verify's own signal-based timeouts are used in
-    the main thread; elsewhere they are unavailable and the input-length cap bounds the cost. Without
-    math-verify the extracted answer must equal the gold one after `normalize_answer`. Parser failures and
-    timeouts score 0.0.
+    Anchors: a box and ``####``, as TRL's `accuracy_reward` (``try_extract_without_anchor=False``, box first).
+    "The answer is X" / "Answer: X" are not anchors: such phrases appear in reasoning as well ("the answer is not 5"),
+    and the math template asks for ``\\boxed{}``.
+
+    Called as a TRL reward function, ``judge(completions, answer, **kwargs)``: completions plain or conversational,
+    `answer` the gold answer per completion (LaTeX or plain). With math-verify installed (``pip install
+    trl_shaped[math]``) equivalence is decided by it (fractions, LaTeX, sets ...); math-verify's signal-based timeouts
+    are used in the main thread, elsewhere the input-length cap (`MATH_VERIFY_MAX_CHARS`) bounds the cost. Without
+    math-verify the extracted answer must equal the gold one after `normalize_answer`. Parser failures and timeouts
+    score 0.0. `answer_key` votes with what the score read, so that every scored answer votes in Cons@n.
     """
-    golds = _golds(answer, len(completions))
-    texts = []
-    for completion in completions:
+
+    __name__ = "math_answer_reward"
+
+    def __init__(self, anchored: bool = True):
+        if not isinstance(anchored, bool):
+            raise ValueError(f"anchored must be True or False, got {anchored!r}")
+        self.anchored = anchored
+
+    def _candidate(self, text: str) -> tuple[str | None, bool]:
+        """(what is parsed, whether it is an anchored answer) of a completion's text; None when nothing is."""
+        extracted = extract_answer(text)
+        if extracted is not None:
+            return extracted[-MATH_VERIFY_MAX_CHARS:], True
+        if self.anchored or not text.strip():
+            return None, False
+        return text[-MATH_VERIFY_MAX_CHARS:], False
+
+    def __call__(self, completions, answer, **kwargs) -> list[float]:
+        golds = _golds(answer, len(completions))
+        math_verify = _load_math_verify()
+        rewards = []
+        for completion, gold in zip(completions, golds, strict=True):
+            try:
+                candidate, anchored = self._candidate(completion_text(completion))
+                if candidate is None or gold is None or not str(gold).strip():
+                    rewards.append(0.0)
+                elif math_verify is None:
+                    predicted = normalize_answer(candidate) if anchored else None
+                    rewards.append(1.0 if predicted is not None and predicted == normalize_answer(gold) else 0.0)
+                else:
+                    rewards.append(_math_verify_match(math_verify, candidate, anchored, str(gold).strip()))
+            except Exception:  # noqa: BLE001 -- parser failures and timeouts score 0
+                rewards.append(0.0)
+        return rewards
+
+    def answer_key(self, completion) -> str | None:
+        """What `completion` votes for in a majority vote (Cons@n): the answer the score read, in math-verify's
+        canonical form, so that equal answers vote together (``\\frac{1}{2}``, ``0.5`` and ``\\frac12``; ``x^2+1``
+        and ``1+x^2``; ``\\{1,2\\}`` and ``\\{2,1\\}``). None when the score read no answer; without math-verify, or
+        when it cannot parse the answer, the answer's `normalize_answer` form."""
         try:
-            texts.append(completion_text(completion))
-        except Exception:  # noqa: BLE001 -- an unreadable completion scores 0
-            texts.append("")
-    math_verify = _load_math_verify()
-    rewards = []
-    for text, gold in zip(texts, golds, strict=True):
-        try:
-            extracted = extract_answer(text)
-            if math_verify is None:
-                predicted, target = normalize_answer(extracted), normalize_answer(gold)
-                rewards.append(1.0 if predicted is not None and predicted == target else 0.0)
-            else:
-                rewards.append(_math_verify_match(math_verify, text, extracted, gold))
-        except Exception:  # noqa: BLE001 -- parser failures and timeouts score 0
-            rewards.append(0.0)
-    return rewards
+            candidate, anchored = self._candidate(completion_text(completion))
+            if candidate is None:
+                return None
+            math_verify = _load_math_verify()
+            if math_verify is not None:
+                parsed = _parse(math_verify, candidate, anchored)
+                if parsed and not isinstance(parsed[0], str):
+                    expression = parsed[0]
+                    if getattr(expression, "is_Float", False):  # 12.0 votes with 12, 0.5 with 1/2
+                        import sympy
+
+                        expression = sympy.nsimplify(expression, rational=True)
+                    return str(expression)
+                if parsed and not anchored:
+                    return str(parsed[-1])
+            return normalize_answer(candidate) if anchored else None
+        except Exception:  # noqa: BLE001 -- model output never stops an evaluation
+            return None
+
+    def __repr__(self) -> str:
+        return f"MathAnswerReward(anchored={self.anchored})"
 
 
-def _math_verify_match(math_verify, text: str, extracted: str | None, gold) -> float:
-    parse, verify = math_verify
-    if gold is None or not str(gold).strip():
-        return 0.0
+def _timeout():
     # signal.alarm only works in the main thread; elsewhere math-verify refuses a timeout, so run without one.
-    timeout = 5 if threading.current_thread() is threading.main_thread() else None
-    gold = str(gold).strip()
-    candidate = extracted if extracted is not None else text[-MATH_VERIFY_MAX_CHARS:]
-    candidate = candidate[-MATH_VERIFY_MAX_CHARS:]
-    # Wrapping in $...$ lets the LaTeX extractor read bare expressions such as "\frac{1}{2}".
-    gold_parsed = parse(f"${gold}$", parsing_timeout=timeout) or parse(gold, parsing_timeout=timeout)
-    if extracted is not None:
-        pred_parsed = parse(f"${candidate}$", parsing_timeout=timeout) or parse(candidate, parsing_timeout=timeout)
-    else:
-        pred_parsed = parse(candidate, parsing_timeout=timeout)
+    return 5 if threading.current_thread() is threading.main_thread() else None
+
+
+def _parse(math_verify, candidate: str, anchored: bool):
+    parse, _ = math_verify
+    timeout = _timeout()
+    if anchored:  # wrapping in $...$ lets the LaTeX extractor read bare expressions such as "\frac{1}{2}"
+        return parse(f"${candidate}$", parsing_timeout=timeout) or parse(candidate, parsing_timeout=timeout)
+    return parse(candidate, parsing_timeout=timeout)
+
+
+def _math_verify_match(math_verify, candidate: str, anchored: bool, gold: str) -> float:
+    _, verify = math_verify
+    timeout = _timeout()
+    gold_parsed = _parse(math_verify, gold, True)
+    pred_parsed = _parse(math_verify, candidate, anchored)
     if not gold_parsed or not pred_parsed:
         return 0.0
     return 1.0 if verify(gold_parsed, pred_parsed, timeout_seconds=timeout) else 0.0
 
 
+# The registered judge "math": anchored answers only. `MathAnswerReward(anchored=False)` is the loose form
+# (`judge_args: {anchored: false}`).
+math_answer_reward = MathAnswerReward()
+
+
 def math_answer_key(completion) -> str | None:
-    """What `completion` votes for in a majority vote (Cons@n) under the math judge: its final answer in math-verify's
-    canonical form, so that equal answers vote together (``\\frac{1}{2}``, ``0.5`` and ``\\frac12``; ``x^2+1`` and
-    ``1+x^2``; ``\\{1,2\\}`` and ``\\{2,1\\}``). None when it has no final answer (`extract_answer`); without
-    math-verify, or when it cannot parse the answer, the answer's `normalize_answer` form."""
-    try:
-        extracted = extract_answer(completion_text(completion))
-        if extracted is None:
-            return None
-        math_verify = _load_math_verify()
-        if math_verify is not None:
-            parse, _ = math_verify
-            timeout = 5 if threading.current_thread() is threading.main_thread() else None
-            parsed = parse(f"${extracted[-MATH_VERIFY_MAX_CHARS:]}$", parsing_timeout=timeout)
-            if parsed and not isinstance(parsed[0], str):
-                expression = parsed[0]
-                if getattr(expression, "is_Float", False):  # 12.0 votes with 12, 0.5 with 1/2
-                    import sympy
-
-                    expression = sympy.nsimplify(expression, rational=True)
-                return str(expression)
-        return normalize_answer(extracted)
-    except Exception:  # noqa: BLE001 -- model output never stops an evaluation
-        return None
-
-
-# The evaluator's majority vote groups the samples by `judge.answer_key` (trl_shaped.evaluation.metrics.vote_keys).
-math_answer_reward.answer_key = math_answer_key
+    """`math_answer_reward.answer_key`: the vote of `completion` under the (anchored) math judge."""
+    return math_answer_reward.answer_key(completion)

@@ -5,7 +5,9 @@ fingerprint (`cells.py`: the recipes and the accelerate file these commands read
 - the built-in task: one worker process per cell, `python -m trl_shaped.study.builtin_cell <study_config.json> <preset>
   <seed> <cell_dir>` (`builtin_cell_command`);
 - real scale: four stage commands through the recipes (`stage_commands`), each under `launcher(config)`: `python -m
-  trl_shaped`, or `accelerate launch` with the study's accelerate file and, on Slurm, the job's GPUs as processes.
+  trl_shaped`, or `accelerate launch` with the study's accelerate file and, on Slurm, the job's GPUs as processes. An
+  evaluation recipe that is a suite (`recipes/eval_suite.yaml`) runs as `trl-shaped eval --suite`: the cell's
+  evaluation is the suite's table, whose macro average the claims compare.
 """
 
 import os
@@ -87,6 +89,16 @@ def tracking_args(config: StudyConfig, preset: str, seed: int, stage: str, name_
     return argv
 
 
+def is_suite(recipe: str | None) -> bool:
+    """Whether the evaluation recipe `recipe` is a suite (`trl_shaped.evaluation.suite`: a `benchmarks` list), which
+    `trl-shaped eval --suite` runs; an unreadable file is not (the command reports it)."""
+    try:
+        content = yaml.safe_load(Path(recipe).read_text(encoding="utf-8")) if recipe else None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(content, dict) and "benchmarks" in content
+
+
 def stage_commands(config: StudyConfig, preset: str, seed: int, cell: Path) -> list[tuple[str, list[str]]]:
     """Real scale: the (stage, argv) of a cell's four stages, in order. Recipe values come first, then the study's
     overrides (the arm's `stage1_arguments`; the recipe's model, seed and output directory are replaced), then
@@ -110,10 +122,18 @@ def stage_commands(config: StudyConfig, preset: str, seed: int, cell: Path) -> l
         *shlex.split(config.rl_args),
     ]  # fmt: skip
 
+    suite = is_suite(config.eval_recipe)
+    if suite and config.eval_dataset:
+        raise ValueError(
+            f"eval_dataset={config.eval_dataset!r} cannot replace the data of the suite {config.eval_recipe!r} (each "
+            "benchmark names its own); leave eval_dataset unset or name a single-benchmark eval_recipe"
+        )
+
     def evaluation(model, name):
+        # a suite (several benchmarks, one table: its macro average is what the claims compare) or one benchmark
         return [
-            "eval", "--config", config.eval_recipe, "--model_name_or_path", model, "--seed", str(seed),
-            "--output_dir", str(cell / name), "--run_name", "eval", *dataset(config.eval_dataset),
+            "eval", "--suite" if suite else "--config", config.eval_recipe, "--model_name_or_path", model,
+            "--seed", str(seed), "--output_dir", str(cell / name), "--run_name", "eval", *dataset(config.eval_dataset),
             *tracking_args(config, preset, seed, name, "--tracker_run_name"), *shlex.split(config.eval_args),
         ]  # fmt: skip
 
