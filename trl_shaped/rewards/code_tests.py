@@ -13,7 +13,7 @@ script that reads standard input; each call runs it afresh as ``__main__`` with 
 output with the expected one token by token (split on whitespace; ``sys.exit(0)`` at the end is allowed).
 """
 
-from ..sandbox.harness import STDIO_CALL
+from ..sandbox.programs import STDIO_CALL
 
 
 def _statements(name: str, value) -> list[str]:

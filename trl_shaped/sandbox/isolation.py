@@ -13,6 +13,7 @@ namespace). Without root, bubblewrap needs unprivileged user namespaces; the pro
 into the namespace.
 """
 
+import importlib.util
 import json
 import os
 import sys
@@ -22,6 +23,7 @@ HARNESS = Path(__file__).with_name("harness.py")
 SANDBOX_HARNESS = "/sandbox/harness.py"
 CONFINE = HARNESS.with_name("confine.py")  # imported by the harness
 SANDBOX_CONFINE = "/sandbox/confine.py"
+SANDBOX_SITE = "/sandbox/site"  # the allowed third-party packages (SandboxLimits.packages), read-only
 # As root, worker i of a trainer with pid p runs programs as uid FIRST_UID + (p mod 100000) * 64 + i: no host account,
 # and no two workers (of this or another training on the machine) share one, so each process count is a worker's own.
 FIRST_UID = 1_900_000_000
@@ -72,7 +74,25 @@ def _readable_parents(path: str) -> list[str]:
     return [arg for parent in parents for arg in ("--perms", "0755", "--dir", parent)]
 
 
-def bwrap_command(index: int, tmp_bytes: int) -> list[str]:
+def package_paths(packages) -> list[str]:
+    """The host folders (or single files) of `packages` (top-level import names), with the sibling folder of their
+    bundled libraries (``numpy.libs``, as wheels repaired by auditwheel ship them)."""
+    paths = []
+    for name in packages:
+        spec = importlib.util.find_spec(name)
+        if spec is None:
+            raise ValueError(f"packages: {name!r} is not importable in this Python")
+        if spec.submodule_search_locations:
+            folder = os.path.realpath(list(spec.submodule_search_locations)[0])
+            paths.append(folder)
+            if os.path.isdir(folder + ".libs"):
+                paths.append(folder + ".libs")
+        elif spec.origin and os.path.isfile(spec.origin):
+            paths.append(os.path.realpath(spec.origin))
+    return list(dict.fromkeys(paths))
+
+
+def bwrap_command(index: int, tmp_bytes: int, packages=()) -> list[str]:
     """bubblewrap's command line for worker `index`."""
     root = os.getuid() == 0
     command = [bwrap_path(), "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
@@ -97,18 +117,26 @@ def bwrap_command(index: int, tmp_bytes: int) -> list[str]:
             bound.append(path)
     command += ["--dev", "/dev"]  # and no /proc: nothing of a process (its memory, its fds) is reachable by path
     command += ["--perms", "1777", "--size", str(tmp_bytes), "--tmpfs", "/tmp"]
+    paths = package_paths(packages)
+    if paths:  # folders bubblewrap makes are root's 0700 otherwise: the program's uid must traverse them
+        command += ["--perms", "0755", "--dir", "/sandbox", "--perms", "0755", "--dir", SANDBOX_SITE]
     command += ["--ro-bind", str(HARNESS), SANDBOX_HARNESS, "--ro-bind", str(CONFINE), SANDBOX_CONFINE]
+    for path in paths:
+        command += ["--ro-bind", path, f"{SANDBOX_SITE}/{os.path.basename(path)}"]
     command += ["--chdir", "/tmp"]
     # the sandbox's own root and /dev read-only too: without root the program owns them, and a tmpfs with no size
     # limit would let it fill the host's memory; /tmp is the one place to write
     command += ["--remount-ro", "/dev", "--remount-ro", "/"]
     settings = {"uid": worker_uid(index), "workdir": "/tmp", "own_pid_namespace": True, "limit_processes": True}
+    settings["paths"] = [SANDBOX_SITE] if packages else []
     return [*command, python, "-I", "-S", SANDBOX_HARNESS, json.dumps(settings)]
 
 
-def bare_command(index: int, workdir: str) -> list[str]:
+def bare_command(index: int, workdir: str, packages=()) -> list[str]:
     """The harness without bubblewrap (isolation "none"): programs still get limits, a fresh working folder, an
     empty environment and, as root, their own uid; the process limit only applies with that uid of their own."""
     uid = worker_uid(index)
     settings = {"uid": uid, "workdir": workdir, "own_pid_namespace": False, "limit_processes": bool(uid)}
+    # without a mount namespace the packages' parent folders go on sys.path: their neighbours become importable too
+    settings["paths"] = list(dict.fromkeys(os.path.dirname(path) for path in package_paths(packages)))
     return [python_executable(), "-I", "-S", str(HARNESS), json.dumps(settings)]

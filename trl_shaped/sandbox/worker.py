@@ -18,7 +18,7 @@ from .isolation import NO_NAMESPACES, bare_command, bwrap_command
 # Beyond a program's wall time, how long the harness may take to kill it, clean up and reply.
 REPLY_GRACE_S = 10.0
 START_TIMEOUT_S = 60.0
-MAX_REPLY_BYTES = 64 << 10
+MAX_REPLY_BYTES = 64 << 20  # a reply carries the encoded values of value tests
 
 
 class WorkerError(RuntimeError):
@@ -32,10 +32,11 @@ class Worker:
         index (`int`): the worker's number in its pool (selects its uid when the trainer is root).
         isolation (`str`): ``bwrap`` or ``none``.
         tmp_bytes (`int`): size of the private /tmp under bubblewrap.
+        packages (`tuple[str, ...]`): third-party packages the programs may import (mounted read-only).
     """
 
-    def __init__(self, index: int, isolation: str, tmp_bytes: int):
-        self.index, self.isolation, self.tmp_bytes = index, isolation, tmp_bytes
+    def __init__(self, index: int, isolation: str, tmp_bytes: int, packages=()):
+        self.index, self.isolation, self.tmp_bytes, self.packages = index, isolation, tmp_bytes, tuple(packages)
         self.process = None
         self.workdir = None
         self._buffer = b""
@@ -48,11 +49,11 @@ class Worker:
         be created (no bubblewrap, no user namespaces)."""
         self.stop()
         if self.isolation == "bwrap":
-            command = bwrap_command(self.index, self.tmp_bytes)
+            command = bwrap_command(self.index, self.tmp_bytes, self.packages)
         else:
             self.workdir = tempfile.mkdtemp(prefix="trl_shaped_sandbox_")
             os.chmod(self.workdir, 0o1777)  # the program's uid (root trainers) must be able to write there
-            command = bare_command(self.index, self.workdir)
+            command = bare_command(self.index, self.workdir, self.packages)
         self.process = subprocess.Popen(
             command,
             stdin=subprocess.PIPE,
