@@ -7,8 +7,10 @@
 
 The dataset column ``tests`` holds, per problem, a list of Python statements that raise when the program is wrong
 (MBPP's ``test_list`` form, e.g. ``"assert add(2, 3) == 5"``); the converters of `code_tests.py` make this form from
-HumanEval and from standard input/output pairs. A program never runs in the training process: the harness decides
-what passed after every test ran, and a program that crashes, hangs or attacks scores 0.0.
+HumanEval and from standard input/output pairs. A program never runs in the training process. Where the test's form
+allows it (stdin/stdout pairs, ``assert f(args) == literal`` and the like) the program only produces its output or
+values and the comparison happens here, outside its process; other tests (HumanEval's ``check``) are judged inside
+it, the weaker guarantee (`trl_shaped.sandbox.verdict`). A program that crashes, hangs or attacks scores 0.0.
 """
 
 import json

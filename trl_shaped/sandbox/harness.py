@@ -37,6 +37,7 @@ kills every process of the program and empties the temporary folder (`confine.py
 """
 
 import _json
+import _posixsubprocess
 import _sitebuiltins
 import _thread
 import atexit
@@ -96,11 +97,14 @@ _DENIED_EVENTS = {
 _DENIED_PREFIXES = ("ctypes.", "sys.monitoring", "cpython.remote")
 _DENIED_ATTRIBUTES = {"tb_frame", "gi_frame", "cr_frame", "ag_frame", "f_back"}
 # Modules the program may not import, matched on every dotted part of the name and on the file's name (a copy of
-# the extension under a package of its own keeps its name: its init function is PyInit_<name>). The modules of the
-# second line stay imported (the program gets the harness's patched ones): a fresh copy would escape the patches.
-_DENIED_IMPORTS = {"ctypes", "_ctypes", "_posixsubprocess", "_testcapi", "_testinternalcapi", "_ctypes_test"}
-_DENIED_IMPORTS |= {"_testbuffer", "_testmultiphase", "_testsinglephase", "_testimportmultiple", "_testclinic"}
-_DENIED_IMPORTS |= {"_xxsubinterpreters", "_xxinterpchannels", "_xxtestfuzz"}
+# the extension under a package of its own keeps its name: its init function is PyInit_<name>).
+_DENIED_IMPORTS = {"ctypes", "_ctypes", "_testcapi", "_testinternalcapi", "_ctypes_test", "_testbuffer"}
+_DENIED_IMPORTS |= {"_testmultiphase", "_testsinglephase", "_testimportmultiple", "_testclinic", "_xxtestfuzz"}
+_DENIED_IMPORTS |= {"_xxsubinterpreters", "_xxinterpchannels"}
+# Modules that stay imported with patched functions (`_patch_modules`): the program gets the harness's copies; a
+# fresh one would escape the patches, so importing them anew is refused (the extension on every dotted part, as
+# above: it can be copied; the others by their full name: `scipy.signal` is another module).
+_PATCHED_EXTENSIONS = {"_posixsubprocess"}  # multiprocessing and subprocess import it; its fork_exec is refused
 _PATCHED_MODULES = {"gc", "signal", "_signal"}
 
 
@@ -112,7 +116,7 @@ def _install_guard():
     """The audit hook. Refusals raise ValueError where the standard library expects one from sys._getframe
     (namedtuple, typing, enum and logging fall back), ImportError for imports, RuntimeError elsewhere."""
     denied, prefixes, attributes = _DENIED_EVENTS, _DENIED_PREFIXES, _DENIED_ATTRIBUTES
-    modules, patched = frozenset(_DENIED_IMPORTS), frozenset(_PATCHED_MODULES)
+    modules, patched = frozenset(_DENIED_IMPORTS | _PATCHED_EXTENSIONS), frozenset(_PATCHED_MODULES)
     fspath, isinstance_, str_, bytes_, refused = os.fspath, isinstance, str, bytes, _Refused
 
     def guard(event, args):
@@ -149,10 +153,15 @@ def _install_guard():
 
 
 def _patch_modules():
-    """gc and signal stay importable, without their routes to frames: gc debugging (DEBUG_SAVEALL hands out the
-    collected frames in gc.garbage, whose f_back reaches the harness) and Python signal handlers (called with the
-    interrupted frame). The patched functions hold no reference to the originals."""
+    """gc, signal and _posixsubprocess stay importable, without their routes to frames and exec: gc debugging
+    (DEBUG_SAVEALL hands out the collected frames in gc.garbage, whose f_back reaches the harness), Python signal
+    handlers (called with the interrupted frame), fork_exec (exec of another program, outside the audit hook). The
+    patched functions hold no reference to the originals."""
     callable_, getsignal = callable, signal.getsignal
+
+    def fork_exec(*args, **kwargs):
+        """Refused in the sandbox: running other programs."""
+        raise RuntimeError("running other programs is disabled in the sandbox")
 
     def set_debug(flags):
         """Refused in the sandbox: gc debugging would expose the collected objects (frames) in gc.garbage."""
@@ -166,6 +175,7 @@ def _patch_modules():
             raise RuntimeError("signal handlers are disabled in the sandbox")
         return getsignal(signalnum)
 
+    _posixsubprocess.fork_exec = fork_exec
     gc.set_debug(0)
     gc.set_debug = set_debug
     gc.garbage = []
