@@ -288,9 +288,11 @@ def test_test_forms_are_parsed_without_running_anything():
 def test_decoding_is_plain_data_and_bounded():
     assert verdict.decode_value(["int", hex(10**5000)]) == 10**5000
     assert verdict.decode_value(["tuple", [["float", float.hex(0.1)], None, True]]) == (0.1, None, True)
-    assert verdict.decode_value(["set", [["str", "a"], ["frozenset", []]]]) == {"a", frozenset()}
+    assert verdict.decode_value(["set", ["a", ["frozenset", []]]]) == {"a", frozenset()}
+    assert verdict.decode_value(["list", [1, "x", -(10**17)]]) == [1, "x", -(10**17)]
     assert verdict.decode_value(["npbool", 1]) == True and verdict.decode_value(["npbool", 1]) is not True  # noqa: E712
-    for data in (["eval", "__import__('os')"], ["int", "not hex"], "text", 5, ["dict", [[1]]], ["float", 1]):
+    malformed = (["eval", "__import__('os')"], ["int", "not hex"], 10**19, 1.5, ["dict", [[1]]], ["float", 1], [])
+    for data in malformed:
         assert isinstance(verdict.decode_value(data), verdict.Opaque), data
     deep = None
     for _ in range(500):

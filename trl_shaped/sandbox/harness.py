@@ -64,7 +64,7 @@ else:  # run as the sandbox's script: -I leaves the script's folder off sys.path
     del sys.path[0]
 
 PROGRAM_FILE = "main.py"  # written to the working folder: the program's __file__ and sys.argv[0]
-MAX_REPORT_BYTES = 16 << 20  # a module-mode child's report (encoded values), read by the server
+MAX_REPORT_BYTES = 64 << 20  # a module-mode child's report (encoded values), read by the server
 MAX_DEPTH = 100  # nesting of an encoded value; deeper values are opaque
 # Set for every program, before any library it imports starts threads of its own.
 PROGRAM_ENVIRONMENT = {
@@ -200,8 +200,9 @@ def _make_encoder(limit_bytes: int):
     """`encode(value) -> str`: the tagged JSON of a value, built only from functions bound here (before the
     program runs) and the slots of the built-in types.
 
-    None, bool -> null, true/false; int -> ["int", hex] (no digit limit); float -> ["float", float.hex] (exact, inf and
-    nan included); complex -> ["complex", re, im]; str -> ["str", s]; bytes, bytearray -> [tag, latin-1 text]; list,
+    None, bool -> null, true/false; int -> a JSON integer below 10**18 in size, else ["int", hex] (no digit limit);
+    str -> a JSON string; float -> ["float", float.hex] (exact, inf and nan included); complex -> ["complex", re, im];
+    bytes, bytearray -> [tag, latin-1 text]; list,
     tuple, set, frozenset -> [tag, [items]]; dict -> ["dict", [[k, v], ...]]. Subclasses of these are encoded as their
     base type (namedtuple as tuple, IntEnum as int), numbers.Integral / numbers.Real (numpy scalars) as int / float,
     numpy's bool as ["npbool", 0|1]; anything else, or a value nested deeper than MAX_DEPTH, as ["opaque", type name],
@@ -218,7 +219,7 @@ def _make_encoder(limit_bytes: int):
         str.__str__,
         b"".join,
     )
-    real_of, imag_of = complex.real.__get__, complex.imag.__get__
+    real_of, imag_of, int_repr, small = complex.real.__get__, complex.imag.__get__, int.__repr__, 10**18
     containers = ((list, "list", list.__iter__), (tuple, "tuple", tuple.__iter__))
     containers += ((set, "set", set.__iter__), (frozenset, "frozenset", frozenset.__iter__))
     dict_, dict_items, bytes_, bytearray_ = dict, dict.items, bytes, bytearray
@@ -242,23 +243,41 @@ def _make_encoder(limit_bytes: int):
             if depth > MAX_DEPTH:
                 return put('["opaque","too deep"]')
             if issubclass_(kind, int_):
-                return put('["int","' + hex_(int_index(value)) + '"]')
+                number = int_index(value)
+                if -small < number < small:
+                    return put(int_repr(number))
+                return put('["int","' + hex_(number) + '"]')
             if issubclass_(kind, float_):
                 return put('["float","' + float_hex(float_float(value)) + '"]')
             if issubclass_(kind, complex_):
                 return put(f'["complex","{float_hex(real_of(value))}","{float_hex(imag_of(value))}"]')
             if issubclass_(kind, str_):
-                return put('["str",' + escape(str_str(value)) + "]")
+                return put(escape(str_str(value)))
             if issubclass_(kind, (bytes_, bytearray_)):
                 tag = "bytes" if issubclass_(kind, bytes_) else "bytearray"
                 return put(f'["{tag}",' + escape(bytes_join([value]).decode("latin-1")) + "]")
             for base, tag, iterate in containers:
                 if issubclass_(kind, base):
                     put(f'["{tag}",[')
-                    for number, item in enumerate_(iterate(value)):
-                        if number:
-                            put(",")
-                        walk(item, depth + 1)
+                    start, counted = len_(parts), 0
+                    for item in iterate(value):
+                        leaf = type_(item)  # small ints and strings, the common case, without a call of walk
+                        if leaf is int_ and -small < item < small:
+                            text = int_repr(item)
+                        elif leaf is str_:
+                            text = escape(item)
+                        else:
+                            walk(item, depth + 1)
+                            append(",")
+                            continue
+                        append(text)
+                        append(",")
+                        counted += len_(text) + 1
+                        if counted > limit_bytes:
+                            put(text)  # raises
+                    if len_(parts) > start:
+                        parts.pop()  # the last comma
+                    size[0] += counted
                     return put("]]")
             if issubclass_(kind, dict_):
                 put('["dict",[')
@@ -484,7 +503,7 @@ def _await(pid: int, deadline_of, read_fd: int = -1, on_line=None) -> str:
     """Wait for child `pid` to exit, reading its lines from `read_fd` (if given) until `on_line` returns True:
     "done", "exited", "timeout" or "too_long". `deadline_of()` is read again after every line (progress moves it)."""
     pidfd = os.pidfd_open(pid)
-    buffer, exited = b"", False
+    pending, size, exited = [], 0, False  # the chunks of the line being read
     try:
         if read_fd >= 0:
             os.set_blocking(read_fd, False)
@@ -496,16 +515,18 @@ def _await(pid: int, deadline_of, read_fd: int = -1, on_line=None) -> str:
             ready, _, _ = select.select(watched, [], [], 0 if exited else left)
             if read_fd >= 0 and read_fd in ready:
                 try:
-                    chunk = os.read(read_fd, 1 << 16)
+                    chunk = os.read(read_fd, 1 << 20)
                 except BlockingIOError:
                     chunk = None
                 if chunk:
-                    buffer += chunk
-                    while b"\n" in buffer:
-                        line, buffer = buffer.split(b"\n", 1)
+                    while (cut := chunk.find(b"\n")) >= 0:
+                        pending.append(chunk[:cut])
+                        line, pending, size, chunk = b"".join(pending), [], 0, chunk[cut + 1 :]
                         if on_line(line):
                             return "done"
-                    if len(buffer) > MAX_REPORT_BYTES:
+                    pending.append(chunk)
+                    size += len(chunk)
+                    if size > MAX_REPORT_BYTES:
                         return "too_long"
                     continue
                 if chunk == b"":  # every writer is gone
@@ -557,7 +578,7 @@ def serve_script(request: dict, settings: dict) -> dict:
         if time.monotonic() >= end:
             return {"status": "timeout", "detail": "total time limit", "results": results}
         _write_program(code, settings)
-        stdin_fd, stdout_fd = _memfd("stdin", test["stdin"].encode("utf-8", errors="surrogateescape")), _memfd("out")
+        stdin_fd, stdout_fd = _memfd("stdin", test["stdin"].encode("utf-8", errors="surrogatepass")), _memfd("out")
         pid = _fork(_script_child, code, limits, settings, stdin_fd, stdout_fd)
         os.close(stdin_fd)
         test_end = min(time.monotonic() + wall, end)

@@ -239,6 +239,7 @@ def parse_test(test: str):
 
 def plan(tests) -> tuple[str, list]:
     """The run mode (``script`` when every test is stdio, else ``module``) and each test's form for that mode."""
+    tests = [test if isinstance(test, str) else "raise TypeError('a test must be a string')" for test in tests]
     forms = [parse_test(test) for test in tests]
     if forms and all(isinstance(form, StdioTest) for form in forms):
         return "script", forms
@@ -283,35 +284,44 @@ def _float(text) -> float:
     return float.fromhex(text)
 
 
+_SMALL = 10**18  # integers below this size travel as JSON numbers, larger ones as hex
+
+
 def decode_value(data, depth: int = 0):
     """A Python value from the harness's tagged JSON (see harness._make_encoder): plain data only, never eval or
     pickle; malformed or too deep parts become `Opaque`."""
-    if data is None or isinstance(data, bool):
+    kind = type(data)
+    if kind is str or kind is bool or data is None:
         return data
-    if depth > MAX_DEPTH or not isinstance(data, list) or not data or not isinstance(data[0], str):
+    if kind is int:
+        return data if -_SMALL < data < _SMALL else Opaque("malformed")
+    if depth > MAX_DEPTH or kind is not list or not data or type(data[0]) is not str:
         return Opaque("malformed")
     tag, rest = data[0], data[1:]
     try:
-        if tag == "int" and len(rest) == 1 and isinstance(rest[0], str):
+        if tag in ("list", "tuple", "set", "frozenset") and len(rest) == 1 and type(rest[0]) is list:
+            items = [
+                item
+                if type(item) is str or (type(item) is int and -_SMALL < item < _SMALL)
+                else decode_value(item, depth + 1)
+                for item in rest[0]
+            ]
+            return items if tag == "list" else {"tuple": tuple, "set": set, "frozenset": frozenset}[tag](items)
+        if tag == "dict" and len(rest) == 1 and type(rest[0]) is list:
+            pairs = rest[0]
+            if all(type(pair) is list and len(pair) == 2 for pair in pairs):
+                return {decode_value(k, depth + 1): decode_value(v, depth + 1) for k, v in pairs}
+        if tag == "int" and len(rest) == 1 and type(rest[0]) is str:
             return int(rest[0], 16)
         if tag == "float" and len(rest) == 1:
             return _float(rest[0])
         if tag == "complex" and len(rest) == 2:
             return complex(_float(rest[0]), _float(rest[1]))
-        if tag == "str" and len(rest) == 1 and isinstance(rest[0], str):
-            return rest[0]
-        if tag in ("bytes", "bytearray") and len(rest) == 1 and isinstance(rest[0], str):
+        if tag in ("bytes", "bytearray") and len(rest) == 1 and type(rest[0]) is str:
             raw = rest[0].encode("latin-1")
             return raw if tag == "bytes" else bytearray(raw)
         if tag == "npbool" and rest in ([0], [1]):
             return ScalarBool(rest[0])
-        if tag in ("list", "tuple", "set", "frozenset") and len(rest) == 1 and isinstance(rest[0], list):
-            items = [decode_value(item, depth + 1) for item in rest[0]]
-            return {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}[tag](items)
-        if tag == "dict" and len(rest) == 1 and isinstance(rest[0], list):
-            pairs = rest[0]
-            if all(isinstance(pair, list) and len(pair) == 2 for pair in pairs):
-                return {decode_value(k, depth + 1): decode_value(v, depth + 1) for k, v in pairs}
         if tag == "opaque":
             return Opaque(str(rest[0])[:100] if rest else "")
     except (ValueError, TypeError, OverflowError, RecursionError, MemoryError):
@@ -319,16 +329,17 @@ def decode_value(data, depth: int = 0):
     return Opaque("malformed")
 
 
-def _canonical(data, depth: int = 0) -> str:
-    """A canonical text of an encoded value for the behaviour digest: set and dict elements sorted (their order
-    follows the per-interpreter string hash), everything else as encoded."""
-    if depth <= MAX_DEPTH and isinstance(data, list) and len(data) == 2 and isinstance(data[1], list):
-        if data[0] in ("set", "frozenset", "dict"):
-            items = sorted(_canonical(item, depth + 1) for item in data[1])
-            return json.dumps([data[0], items])
-        if data[0] in ("list", "tuple"):
-            return json.dumps([data[0], [_canonical(item, depth + 1) for item in data[1]]])
-    return json.dumps(data, separators=(",", ":"))
+def _canonical(data, depth: int = 0):
+    """An encoded value with the elements of sets and dicts sorted (their order follows the per-interpreter string
+    hash), for the behaviour digest: programs whose values are equal as data get the same text."""
+    if type(data) is not list or len(data) != 2 or type(data[1]) is not list or depth > MAX_DEPTH:
+        return data
+    if data[0] in ("list", "tuple"):
+        return [data[0], [item if type(item) is not list else _canonical(item, depth + 1) for item in data[1]]]
+    if data[0] in ("set", "frozenset", "dict"):
+        items = [_canonical(item, depth + 1) for item in data[1]]
+        return [data[0], sorted(items, key=lambda item: json.dumps(item, separators=(",", ":")))]
+    return data
 
 
 _COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
@@ -380,7 +391,8 @@ def outcome(forms: list, reply: dict) -> TestOutcome:
                 right, mark = item[1] == stdout_digest(form.expected), "o" + item[1]
         elif isinstance(form, ValueTest):
             if tag == "v" and len(item) == 2:
-                right, mark = judge_value(form.check, decode_value(item[1])), "v" + _canonical(item[1])
+                right = judge_value(form.check, decode_value(item[1]))
+                mark = "v" + json.dumps(_canonical(item[1]), separators=(",", ":"))
         else:
             right = tag == "p" and item[1:] == [True]
         if not isinstance(form, InProcessTest):

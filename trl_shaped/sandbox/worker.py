@@ -18,7 +18,7 @@ from .isolation import NO_NAMESPACES, bare_command, bwrap_command
 # Beyond a program's wall time, how long the harness may take to kill it, clean up and reply.
 REPLY_GRACE_S = 10.0
 START_TIMEOUT_S = 60.0
-MAX_REPLY_BYTES = 64 << 20  # a reply carries the encoded values of value tests
+MAX_REPLY_BYTES = 128 << 20  # a reply carries the encoded values of value tests
 
 
 class WorkerError(RuntimeError):
