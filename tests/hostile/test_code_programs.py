@@ -394,3 +394,19 @@ def test_a_copy_of_a_denied_extension_under_a_package_is_refused(reward):
     # the refusal itself: a program that is right only when the import was refused scores 1
     refused = COPIED_EXTENSION.replace("return None", "return a + b if refused else None")
     assert judge(reward, refused) == [1.0]
+
+
+def test_the_harnesss_patches_lead_nowhere(reward):
+    """The functions the harness put in the program's reach (signal.signal, gc.set_debug, fork_exec) are refusals
+    whose globals are their own: through them the program finds no deny list to empty and no harness to call."""
+    program = (
+        "import gc, signal, sys, _posixsubprocess\n"
+        "for patched in (signal.signal, gc.set_debug, _posixsubprocess.fork_exec):\n"
+        "    for name, value in list(patched.__globals__.items()):\n"
+        "        if isinstance(value, (set, dict, list)) and name != '__builtins__':\n"
+        "            try:\n                value.clear()\n            except Exception:\n                pass\n"
+        "try:\n    sys.settrace(lambda *a: None)\n    traced = True\nexcept RuntimeError:\n    traced = False\n"
+        "found = any('serve_one' in p.__globals__ for p in (signal.signal, gc.set_debug))\n"
+        "def add(a, b):\n    return None if traced or found else a + b\n"
+    )
+    assert judge(reward, program) == [1.0]

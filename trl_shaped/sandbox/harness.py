@@ -115,7 +115,7 @@ class _Refused(ImportError):
 def _install_guard():
     """The audit hook. Refusals raise ValueError where the standard library expects one from sys._getframe
     (namedtuple, typing, enum and logging fall back), ImportError for imports, RuntimeError elsewhere."""
-    denied, prefixes, attributes = _DENIED_EVENTS, _DENIED_PREFIXES, _DENIED_ATTRIBUTES
+    denied, prefixes, attributes = frozenset(_DENIED_EVENTS), _DENIED_PREFIXES, frozenset(_DENIED_ATTRIBUTES)
     modules, patched = frozenset(_DENIED_IMPORTS | _PATCHED_EXTENSIONS), frozenset(_PATCHED_MODULES)
     fspath, isinstance_, str_, bytes_, refused = os.fspath, isinstance, str, bytes, _Refused
 
@@ -152,36 +152,40 @@ def _install_guard():
     sys.addaudithook(guard)
 
 
+# The patched functions, compiled into a namespace of their own: what the program reaches through their __globals__
+# is this namespace, never the harness's module.
+_PATCHES = """
+def fork_exec(*args, **kwargs):
+    "Refused in the sandbox: running other programs."
+    raise RuntimeError("running other programs is disabled in the sandbox")
+
+def set_debug(flags):
+    "Refused in the sandbox: gc debugging would expose the collected objects (frames) in gc.garbage."
+    if flags:
+        raise RuntimeError("gc debugging is disabled in the sandbox")
+
+def set_signal(signalnum, handler):
+    "Python signal handlers are refused in the sandbox (they receive frames); SIG_DFL and SIG_IGN change nothing."
+    if callable(handler):
+        raise RuntimeError("signal handlers are disabled in the sandbox")
+    return getsignal(signalnum)
+"""
+
+
 def _patch_modules():
     """gc, signal and _posixsubprocess stay importable, without their routes to frames and exec: gc debugging
     (DEBUG_SAVEALL hands out the collected frames in gc.garbage, whose f_back reaches the harness), Python signal
     handlers (called with the interrupted frame), fork_exec (exec of another program, outside the audit hook). The
-    patched functions hold no reference to the originals."""
-    callable_, getsignal = callable, signal.getsignal
-
-    def fork_exec(*args, **kwargs):
-        """Refused in the sandbox: running other programs."""
-        raise RuntimeError("running other programs is disabled in the sandbox")
-
-    def set_debug(flags):
-        """Refused in the sandbox: gc debugging would expose the collected objects (frames) in gc.garbage."""
-        if flags:
-            raise RuntimeError("gc debugging is disabled in the sandbox")
-
-    def set_signal(signalnum, handler):
-        """Python signal handlers are refused in the sandbox (they receive frames); SIG_DFL and SIG_IGN are
-        accepted and change nothing."""
-        if callable_(handler):
-            raise RuntimeError("signal handlers are disabled in the sandbox")
-        return getsignal(signalnum)
-
-    _posixsubprocess.fork_exec = fork_exec
+    patched functions hold no reference to the originals, nor to the harness."""
+    patches = {"getsignal": signal.getsignal, "__name__": "sandbox"}
+    exec(_PATCHES, patches)
+    _posixsubprocess.fork_exec = patches["fork_exec"]
     gc.set_debug(0)
-    gc.set_debug = set_debug
+    gc.set_debug = patches["set_debug"]
     gc.garbage = []
     for module in (signal, sys.modules.get("_signal")):
         if module is not None:
-            module.signal = set_signal
+            module.signal = patches["set_signal"]
     for name in _DENIED_IMPORTS:
         sys.modules.pop(name, None)
 
