@@ -38,6 +38,7 @@ kills every process of the program and empties the temporary folder (`confine.py
 
 import _json
 import _posixsubprocess
+import _signal
 import _sitebuiltins
 import _thread
 import atexit
@@ -106,6 +107,7 @@ _DENIED_IMPORTS |= {"_xxsubinterpreters", "_xxinterpchannels"}
 # above: it can be copied; the others by their full name: `scipy.signal` is another module).
 _PATCHED_EXTENSIONS = {"_posixsubprocess"}  # multiprocessing and subprocess import it; its fork_exec is refused
 _PATCHED_MODULES = {"gc", "signal", "_signal"}
+_set_signal = _signal.signal  # the harness's own (the C function), before `_patch_modules`
 
 
 class _Refused(ImportError):
@@ -183,9 +185,7 @@ def _patch_modules():
     gc.set_debug(0)
     gc.set_debug = patches["set_debug"]
     gc.garbage = []
-    for module in (signal, sys.modules.get("_signal")):
-        if module is not None:
-            module.signal = patches["set_signal"]
+    signal.signal = _signal.signal = patches["set_signal"]
     for name in _DENIED_IMPORTS:
         sys.modules.pop(name, None)
 
@@ -200,8 +200,8 @@ def _describe(error, type_=type, str_=str, base=BaseException) -> str:
     return text.splitlines()[0][:200] if text else ""
 
 
-def _make_encoder(limit_bytes: int):
-    """`encode(value) -> str`: the tagged JSON of a value, built only from functions bound here (before the
+def _make_encoder():
+    """`encode(value, limit_bytes) -> str`: the tagged JSON of a value, built only from functions bound here (before the
     program runs) and the slots of the built-in types.
 
     None, bool -> null, true/false; int -> a JSON integer below 10**18 in size, else ["int", hex] (no digit limit);
@@ -228,7 +228,7 @@ def _make_encoder(limit_bytes: int):
     containers += ((set, "set", set.__iter__), (frozenset, "frozenset", frozenset.__iter__))
     dict_, dict_items, bytes_, bytearray_ = dict, dict.items, bytes, bytearray
 
-    def encode(value) -> str:
+    def encode(value, limit_bytes: int) -> str:
         parts, size = [], [0]
         append = parts.append
 
@@ -350,7 +350,7 @@ def _enter_child(limits: dict, settings: dict, stdin_fd: int, stdout_fd: int, ke
     os.closerange(start, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
     os.chdir(settings["workdir"])
     confine.enter_program_limits(limits, settings)
-    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # Python ignores it: writing past the output limit must kill
+    _set_signal(_signal.SIGXFSZ, _signal.SIG_DFL)  # Python ignores it: writing past the output limit must kill
 
 
 def _become_main(settings: dict):
@@ -368,7 +368,6 @@ def _become_main(settings: dict):
     sys.stdout = sys.__stdout__ = open(1, "w", encoding="utf-8", errors="surrogateescape", closefd=False)
     error = open(2, "wb", closefd=False)
     sys.stderr = sys.__stderr__ = io.TextIOWrapper(error, "utf-8", "backslashreplace", line_buffering=True)
-    _patch_modules()
     _install_guard()
     return module.__dict__
 
@@ -440,33 +439,41 @@ def _reporter(secret_fd: int, result_fd: int, ready, go, handoff: list) -> None:
 
 
 def _module_child(request: dict, limits: dict, settings: dict, secret_fd: int, result_fd: int) -> None:
-    """The module-mode child: the program once as ``__main__``, then each test in order; never returns."""
-    _enter_child(limits, settings, -1, -1, keep=(secret_fd, result_fd))
-    ready, go = _thread.allocate_lock(), _thread.allocate_lock()
-    ready.acquire()
-    go.acquire()
-    handoff = []
-    _thread.start_new_thread(_reporter, (secret_fd, result_fd, ready, go, handoff))
-    ready.acquire()  # the reporter holds the secret and closed its pipe: nothing the program reaches refers to it
-    code, tests = request["code"], request["tests"]
+    """The module-mode child: the program once as ``__main__``, then each test in order; never returns. With
+    in-process tests (`secret_fd` >= 0) a reporter thread holds the secret and writes the report."""
+    _enter_child(limits, settings, -1, -1, keep=(secret_fd, result_fd) if secret_fd >= 0 else (result_fd,))
+    write, leave = os.write, os._exit
+    if secret_fd >= 0:
+        ready, go = _thread.allocate_lock(), _thread.allocate_lock()
+        ready.acquire()
+        go.acquire()
+        handoff = []
+        _thread.start_new_thread(_reporter, (secret_fd, result_fd, ready, go, handoff))
+        ready.acquire()  # the reporter holds the secret and closed its pipe: nothing the program reaches refers to it
+    code, tests, value_bytes = request["code"], request["tests"], limits["max_output_bytes"]
     del request
-    run = _make_runner(result_fd, limits["max_output_bytes"])
     namespace = _become_main(settings)
-    payload = run(compile, code, _program_path(settings), tests, namespace)
+    payload = _RUNNER(compile, code, _program_path(settings), tests, namespace, result_fd, value_bytes)
+    if secret_fd < 0:  # values only: what the program produced, no verdict to authenticate
+        data = memoryview(b"R " + payload + b"\n")
+        while data:
+            data = data[write(result_fd, data) :]
+        leave(0)
     handoff.append(payload)
     go.release()
     ready.acquire()  # never released again: the reporter ends the process
 
 
-def _make_runner(result_fd: int, value_bytes: int):
-    """The module-mode test loop, every function it calls bound here, before the program runs (a program may
-    replace builtins or os.write for itself, not for the harness). Returns the report: JSON bytes."""
-    encode = _make_encoder(value_bytes)
+def _make_runner():
+    """The module-mode test loop, made once in the server before any program runs: every function it calls is bound
+    here (a program may replace builtins or os.write for itself, not for the harness). The runner returns the
+    report, JSON bytes."""
+    encode = _make_encoder()
     escape = _json.encode_basestring_ascii
     run, evaluate, base, system_exit, write = exec, eval, BaseException, SystemExit, os.write
     enumerate_, str_, bool_, len_, join, describe = enumerate, str, bool, len, ",".join, _describe
 
-    def runner(build, code, path, tests, namespace) -> bytes:
+    def runner(build, code, path, tests, namespace, result_fd, value_bytes) -> bytes:
         error, items = "", []
         try:
             program = build(code, path, "exec")
@@ -489,7 +496,7 @@ def _make_runner(result_fd: int, value_bytes: int):
                     if test["setup"]:
                         run(build(test["setup"], "<test>", "exec"), namespace)
                     value = evaluate(build(test["expr"], "<test>", "eval"), namespace)
-                    items.append('["v",' + encode(bool_(value) if test["truth"] else value) + "]")
+                    items.append('["v",' + encode(bool_(value) if test["truth"] else value, value_bytes) + "]")
                 else:
                     run(build(test["source"], "<test>", "exec"), namespace)
                     items.append('["p",true]')
@@ -500,6 +507,9 @@ def _make_runner(result_fd: int, value_bytes: int):
         return ('{"results":[' + join(items) + '],"detail":' + escape(error) + "}").encode()
 
     return runner
+
+
+_RUNNER = _make_runner()
 
 
 def _await(pid: int, deadline_of, read_fd: int = -1, on_line=None) -> str:
@@ -612,24 +622,29 @@ def serve_module(request: dict, settings: dict) -> dict:
     wall = limits["wall_time_s"]
     limits["cpu_time_s"] = min(limits["cpu_time_s"] * (tests + 1), limits["total_time_s"])
     _write_program(request["code"], settings)
-    secret_r, secret_w = os.pipe()
+    in_process = any(test["kind"] == "inprocess" for test in request["tests"])
+    secret_r, secret_w = os.pipe() if in_process else (-1, -1)
     result_r, result_w = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
-            os.close(secret_w)
+            if in_process:
+                os.close(secret_w)
             os.close(result_r)
             _module_child(request, limits, settings, secret_r, result_w)
         finally:
             os._exit(70)
-    os.close(secret_r)
     os.close(result_w)
-    secret = os.urandom(16).hex().encode()  # made after the fork: the child's memory never held it before
-    try:
-        os.write(secret_w, secret)
-    except OSError:
-        pass
-    os.close(secret_w)
+    secret = b""
+    if in_process:
+        os.close(secret_r)
+        secret = os.urandom(16).hex().encode()  # made after the fork: the child's memory never held it before
+        try:
+            os.write(secret_w, secret)
+        except OSError:
+            pass
+        os.close(secret_w)
+        secret += b" "
     end = time.monotonic() + limits["total_time_s"]
     deadline = [min(time.monotonic() + wall, end)]
     report = []
@@ -637,8 +652,8 @@ def serve_module(request: dict, settings: dict) -> dict:
     def on_line(line: bytes) -> bool:
         if line.startswith(b"P "):  # a test starts: its own wall time (a forged line only lengthens the wait)
             deadline[0] = min(time.monotonic() + wall, end)
-        elif line.startswith(b"R " + secret + b" "):
-            report.append(line[len(secret) + 3 :])
+        elif line.startswith(b"R " + secret):
+            report.append(line[len(secret) + 2 :])
             return True
         return False
 
@@ -672,6 +687,7 @@ def serve_one(request: dict, settings: dict) -> dict:
 def _prepare_interpreter() -> None:
     """Once, in the server: the environment every program gets, and exit()/quit() (-S leaves them out)."""
     os.environ.update(PROGRAM_ENVIRONMENT)
+    _patch_modules()  # once: every child inherits the patched modules
     builtins.exit = _sitebuiltins.Quitter("exit", "Ctrl-D (i.e. EOF)")
     builtins.quit = _sitebuiltins.Quitter("quit", "Ctrl-D (i.e. EOF)")
     gc.collect()  # nothing of the server's start-up left for a program's collection to find
