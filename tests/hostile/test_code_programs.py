@@ -89,7 +89,16 @@ def test_printed_markers_and_forged_result_lines_score_zero(reward):
         f"import os\nfor fd in range(256):\n    try:\n        os.write(fd, {forged!r}.encode() + b'\\n')\n"
         "    except OSError:\n        pass",
     ]
-    assert judge(reward, *programs) == [0.0, 0.0, 0.0]
+    # a report in the harness's own format on every descriptor, every test "passed": a value test needs a value
+    # (compared outside), an in-process verdict needs the secret
+    report = '{"results": [["p", true], ["p", true], ["p", true]], "detail": ""}'
+    programs.append(
+        f"import os\nfor fd in range(256):\n    try:\n        os.write(fd, b'R ' + {report!r}.encode() + b'\\n')\n"
+        "    except OSError:\n        pass\nos._exit(0)"
+    )
+    humaneval = ["def check(candidate):\n    assert candidate(1, 2) == 3\n\ncheck(add)"] * 3
+    assert judge(reward, *programs) == [0.0, 0.0, 0.0, 0.0]
+    assert judge(reward, programs[-1], tests=humaneval) == [0.0]
 
 
 def test_introspection_to_steal_the_secret_is_refused(reward):
