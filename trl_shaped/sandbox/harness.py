@@ -19,16 +19,22 @@ program needs to run, never an expected value:
   (HumanEval's ``check(candidate)``), and the child reports whether it returned.
 
 Guarantees, per form. Stdin/stdout and value tests are judged outside the program's process: whatever the program
-does to its own interpreter, it can only change the output or the values it produces, never the comparison, and it
-never sees what is expected. In-process tests are judged by the program's own process, the weaker guarantee: their
-verdicts travel with a per-run secret that a reporter thread read before the program started and that no object the
-program can reach refers to; the harness binds every function it calls before the program runs; an audit hook
-refuses the routes to frames (sys._getframe, tracebacks', generators' and coroutines' frames, trace and profile
-functions, signal handlers, gc debugging and the collector's object lists), ctypes and the test extension modules
-(matched on every dotted part of a module's name), exec of other programs and /proc. Python in one process is still
-not a security boundary (a bug in CPython, an unlisted route to an object), so a program may forge an in-process
-verdict where a route was missed; a program that games a weak test (an object whose ``__eq__`` is always true) passes
-it on every form that compares inside the program.
+does to its own interpreter (or to the report it sends), it can only change the output or the values it produces,
+never the comparison, and it never sees what is expected. A truthiness test (``assert <expr>``) returns the truth
+value the program's process computed. In-process tests are judged by the program's own process, the weaker
+guarantee. Their verdicts count only with a per-run secret, made by the server after the fork and read by a reporter
+thread before the program starts: the secret lives in that thread's running frame only, which no object the program
+can reach refers to (the main thread's frames hold no secret; the patched gc, signal and fork_exec functions live in
+a namespace of their own). The test loop and the encoder bind every function they call before the program runs (a
+replaced ``builtins.enumerate`` or ``os.write`` is the program's alone). An audit hook refuses the routes to frames
+(sys._getframe, tracebacks', generators' and coroutines' frames, trace and profile functions), ctypes and the test
+extension modules (matched on every dotted part of a module's name and on the file's name), exec of other programs
+and /proc; gc debugging (DEBUG_SAVEALL would hand out collected frames through gc.garbage), Python signal handlers
+(they receive frames) and _posixsubprocess.fork_exec are replaced by refusals. Python in one process is still not a
+security boundary (a bug in CPython, an unlisted route to an object), so a program may forge an in-process verdict
+where a route was missed; and a program can game a weak in-process test (an object whose ``__eq__`` is always true).
+As root the program's process also runs under a uid of its own (its memory cannot be traced by a process of the
+same uid: the uid switch leaves it non-dumpable); without root it shares the harness's uid.
 
 Limits are per test with a total cap: each test (and the program's start in module mode) gets ``wall_time_s`` of wall
 time from its start, all of them together at most ``total_time_s``; CPU time is ``cpu_time_s`` per stdio test, or
