@@ -332,11 +332,16 @@ def _write_program(code: str, settings: dict) -> None:
         os.unlink(path)
     except OSError:
         pass
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o444)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o444)
+    except OSError:  # a /tmp the last program left full: the program runs without its file
+        return
     try:
         data = memoryview(code.encode("utf-8", errors="replace"))
         while data:
             data = data[os.write(fd, data) :]
+    except OSError:
+        pass
     finally:
         os.close(fd)
 

@@ -206,10 +206,22 @@ def _is_isclose(func) -> bool:
     return isinstance(func, ast.Name) and func.id == "isclose"
 
 
-@functools.lru_cache(maxsize=1 << 16)
+CACHED_TEST_CHARS = 100_000  # tests up to this length are parsed once for all completions of their problem
+
+
 def parse_test(test: str):
-    """The form of one test statement: `StdioTest`, `ValueTest` or `InProcessTest` (cached: a problem's tests are
-    parsed once for all its completions)."""
+    """The form of one test statement: `StdioTest`, `ValueTest` or `InProcessTest` (short tests are cached: a
+    problem's tests are parsed once for all its completions; long stdin/stdout data is parsed each time, so that
+    the cache stays small)."""
+    return _parse_cached(test) if len(test) <= CACHED_TEST_CHARS else _parse(test)
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _parse_cached(test: str):
+    return _parse(test)
+
+
+def _parse(test: str):
     try:
         module = ast.parse(test)
     except (SyntaxError, ValueError, MemoryError, RecursionError):
