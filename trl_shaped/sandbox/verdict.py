@@ -7,7 +7,8 @@ the program. Every test string of a `Program` is parsed here (with `ast`, never 
                    runs the program afresh as ``python3 main.py < stdin``; the harness's server (not the program)
                    hashes its standard output's whitespace-separated tokens and the host compares the hash with the
                    expected output's. Standard error is discarded; a non-zero exit fails the test.
-    ValueTest      ``assert <expr> == <literal>`` (or ``<literal> == <expr>``, ``!=``, ``in <literal>``),
+    ValueTest      ``assert <expr> == <literal>`` (or ``<literal> == <expr>``; ``!=``, ``<``, ``<=``, ``>``, ``>=``,
+                   ``<expr> in <literal>``, ``<literal> in <expr>``; a leading ``not`` flips them),
                    ``assert <expr> is [not] True/False/None``, ``assert [not] <expr>`` (truthiness),
                    ``assert math.isclose(<expr>, <literal>, rel_tol=..., abs_tol=...)`` and
                    ``assert abs(<expr> - <literal>) <(=) <tol>``, optionally after setup statements (MBPP's
