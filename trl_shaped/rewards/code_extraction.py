@@ -46,7 +46,7 @@ import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from ..sandbox.harness import STDIO_CALL
+from ..sandbox.programs import STDIO_CALL
 
 PYTHON_TAGS = ("", "python", "python3", "py", "py3")
 # Later closing fences tried when a block does not parse as closed (a fence inside one of its strings).

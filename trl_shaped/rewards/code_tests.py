@@ -51,7 +51,7 @@ import json
 import pickle
 import zlib
 
-from ..sandbox.harness import STDIO_CALL
+from ..sandbox.programs import STDIO_CALL
 
 # APPS's testing_util.py puts this before every program (TACO's checker too); numpy is optional in the sandbox.
 APPS_IMPORTS = (

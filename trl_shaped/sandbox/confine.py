@@ -35,6 +35,7 @@ import errno
 import json
 import os
 import resource
+import sys
 import time
 
 # How much of the address space each process may reserve, as a multiple of the cgroup's memory cap.
@@ -66,14 +67,24 @@ def prepare_server(settings: dict, reply_fd: int | None = None) -> None:
             number = ctypes.get_errno()
             raise OSError(number, f"{what}: {os.strerror(number)}")
 
-    workdir = settings["workdir"].encode()
     flags = MS_REMOUNT | MS_BIND | MS_NOEXEC | MS_NOSUID | MS_NODEV
-    check(libc.mount(None, workdir, None, flags, None), "remounting the scratch folder noexec")
-    # the tmpfs itself: an inode cap (a program making millions of empty files would slow every cleanup)
-    libc.mount(
-        None, workdir, None, MS_REMOUNT | MS_NOEXEC | MS_NOSUID | MS_NODEV, f"nr_inodes={SCRATCH_INODES}".encode()
-    )
+    for folder in _scratch_folders(settings):
+        path = folder.encode()
+        check(libc.mount(None, path, None, flags, None), f"remounting {folder} noexec")
+        # the tmpfs itself: an inode cap (a program making millions of empty files would slow every cleanup)
+        libc.mount(
+            None, path, None, MS_REMOUNT | MS_NOEXEC | MS_NOSUID | MS_NODEV, f"nr_inodes={SCRATCH_INODES}".encode()
+        )
     _drop_capabilities(libc, check, (CAP_SYS_ADMIN, CAP_SETPCAP))
+    # forget ctypes: a program's `import ctypes` must load it afresh, which the harness's audit hook refuses
+    for name in [m for m in sys.modules if m in ("ctypes", "_ctypes") or m.startswith("ctypes.")]:
+        del sys.modules[name]
+
+
+def _scratch_folders(settings: dict) -> list:
+    """The places a program may write (/tmp, and /dev/shm for multiprocessing's semaphores): each one a tmpfs of its
+    own under bubblewrap, remounted noexec and emptied after every program."""
+    return list(settings.get("writable") or [settings["workdir"]])
 
 
 def _drop_capabilities(libc, check, capabilities) -> None:
@@ -198,7 +209,8 @@ def _live_processes_of(uid: int) -> bool:
 def clean_scratch(settings: dict) -> bool:
     """Remove everything the program left in the working folder; True when it is empty. When it is not, write
     ``{"restart": true}`` to the reply descriptor given to `prepare_server` (the host restarts the worker)."""
-    empty = empty_folder(settings["workdir"])
+    results = [empty_folder(folder) for folder in _scratch_folders(settings)]  # every folder, even after a failure
+    empty = all(results)
     if not empty and _server["reply_fd"] is not None:
         os.write(_server["reply_fd"], json.dumps({"restart": True}).encode() + b"\n")
     return empty

@@ -25,6 +25,7 @@ sandbox (root's, so only the child, before it drops its uid, can write them).
 
 import errno
 import fcntl
+import importlib.util
 import json
 import os
 import sys
@@ -34,6 +35,7 @@ HARNESS = Path(__file__).with_name("harness.py")
 SANDBOX_HARNESS = "/sandbox/harness.py"
 CONFINE = HARNESS.with_name("confine.py")  # imported by the harness
 SANDBOX_CONFINE = "/sandbox/confine.py"
+SANDBOX_SITE = "/sandbox/site"  # the allowed third-party packages (SandboxLimits.packages), read-only
 # As root, workers run programs as uids from FIRST_UID on (no host account): a trainer with pid p tries
 # FIRST_UID + (p mod 100000) * 64 + 0..63 first, then the next blocks, and takes the first uid no other worker holds.
 FIRST_UID = 1_900_000_000
@@ -173,6 +175,24 @@ def _readable_parents(path: str) -> list[str]:
     return [arg for parent in parents for arg in ("--perms", "0755", "--dir", parent)]
 
 
+def package_paths(packages) -> list[str]:
+    """The host folders (or single files) of `packages` (top-level import names), with the sibling folder of their
+    bundled libraries (``numpy.libs``, as wheels repaired by auditwheel ship them)."""
+    paths = []
+    for name in packages:
+        spec = importlib.util.find_spec(name)
+        if spec is None:
+            raise ValueError(f"packages: {name!r} is not importable in this Python")
+        if spec.submodule_search_locations:
+            folder = os.path.realpath(list(spec.submodule_search_locations)[0])
+            paths.append(folder)
+            if os.path.isdir(folder + ".libs"):
+                paths.append(folder + ".libs")
+        elif spec.origin and os.path.isfile(spec.origin):
+            paths.append(os.path.realpath(spec.origin))
+    return list(dict.fromkeys(paths))
+
+
 def join_groups(server_procs: list[str], command: list[str]) -> list[str]:
     """`command` started by a shell that first moves itself into the worker's groups (`cgroup.procs` files): the
     command and everything it forks then start there, with no moment outside."""
@@ -183,13 +203,20 @@ def join_groups(server_procs: list[str], command: list[str]) -> list[str]:
 
 
 def bwrap_command(
-    index: int, tmp_bytes: int, *, uid: int | None = None, program_procs=(), memory_capped: bool = False
+    index: int,
+    tmp_bytes: int,
+    packages=(),
+    *,
+    uid: int | None = None,
+    program_procs=(),
+    memory_capped: bool = False,
 ) -> list[str]:
     """bubblewrap's command line for worker `index`.
 
     Args:
         index (`int`): the worker's number (its uid when `uid` is not given, see `worker_uid`).
         tmp_bytes (`int`): size of the private /tmp.
+        packages (`tuple[str, ...]`): third-party packages mounted read-only under /sandbox/site.
         uid (`int`, *optional*): the uid the worker's programs run as (`UidLease.uid`).
         program_procs (`list[str]`): the program group's ``cgroup.procs`` files (`WorkerGroups.program_procs`).
         memory_capped (`bool`): whether that group caps the program's memory (address space may then be larger).
@@ -233,10 +260,17 @@ def bwrap_command(
             bound.append(path)
     command += ["--dev", "/dev"]  # and no /proc: nothing of a process (its memory, its fds) is reachable by path
     command += ["--perms", "1777", "--size", str(tmp_bytes), "--tmpfs", "/tmp"]
+    # multiprocessing's locks are POSIX semaphores, files in /dev/shm: a private one, the same size as /tmp
+    command += ["--perms", "1777", "--size", str(tmp_bytes), "--tmpfs", "/dev/shm"]
+    paths = package_paths(packages)
+    if paths:  # folders bubblewrap makes are root's 0700 otherwise: the program's uid must traverse them
+        command += ["--perms", "0755", "--dir", "/sandbox", "--perms", "0755", "--dir", SANDBOX_SITE]
     command += ["--ro-bind", str(HARNESS), SANDBOX_HARNESS, "--ro-bind", str(CONFINE), SANDBOX_CONFINE]
     inside = [SANDBOX_CGROUP.format(i) for i in range(len(program_procs))]
     for host_path, path in zip(program_procs, inside, strict=True):
         command += ["--bind", host_path, path]
+    for path in paths:
+        command += ["--ro-bind", path, f"{SANDBOX_SITE}/{os.path.basename(path)}"]
     command += ["--chdir", "/tmp"]
     # the sandbox's own root and /dev read-only too: without root the program owns them, and a tmpfs with no size
     # limit would let it fill the host's memory; /tmp is the one place to write
@@ -247,15 +281,16 @@ def bwrap_command(
         "own_pid_namespace": True,
         "limit_processes": True,
         "remount_scratch": True,
-        "writable": ["/tmp"],  # remounted noexec,nosuid,nodev by the harness: a tmpfs added above must be listed
+        "writable": ["/tmp", "/dev/shm"],  # remounted noexec,nosuid,nodev and emptied by the harness
         "cgroup_procs": inside,
         "memory_capped": bool(memory_capped and program_procs),
+        "paths": [SANDBOX_SITE] if packages else [],
     }
     return [*command, python, "-I", "-S", SANDBOX_HARNESS, json.dumps(settings)]
 
 
 def bare_command(
-    index: int, workdir: str, *, uid: int | None = None, program_procs=(), memory_capped: bool = False
+    index: int, workdir: str, packages=(), *, uid: int | None = None, program_procs=(), memory_capped: bool = False
 ) -> list[str]:
     """The harness without bubblewrap (isolation "none"): programs still get limits, a fresh working folder, an
     empty environment and, as root, their own uid; the process limit only applies with that uid of their own. The
@@ -268,5 +303,7 @@ def bare_command(
         "limit_processes": bool(uid),
         "cgroup_procs": list(program_procs),
         "memory_capped": bool(memory_capped and program_procs),
+        # without a mount namespace the packages' parent folders go on sys.path: their neighbours become importable
+        "paths": list(dict.fromkeys(os.path.dirname(path) for path in package_paths(packages))),
     }
     return [python_executable(), "-I", "-S", str(HARNESS), json.dumps(settings)]

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Sequence
 
 from ..validation import check_int
-from . import cgroups
+from . import cgroups, verdict
 from .backend import Sandbox
 from .isolation import MAX_WORKERS, key_is_stale
 from .limits import SandboxLimits
@@ -93,20 +93,19 @@ class LocalSandbox(Sandbox):
         return outcomes
 
     def _run_one(self, worker: Worker, program: Program) -> TestOutcome:
+        """One program: its tests parsed into their forms here, only what the program needs sent to the harness,
+        the verdict computed here from what it produced (`verdict.py`)."""
         total = len(program.tests)
         if not total:
             return TestOutcome(0, 0, "ok", "no tests")
-        request = {"code": program.code, "tests": list(program.tests), "limits": self.limits.for_harness()}
+        request, forms = verdict.request(program.code, program.tests, self.limits.for_harness())
         try:
-            reply = worker.run(request, self.limits.wall_time_s)
+            reply = worker.run(request, self.limits.total_time_s)
         except WorkerError as error:
-            return TestOutcome(0, total, "error", f"sandbox worker failed: {error}")
+            return TestOutcome(0, total, "error", f"sandbox worker failed: {error}", (False,) * total)
         except RuntimeError as error:  # the worker could not be restarted (from a thread other than the caller's)
-            return TestOutcome(0, total, "error", str(error))
-        passed, status = reply.get("passed"), reply.get("status")
-        if not isinstance(passed, int) or isinstance(passed, bool) or not 0 <= passed <= total or status is None:
-            return TestOutcome(0, total, "error", "malformed reply")
-        return TestOutcome(passed, total, str(status), str(reply.get("detail", "")))
+            return TestOutcome(0, total, "error", str(error), (False,) * total)
+        return verdict.outcome(forms, reply)
 
     def close(self) -> None:
         """Stop the workers: their processes, uids and cgroups are released (started again on the next run)."""

@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 # Beyond a program's wall time, how long the harness may take to kill it, clean up and reply.
 REPLY_GRACE_S = 10.0
 START_TIMEOUT_S = 60.0
-MAX_REPLY_BYTES = 64 << 10
+MAX_REPLY_BYTES = 128 << 20  # a reply carries the encoded values of value tests
 
 
 class WorkerError(RuntimeError):
@@ -39,7 +39,7 @@ class Worker:
     Args:
         index (`int`): the worker's number in its pool.
         isolation (`str`): ``bwrap`` or ``none``.
-        limits (`SandboxLimits`): the programs' limits (the size of /tmp, the cgroup's caps).
+        limits (`SandboxLimits`): the programs' limits (the size of /tmp, the cgroup's caps, the packages mounted read-only).
         hierarchy (`cgroups.Hierarchy`, *optional*): where to make the worker's groups (None: no cgroups).
     """
 
@@ -84,11 +84,11 @@ class Worker:
                 server_procs, program_procs = self.groups.server_procs(), self.groups.program_procs()
         options = {"uid": self.lease.uid, "program_procs": program_procs, "memory_capped": bool(program_procs)}
         if self.isolation == "bwrap":
-            command = bwrap_command(self.index, self.limits.tmp_bytes, **options)
+            command = bwrap_command(self.index, self.limits.tmp_bytes, self.limits.packages, **options)
         else:
             self.workdir = tempfile.mkdtemp(prefix="trl_shaped_sandbox_")
             os.chmod(self.workdir, 0o1777)  # the program's uid (root trainers) must be able to write there
-            command = bare_command(self.index, self.workdir, **options)
+            command = bare_command(self.index, self.workdir, self.limits.packages, **options)
         self.process = subprocess.Popen(
             join_groups(server_procs, command),
             stdin=subprocess.PIPE,
@@ -152,20 +152,22 @@ class Worker:
 
     def _read_line(self, deadline: float) -> dict:
         fd = self.process.stdout.fileno()
-        while b"\n" not in self._buffer:
+        chunks, size = [self._buffer], len(self._buffer)  # joined once: replies carrying values may be large
+        while b"\n" not in chunks[-1]:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise WorkerError("no reply in time")
             ready, _, _ = select.select([fd], [], [], left)
             if not ready:
                 continue
-            chunk = os.read(fd, 65536)
+            chunk = os.read(fd, 1 << 20)
             if not chunk:
                 raise WorkerError("the worker ended")
-            self._buffer += chunk
-            if len(self._buffer) > MAX_REPLY_BYTES:
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_REPLY_BYTES:
                 raise WorkerError("reply too long")
-        line, self._buffer = self._buffer.split(b"\n", 1)
+        line, self._buffer = b"".join(chunks).split(b"\n", 1)
         try:
             reply = json.loads(line)
         except ValueError:
