@@ -30,7 +30,8 @@ class SandboxLimits:
         max_output_bytes (`int`, defaults to 1 MiB): bytes a stdin/stdout test may write to standard output (and
             to any one file); writing more kills it (SIGXFSZ) and fails that test. Also the largest encoded value one
             value test may return. On other problems standard output and error are discarded.
-        tmp_bytes (`int`, defaults to 64 MiB): size of the private /tmp (a tmpfs), emptied after every program.
+        tmp_bytes (`int`, defaults to 64 MiB): size of the private /tmp and of the private /dev/shm (multiprocessing's
+            semaphores), each a tmpfs emptied after every program.
         isolation (`str`, defaults to ``"bwrap"``): ``"bwrap"`` (bubblewrap: namespaces, read-only host, no network)
             or ``"none"`` (no isolation at all, only the limits and a separate process; for machines without user
             namespaces, with a warning on every run). The environment variable ``TRL_SHAPED_SANDBOX_ISOLATION=none``
