@@ -9,7 +9,8 @@ each run one program at a time):
 
 Reported: programs a second and the per-program cost (wall time x workers / programs). Then a load check: 1,000
 programs in one call, half right and half wrong (a wrong result, an exception, a syntax error, and one in a hundred a
-busy loop that runs to its limit), while busy processes (CPU hogs, one per core by default) run on the host beside the sandbox; every right
+busy loop that runs to its limit, one a spawner of 31 busy sessions, one a hoarder of 6 x 700 MiB; a quarter of them
+read standard input), while busy processes (CPU hogs, one per core by default) run on the host beside the sandbox; every right
 program must score 1.0 and every wrong one 0.0 (misjudged programs are counted and must be 0). The sandbox's workers
 are started before timing.
 
@@ -40,17 +41,35 @@ WRONG = [
     "def add(a, b)\n    return a\n",
 ]
 BUSY = "def add(a, b):\n    while True:\n        pass\n"  # wrong, and runs to its CPU or wall limit
+# wrong programs that attack the machine: busy children in sessions of their own, and memory from several processes
+SPAWNER = (
+    "import os\nfor _ in range(31):\n    if os.fork() == 0:\n        os.setsid()\n        while True:\n            pass\n"
+    "def add(a, b):\n    return a - b\n"
+)
+HOARDER = (
+    "import os\nfor _ in range(6):\n    if os.fork() == 0:\n        block = bytearray(700 << 20)\n"
+    "        block[::4096] = b'x' * len(block[::4096])\n        os._exit(0)\n"
+    "def add(a, b):\n    return a - b\n"
+)
+# the same problem read from standard input: judged by its output, outside the program
+STDIO_CODE = "a, b = map(int, input().split())\nprint(a + b)\n"
+STDIO_WRONG = "a, b = map(int, input().split())\nprint(a - b)\n"
+STDIO_TESTS = ["check_stdio('1 2\\n', '3\\n')", "check_stdio('-1 1\\n', '0\\n')", "check_stdio('5 5\\n', '10\\n')"]
 HOG = "while True:\n    pass"
 
 
 def load_programs(count: int) -> tuple[list[Program], list[float]]:
-    """`count` programs, right and wrong alternating (the wrong ones cycling through WRONG, and one in a hundred
-    programs a busy loop), and their true scores."""
+    """`count` programs, right and wrong alternating, every fourth pair read from standard input; the wrong ones
+    cycle through WRONG, and one in a hundred programs is a busy loop, one a spawner of busy sessions, one a memory
+    hoarder. Returns the programs and their true scores."""
     programs, truth = [], []
     for i in range(count):
         right = i % 2 == 0
-        wrong = BUSY if i % 100 == 1 else WRONG[(i // 2) % len(WRONG)]
-        programs.append(Program(CODE if right else wrong, TESTS))
+        if (i // 2) % 4 == 3:
+            programs.append(Program(STDIO_CODE if right else STDIO_WRONG, STDIO_TESTS))
+        else:
+            hostile = {1: BUSY, 3: SPAWNER, 5: HOARDER}.get(i % 100)
+            programs.append(Program(CODE if right else hostile or WRONG[(i // 2) % len(WRONG)], TESTS))
         truth.append(1.0 if right else 0.0)
     return programs, truth
 
@@ -128,7 +147,8 @@ def main() -> None:
             *rows,
             "",
             f"Load check: {args.load} programs in one call ({truth.count(1.0)} right, {truth.count(0.0)} wrong: a wrong "
-            f"result, an exception, a syntax error, 1% busy loops), beside {args.hogs} busy host processes: "
+            "result, an exception, a syntax error, 1% each of busy loops, spawners of 31 busy sessions and hoarders of "
+            f"6 x 700 MiB; a quarter read standard input), beside {args.hogs} busy host processes: "
             f"{len(misjudged)} misjudged ({args.load / load_seconds:.1f} programs/s)"
             + (f": {'; '.join(statuses)[:300]}." if misjudged else "."),
             "",
