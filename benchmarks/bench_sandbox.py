@@ -4,6 +4,7 @@ Every variant runs the same right program (a function and three asserts) on the 
 each run one program at a time):
 
     sandbox       LocalSandbox: warm workers inside bubblewrap, a fork per program (what code_reward uses)
+    sandbox_stdio the same, on the problem read from standard input (3 check_stdio tests: a fork per test)
     python_c      subprocess `python -I -S -c "<program + tests>"` per program, no isolation at all
     bwrap_python  the sandbox's bubblewrap command line with `python -I -S -c "<program + tests>"` per program
 
@@ -101,6 +102,10 @@ def main() -> None:
     outcomes = sandbox.run_tests([Program(CODE, TESTS)] * args.programs)
     timings["sandbox"] = time.perf_counter() - begin
     assert all(o.fraction == 1.0 for o in outcomes), outcomes
+    begin = time.perf_counter()  # the same problem from standard input: a fork per test
+    outcomes = sandbox.run_tests([Program(STDIO_CODE, STDIO_TESTS)] * args.programs)
+    timings["sandbox_stdio"] = time.perf_counter() - begin
+    assert all(o.fraction == 1.0 for o in outcomes), outcomes
     bare = [python_executable(), "-I", "-S", "-c", source]
     timings["python_c"] = run_commands([bare] * args.programs, args.workers)
     wrapped = bwrap_command(0, limits.tmp_bytes)[:-5]  # without `python -I -S harness.py <settings>`
@@ -142,7 +147,8 @@ def main() -> None:
             f"{args.programs} runs of one right program (a function and 3 asserts) per variant on {args.workers} "
             "workers; `python_c` is a bare `python -I -S -c` per program (no isolation), `bwrap_python` the sandbox's "
             "bubblewrap command around `python -I -S -c` per program, `sandbox` the warm forking workers of "
-            "`code_reward`.",
+            "`code_reward`, `sandbox_stdio` the same problem read from standard input (3 `check_stdio` tests: a fork "
+            "per test).",
             "",
             *rows,
             "",
