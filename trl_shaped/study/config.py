@@ -149,6 +149,7 @@ POSITIVE_FIELDS = (
 REAL_SCALE_RECIPES = {
     "arithmetic": ("recipes/rl_paper.yaml", "recipes/eval_paper.yaml"),
     "code": ("recipes/rl_code.yaml", "recipes/eval_code.yaml"),
+    "fill_sum": ("recipes/rl_paper.yaml", "recipes/eval_paper.yaml"),  # arithmetic too: its domain is math
     "reasoning_gym": ("recipes/rl_logic.yaml", "recipes/eval_logic.yaml"),
 }
 
