@@ -268,3 +268,12 @@ def test_a_tiny_fill_sum_cell_runs_end_to_end_and_its_scores_check_out(tmp_path)
         assert result[stage]["avg_at_n"] == pytest.approx(correct / (6 * 4))
         assert result[stage]["diagnostics"]["entropy"] > 0
     assert len([log for log in result["rl"]["log_history"] if "reward" in log]) == 2
+    # the evaluator hands the judge the problem's columns: the reference solutions score 1, a wrong one 0
+    from trl_shaped.evaluation import EvalConfig, judge_scores
+    from trl_shaped.evaluation.evaluator import judge_columns
+
+    columns = judge_columns(test.to_list(), EvalConfig(judge=FillSumTask.judge))
+    scores = judge_scores(
+        [[ref, ref.replace("=", "+1=", 1)] for ref in test["completion"]], columns, judge=FillSumTask.judge
+    )
+    assert scores == [[1.0, 0.0]] * len(test)
