@@ -6,7 +6,8 @@ right, and the training corpus draws each free part from a skewed (Zipf) distrib
 words are in natural text. That is the structure the shaping presets of stage 1 act on (many right continuations
 with skewed weights at almost every step), so that their held-out entropies can separate; the sum constraint makes
 every answer checkable and the last part a computation (the target minus the running total), which a tiny model gets
-wrong often enough that RL has room, and the harder problems (more blanks, a tight range) stay out of reach.
+wrong often enough that RL has room and a good share of the problems stays out of its reach (measured with the full
+profile, ce over 3 seeds: held-out Avg@16 26% after stage 1, 33% after GRPO; Pass@8 of 16 84% and 87%).
 
 A *worked* solution adds the parts one at a time, writing the running total; a *direct* one writes the whole equation:
 
@@ -16,8 +17,9 @@ A *worked* solution adds the parts one at a time, writing the running total; a *
 
 Each free part is drawn from the parts that still leave the rest reachable (each later part in ``1..max_part``),
 with weights ``1 / part ** part_skew`` renormalised over them; the last part is what remains. Both forms are right,
-and a *direct* solution (the whole equation at once, the running totals in the head) is right far less often for a
-tiny model, so, as in the other tasks, RL has a real choice of strategy to learn as well as the choice of parts.
+and a *direct* solution (the whole equation at once, the running totals in the head) is right less often for a tiny
+model (17-20% of its samples against 30-34% worked, ce stage 1), so, as in the other tasks, RL has a real choice of
+strategy to learn (it drops the direct share from about 40% to 8-14%) as well as the choice of parts.
 
 Datasets (deterministic given the seed), from three disjoint pools of problems (a problem is its start, number of
 blanks and target):
