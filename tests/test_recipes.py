@@ -35,7 +35,7 @@ def test_every_yaml_is_covered():
         "stage1.yaml", "rl_paper.yaml", "sft_lora_gsm8k.yaml", "eval_paper.yaml", "tiny_sft.yaml", "tiny_grpo.yaml",
         "tiny_eval.yaml", "demo.yaml", "demo_quick.yaml", "demo_all_presets.yaml", "study_tiny.yaml", "study_qwen3.yaml",
         "eval_math.yaml", "rl_code.yaml", "eval_code.yaml", "study_code.yaml", "study_qwen3_code.yaml", "rl_logic.yaml",
-        "eval_logic.yaml", "study_logic.yaml",
+        "eval_logic.yaml", "study_logic.yaml", "study_claim.yaml", "study_claim_quick.yaml",
         "midtrain.yaml",
         "eval_suite.yaml", "rl_math.yaml",  # tests/test_prompts.py, tests/test_eval_suite.py
     }  # fmt: skip

@@ -149,6 +149,7 @@ POSITIVE_FIELDS = (
 REAL_SCALE_RECIPES = {
     "arithmetic": ("recipes/rl_paper.yaml", "recipes/eval_paper.yaml"),
     "code": ("recipes/rl_code.yaml", "recipes/eval_code.yaml"),
+    "fill_sum": ("recipes/rl_paper.yaml", "recipes/eval_paper.yaml"),  # arithmetic too: its domain is math
     "reasoning_gym": ("recipes/rl_logic.yaml", "recipes/eval_logic.yaml"),
 }
 
@@ -201,7 +202,7 @@ class StudyConfig:
         model_name_or_path (`str`, *optional*): real scale: the base model of stage 1 (hub name or local path).
         stage1_recipe, rl_recipe, eval_recipe (`str`): real scale: the recipe YAMLs (`{preset}` is replaced by the
             arm's `shaping_preset`: ce for dft); `rl_recipe` and `eval_recipe` default to those of the `task`'s
-            domain (`REAL_SCALE_RECIPES`: math for arithmetic, code, logic for reasoning_gym).
+            domain (`REAL_SCALE_RECIPES`: math for arithmetic and fill_sum, code, logic for reasoning_gym).
         stage1_dataset, rl_dataset, eval_dataset (`str`, *optional*): real scale: `--dataset_name` overrides.
         stage1_args, rl_args, eval_args (`str`): real scale: further command-line overrides of each stage.
         accelerate_config (`str`, *optional*): real scale: run each stage under `accelerate launch` with this file.
@@ -248,9 +249,9 @@ class StudyConfig:
     task: str = field(
         default="arithmetic",
         metadata={
-            "help": "Task of the built-in study: arithmetic, code, or reasoning_gym:<name> (trl_shaped.tasks); its "
+            "help": "Task of the built-in study: arithmetic, code, fill_sum, or reasoning_gym:<name> (trl_shaped.tasks); its "
             "judge is GRPO's reward and the evaluations' correctness. At real scale, its domain picks the default "
-            "rl_recipe and eval_recipe (math for arithmetic, code, logic for reasoning_gym)."
+            "rl_recipe and eval_recipe (math for arithmetic and fill_sum, code, logic for reasoning_gym)."
         },
     )
     task_args: str = field(

@@ -23,6 +23,7 @@ from datasets import DatasetDict
 TASKS = {
     "arithmetic": "trl_shaped.tasks.arithmetic:ArithmeticTask",
     "code": "trl_shaped.tasks.code:CodeTask",
+    "fill_sum": "trl_shaped.tasks.fill_sum:FillSumTask",
     "reasoning_gym": "trl_shaped.tasks.reasoning_gym:ReasoningGymTask",
 }
 
