@@ -10,6 +10,7 @@ prompt that evaluation measures:
     resolve_template(name, system_prompt=..., instruction=..., chat_template=..., stop_sequences=...)
     build_prompt(problem, template, tokenizer)    the text (chat template off) or TRL's conversational messages (on)
     format_rows(rows, template, tokenizer, prompt_column, answer_column)   rows with TRL's `prompt` / `answer` columns
+    PromptArguments    the template's keys as config fields, shared by `EvalConfig` and `trl-shaped grpo`'s arguments
 
 With the chat template on, the prompt is a list of ``{"role", "content"}`` messages (TRL applies the tokenizer's chat
 template and the generation prompt itself, and hands reward functions conversational completions); off, it is plain
@@ -120,6 +121,50 @@ def resolve_template(
     changes = dict(system_prompt=system_prompt, instruction=instruction, chat_template=chat_template)
     changes["stop_sequences"] = None if stop_sequences is None else check_stop_sequences(stop_sequences)
     return replace(PROMPT_TEMPLATES[name], **{k: v for k, v in changes.items() if v is not None})
+
+
+@dataclass
+class PromptArguments:
+    """The prompt template's keys as config fields: `trl-shaped eval` (`EvalConfig`) and `trl-shaped grpo` take the
+    same ones, so both stages build the same prompts.
+
+    Args:
+        prompt_template (`str`, defaults to ``"plain"``): the domain's preset, a name of `PROMPT_TEMPLATES`.
+        system_prompt, instruction (`str`, *optional*), chat_template (`str`: auto/true/false, *optional*),
+            stop_sequences (`list[str]`, *optional*): replace the preset's own (`PromptTemplate`).
+    """
+
+    prompt_template: str = field(
+        default=DEFAULT_TEMPLATE,
+        metadata={
+            "help": "Prompt template, the same in trl-shaped grpo and trl-shaped eval: the system prompt, instruction, "
+            "chat template and stop sequences of a domain.",
+            "choices": sorted(PROMPT_TEMPLATES),
+        },
+    )
+    system_prompt: str | None = field(default=None, metadata={"help": "System prompt (replaces the template's)."})
+    instruction: str | None = field(
+        default=None, metadata={"help": "Instruction added after the problem (replaces the template's)."}
+    )
+    chat_template: str | None = field(
+        default=None,
+        metadata={"help": "Apply the tokenizer's chat template: auto (when it has one), true or false (default: the "
+                  "template's)."},
+    )  # fmt: skip
+    stop_sequences: list[str] | None = field(
+        default=None, metadata={"help": "Strings that end a completion (replaces the template's)."}
+    )
+
+    @property
+    def template(self) -> PromptTemplate:
+        """The `PromptTemplate` of these settings: the preset with the given keys replacing its own."""
+        return resolve_template(
+            self.prompt_template,
+            system_prompt=self.system_prompt,
+            instruction=self.instruction,
+            chat_template=self.chat_template,
+            stop_sequences=self.stop_sequences,
+        )
 
 
 def build_prompt(problem, template: PromptTemplate, tokenizer=None):

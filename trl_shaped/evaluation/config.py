@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass, field
 
-from ..prompts import PROMPT_TEMPLATES, resolve_template
+from ..prompts import PromptArguments
 from ..rewards.judges import DEFAULT_JUDGE, JUDGES, check_judge_args, get_judge
 from ..validation import check_choice, check_int, check_real
 from .tracking import check_report_to
@@ -24,7 +24,7 @@ _INTEGER_FIELDS = (
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(PromptArguments):
     """Configuration of `trl-shaped eval` and `evaluate`.
 
     Every bad value raises a ValueError naming the field and its allowed range when the config is built. Integer
@@ -84,26 +84,6 @@ class EvalConfig:
     completion_column: str = field(
         default="completion",
         metadata={"help": "Column holding reference completions: the held-out text of the diagnostics, if present."},
-    )
-    prompt_template: str = field(
-        default="plain",
-        metadata={
-            "help": "Prompt template, the same as trl-shaped grpo's: the system prompt, instruction, chat template and "
-            "stop sequences of a domain.",
-            "choices": sorted(PROMPT_TEMPLATES),
-        },
-    )
-    system_prompt: str | None = field(default=None, metadata={"help": "System prompt (replaces the template's)."})
-    instruction: str | None = field(
-        default=None, metadata={"help": "Instruction added after the problem (replaces the template's)."}
-    )
-    chat_template: str | None = field(
-        default=None,
-        metadata={"help": "Apply the tokenizer's chat template: auto (when it has one), true or false (default: the "
-                  "template's)."},
-    )  # fmt: skip
-    stop_sequences: list[str] | None = field(
-        default=None, metadata={"help": "Strings that end a completion (replaces the template's)."}
     )
     judge: str = field(
         default=DEFAULT_JUDGE,
@@ -189,17 +169,6 @@ class EvalConfig:
                 "or leave use_vllm off to sample with transformers' generate"
             )
         self.pass_k = self._check_pass_k()
-
-    @property
-    def template(self):
-        """The `trl_shaped.prompts.PromptTemplate` of these settings (the preset with the given keys replaced)."""
-        return resolve_template(
-            self.prompt_template,
-            system_prompt=self.system_prompt,
-            instruction=self.instruction,
-            chat_template=self.chat_template,
-            stop_sequences=self.stop_sequences,
-        )
 
     def _check_pass_k(self) -> list[int]:
         n = self.num_samples

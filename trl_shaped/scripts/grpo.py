@@ -9,7 +9,7 @@ accelerate launch --config_file accelerate_configs/zero3.yaml recipes/grpo.py --
 import functools
 from dataclasses import dataclass, field
 
-from trl_shaped.prompts import PROMPT_TEMPLATES, format_rows, resolve_template
+from trl_shaped.prompts import PromptArguments, format_rows
 from trl_shaped.rewards.judges import ALIASES, JUDGES, check_judge_args, get_judge
 from trl_shaped.scripts import end_launched_process, make_trl_parser, run_script, train_and_save, write_log_history
 from trl_shaped.scripts.data import ShapedScriptArguments
@@ -17,7 +17,7 @@ from trl_shaped.scripts.loading import split_or_fail, trainer_inputs
 
 
 @dataclass
-class ShapedGRPOScriptArguments(ShapedScriptArguments):
+class ShapedGRPOScriptArguments(ShapedScriptArguments, PromptArguments):
     """Dataset arguments plus the reward functions and the prompt template (the same keys as `trl-shaped eval`).
 
     Args:
@@ -54,26 +54,6 @@ class ShapedGRPOScriptArguments(ShapedScriptArguments):
     answer_column: str = field(
         default="answer", metadata={"help": "Column holding the gold answers (the judges' `answer` argument)."}
     )
-    prompt_template: str = field(
-        default="plain",
-        metadata={
-            "help": "Prompt template, the same as trl-shaped eval's: the system prompt, instruction, chat template "
-            "and stop sequences of a domain.",
-            "choices": sorted(PROMPT_TEMPLATES),
-        },
-    )
-    system_prompt: str | None = field(default=None, metadata={"help": "System prompt (replaces the template's)."})
-    instruction: str | None = field(
-        default=None, metadata={"help": "Instruction added after the problem (replaces the template's)."}
-    )
-    chat_template: str | None = field(
-        default=None,
-        metadata={"help": "Apply the tokenizer's chat template: auto (when it has one), true or false (default: the "
-                  "template's)."},
-    )  # fmt: skip
-    stop_sequences: list[str] | None = field(
-        default=None, metadata={"help": "Strings that end a completion (replaces the template's)."}
-    )
     aux_dataset_split: str | None = field(
         default=None,
         metadata={
@@ -86,17 +66,6 @@ class ShapedGRPOScriptArguments(ShapedScriptArguments):
         self.judge_args = check_judge_args(self.judge_args)
         _ = self.template  # a bad template setting fails here, naming it
         resolve_reward_funcs(self.reward_funcs, self.judge_args)  # unknown names and options fail before loading
-
-    @property
-    def template(self):
-        """The `trl_shaped.prompts.PromptTemplate` of these arguments."""
-        return resolve_template(
-            self.prompt_template,
-            system_prompt=self.system_prompt,
-            instruction=self.instruction,
-            chat_template=self.chat_template,
-            stop_sequences=self.stop_sequences,
-        )
 
 
 def resolve_reward_funcs(names: list[str], judge_args=None) -> list:
