@@ -428,3 +428,36 @@ def test_the_harnesss_patches_lead_nowhere(reward):
         "def add(a, b):\n    return None if traced or found else a + b\n"
     )
     assert judge(reward, program) == [1.0]
+
+
+LYING_VALUES = {
+    # values whose own methods lie about them: the verdict reads the plain data, never the program's methods
+    "int_subclass": "class I(int):\n    def __eq__(s, o): return True\n    __hash__ = int.__hash__\n"
+    "    def __repr__(s): return '3'\n    def __index__(s): return 3\n    def __int__(s): return 3\n"
+    "def add(a, b):\n    return I(7)\n",
+    "float_subclass": "class F(float):\n    def __eq__(s, o): return True\n    __hash__ = float.__hash__\n"
+    "    def __repr__(s): return '3.0'\ndef add(a, b):\n    return F(7.0)\n",
+    "list_subclass": "class L(list):\n    def __iter__(s): return iter([3])\n    def __len__(s): return 1\n"
+    "    def __eq__(s, o): return True\n    __hash__ = None\ndef add(a, b):\n    return L([7])\n",
+    "patched_builtins": "import builtins, json\njson.dumps = lambda *a, **k: '3'\nbuiltins.repr = lambda x: '3'\n"
+    "builtins.isinstance = lambda *a: True\nbuiltins.type = lambda *a: int\ndef add(a, b):\n    return 7\n",
+    "forged_lines": "import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, b'{\"values\": [3, 0, 10]}\\n' * 3)\n"
+    "    except OSError:\n        pass\ndef add(a, b):\n    return 7\n",
+    "deep_value": "def add(a, b):\n    x = []\n    for _ in range(100000):\n        x = [x]\n    return x\n",
+    "exit_hook_output": "import atexit, os\natexit.register(lambda: os.write(1, b'3\\n'))\ndef add(a, b):\n    return 7\n",
+}
+
+
+@pytest.mark.parametrize("attack", list(LYING_VALUES))
+def test_values_that_lie_about_themselves_score_zero(reward, attack):
+    assert judge(reward, LYING_VALUES[attack]) == [0.0]
+
+
+def test_stdio_programs_that_forge_their_output_score_zero(reward):
+    tests = ["check_stdio('1 2\\n', '3\\n')", "check_stdio('-1 1\\n', '0\\n')", "check_stdio('5 5\\n', '10\\n')"]
+    forged = [
+        "import sys\nclass W:\n    def write(s, x): return len(x)\n    def flush(s): pass\nsys.stdout = W()\nprint(42)\n",
+        "import os\nfor fd in range(0, 64):\n    try:\n        os.write(fd, b'3\\n0\\n10\\n')\n    except OSError:\n"
+        "        pass\n",
+    ]
+    assert judge(reward, *forged, tests=tests) == [0.0, 0.0]
