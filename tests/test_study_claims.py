@@ -11,10 +11,14 @@ from scipy import stats
 
 from trl_shaped.study.claims import (
     CONTRADICTED,
+    FAILS,
+    HOLDS,
+    HOLDS_IN_MEANS,
     NOT_RESOLVED,
     NOT_TESTED,
     SUPPORTED,
     cell_metrics,
+    decidability,
     judge_claims,
     metric_values,
     paper_k,
@@ -150,6 +154,10 @@ def test_report_figures_and_json_from_the_fixture(tmp_path):
     assert all(not line.startswith("## ") for line in lines[1:table_start])
     for claim in results["claims"]:
         assert f"| {claim['claim']} | **{claim['verdict']}** |" in text
+    # then whether the task can decide the central claim at all, one row per precondition
+    assert lines.index("## Can this task decide the central claim?") > table_start
+    for check in results["decidability"]:
+        assert f"| {check['check']} | **{check['status']}** |" in text
     assert "Not resolved: *Stage 1: tail_penalty lowers" in text
     assert "BLAS_INFO=open" in text
     # every plotted number is in figures.json: the stage-1 means are the means over the seeds
@@ -419,3 +427,43 @@ def test_the_report_states_the_seeds_behind_each_number(tmp_path):
     )
     assert row.split(" | ")[3] == "0, 1, 2" and row.split(" | ")[5].rstrip(" |") == "0, 1, 2"
     assert "3 seeds per preset (the fewest any preset finished)" in text
+
+
+def _t_side(values, threshold=0.0):
+    """+1 / -1 if the 95% t interval of `values` lies above / below `threshold`, else 0 (computed by scipy)."""
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=statistics.mean(values),
+                                 scale=statistics.stdev(values) / math.sqrt(len(values)))  # fmt: skip
+    return 1 if low > threshold else -1 if high < threshold else 0
+
+
+def test_decidability_names_what_keeps_a_task_from_deciding_the_central_claim():
+    cells = paper_like()
+    checks = {c["id"]: c["status"] for c in decidability(metric_values(cells))}
+    assert checks["prior_moves_precision"] == checks["prior_moves_diversity"] == HOLDS
+    assert checks["room_below_ceiling"] == HOLDS  # ce's Pass@k after RL is about 0.5
+    assert checks["rl_learns"] == FAILS  # Avg@n is the same before and after RL: RL learned nothing
+
+    # ce's Pass@k just below 90% with an interval that reaches above it; a gain whose interval contains 0
+    passes, gains = {0: 0.88, 1: 0.93, 2: 0.86, 3: 0.89}, {0: 0.02, 1: 0.05, 2: -0.01, 3: 0.04}
+    for cell in cells:
+        if cell["preset"] == "ce":
+            cell["eval_rl"]["pass_at_k"]["4"] = passes[cell["seed"]]
+            cell["eval_rl"]["avg_at_n"] = cell["eval_stage1"]["avg_at_n"] + gains[cell["seed"]]
+    assert _t_side(list(passes.values()), 0.9) == 0 and statistics.mean(passes.values()) < 0.9
+    assert _t_side(list(gains.values())) == 0 and statistics.mean(gains.values()) > 0
+    checks = {c["id"]: c for c in decidability(metric_values(cells))}
+    assert checks["room_below_ceiling"]["status"] == checks["rl_learns"]["status"] == HOLDS_IN_MEANS
+    assert "ce Pass@k after RL (%): 89 [" in checks["room_below_ceiling"]["evidence"]  # a level in percent, unsigned
+
+    # saturated: every seed of ce above the ceiling; a prior the shaping moves the wrong way
+    for cell in cells:
+        if cell["preset"] == "ce":
+            cell["eval_rl"]["pass_at_k"]["4"] = 0.97 + 0.005 * cell["seed"]
+    checks = {c["id"]: c["status"] for c in decidability(metric_values(cells))}
+    assert checks["room_below_ceiling"] == FAILS
+    reversed_prior = {c["id"]: c["status"] for c in decidability(metric_values(paper_like(sign=-1)))}
+    assert reversed_prior["prior_moves_precision"] == reversed_prior["prior_moves_diversity"] == FAILS
+    # presets missing from the study are named
+    only_ce = [c for c in cells if c["preset"] == "ce"]
+    check = next(c for c in decidability(metric_values(only_ce)) if c["id"] == "prior_moves_precision")
+    assert check["status"] == NOT_TESTED and "precision" in check["evidence"]

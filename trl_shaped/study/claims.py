@@ -23,8 +23,13 @@ The claims are the paper's, about the paper's presets: an extra arm (dft) is lef
 A claim "not resolved" says what would resolve it (`resolution`): the intervals that left it open, each with its
 half-width (the smallest difference these seeds resolve) and the seeds that would resolve its observed mean at the
 same spread (`stats.seeds_to_resolve`).
+
+`decidability` asks the question before the verdicts: can this task decide the central claim at all? The presets
+must move the stage-1 prior, ce's Pass@k after RL must leave room below a ceiling, and RL must learn; a task that
+fails one leaves the claim open however many seeds run.
 """
 
+import dataclasses
 import math
 
 from .config import ALL_PRESETS, BASELINE
@@ -378,3 +383,63 @@ def judge_claims(values: dict, confidence: float = 0.95, tolerance: float = 0.05
         )
     )
     return claims
+
+
+# The Pass@k after RL above which a task leaves a better prior too little room to show: ce must stay below it.
+PASS_AT_K_CEILING = 0.90
+HOLDS, HOLDS_IN_MEANS, FAILS = "holds", "holds in the means, not resolved", "fails"
+
+
+def _check(cid: str, text: str, interval: Interval | None, want: int, label: str, missing: str, scale=1.0,
+           threshold: float = 0.0) -> dict:  # fmt: skip
+    """One precondition: `interval` lies above (`want=+1`) or below (`want=-1`) `threshold`; its mean alone on that
+    side is "holds in the means", the mean on the other side (or at it) "fails"."""
+    if interval is None:
+        return {"id": cid, "check": text, "status": NOT_TESTED, "evidence": missing}
+    shifted = dataclasses.replace(
+        interval, mean=interval.mean - threshold, low=interval.low - threshold, high=interval.high - threshold
+    )
+    status = HOLDS if shifted.sign() == want else HOLDS_IN_MEANS if shifted.mean * want > 0 else FAILS
+    shown = _fmt(interval, scale)
+    if threshold:  # a level, not a difference: no sign
+        shown = shown.replace("+", "")
+    return {"id": cid, "check": text, "status": status, "evidence": f"{label}: {shown}"}
+
+
+def decidability(values: dict, confidence: float = 0.95, ceiling: float = PASS_AT_K_CEILING) -> list[dict]:
+    """Can this study's task decide the central claim ("the precision prior gives the best Pass@k after RL")? Three
+    preconditions, each from the same intervals as the claims:
+
+    - the presets move the stage-1 distribution: held-out entropy precision < ce and diversity > ce (paired);
+    - a better prior has room to show: ce's Pass@k after RL below `ceiling`;
+    - RL learns from the prior: ce's Avg@n gain through RL above 0.
+
+    A task that fails one cannot decide the claim whatever the number of seeds (all priors saturate, or the shaping
+    does not move the prior); one that holds them only in the means needs more seeds to show it.
+
+    Returns:
+        a list of {"id", "check", "status", "evidence"}: status "holds" (the interval is on the side), "holds in the
+        means, not resolved", "fails" (the mean is on the wrong side) or "not tested" (a preset or metric missing).
+    """
+
+    def diff(metric, preset):
+        a, b = values[metric].get(preset), values[metric].get(BASELINE)
+        return paired_difference(a, b, confidence) if a and b and set(a) & set(b) else None
+
+    def ce(metric):
+        seeds = values[metric].get(BASELINE)
+        return t_interval(list(seeds.values()), confidence) if seeds else None
+
+    return [
+        _check("prior_moves_precision", "Stage 1: precision lowers the held-out entropy (vs ce)",
+               diff("stage1_entropy", "precision"), -1, "entropy precision - ce",
+               why_not_judged(values, "stage1_entropy", [BASELINE, "precision"])),
+        _check("prior_moves_diversity", "Stage 1: diversity raises the held-out entropy (vs ce)",
+               diff("stage1_entropy", "diversity"), 1, "entropy diversity - ce",
+               why_not_judged(values, "stage1_entropy", [BASELINE, "diversity"])),
+        _check("room_below_ceiling", f"After RL: ce's Pass@k stays below {100 * ceiling:.0f}%",
+               ce("rl_pass_at_k"), -1, "ce Pass@k after RL (%)", why_not_judged(values, "rl_pass_at_k", [BASELINE]),
+               scale=100, threshold=ceiling),
+        _check("rl_learns", "RL raises ce's Avg@n", ce("rl_avg_at_n_gain"), 1, "ce Avg@n gain through RL (points)",
+               why_not_judged(values, "rl_avg_at_n_gain", [BASELINE]), scale=100),
+    ]  # fmt: skip

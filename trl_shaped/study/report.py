@@ -1,8 +1,9 @@
 """The study's report: `report.md` rendered from `results.json` (the claims were judged in `claims.py`, a pure
 function of the cells' numbers; this module only renders them and records the environment).
 
-The report leads with the verdict table, then says what the study's size can resolve, then gives every metric's mean
-and paired difference to ce with their intervals, the figures, what ran, and the environment (torch, BLAS, threads).
+The report leads with the verdict table, then whether the task can decide the central claim at all, then says what
+the study's size can resolve, then gives every metric's mean and paired difference to ce with their intervals, the
+figures, what ran, and the environment (torch, BLAS, threads).
 """
 
 import json
@@ -13,7 +14,7 @@ import re
 import sys
 from pathlib import Path
 
-from .claims import METRICS, NOT_RESOLVED, NOT_TESTED
+from .claims import METRICS, NOT_RESOLVED, NOT_TESTED, PASS_AT_K_CEILING
 from .config import ALL_PRESETS, BASELINE
 from .stats import t_quantile
 
@@ -148,6 +149,26 @@ def resolution(results: dict) -> list[str]:
     return lines
 
 
+def decidability_lines(results: dict) -> list[str]:
+    """Whether the task can decide the central claim at all (`claims.decidability`): a task on which the presets do
+    not move the prior, or every prior saturates Pass@k, leaves it open however many seeds run."""
+    checks = results.get("decidability")
+    if not checks:
+        return []
+    lines = [
+        "## Can this task decide the central claim?",
+        "",
+        '"The precision prior gives the best Pass@k after RL" can only show where the presets move the stage-1 '
+        f"prior, ce's Pass@k after RL leaves room below {100 * PASS_AT_K_CEILING:.0f}%, and RL learns from the prior. "
+        "A check that fails rules the claim out of reach on this task; one that holds in the means only needs more "
+        "seeds.",
+        "",
+    ]
+    lines += _table(["precondition", "status", "evidence (mean [interval])"],
+                    [[c["check"], f"**{c['status']}**", c["evidence"]] for c in checks])  # fmt: skip
+    return lines + [""]
+
+
 def extra_arms_lines(presets: list[str]) -> list[str]:
     """A note on the arms that are not the paper's presets (dft): outside the verdicts, in the tables."""
     extra = [p for p in presets if p not in ALL_PRESETS]
@@ -257,6 +278,7 @@ def render_markdown(results: dict, figures: dict) -> str:
         f"+-{100 * config['equal_nll_tolerance']:.0f}% of ce's mean NLL; otherwise the entropy order is not resolved.",
         *extra_arms_lines(presets),
         "",
+        *decidability_lines(results),
         "## What this size can and cannot resolve",
         "",
         *resolution(results),

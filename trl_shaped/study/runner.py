@@ -59,7 +59,7 @@ from .cells import (
     write_json_atomic,
 )
 from .children import end_children_on_signals
-from .claims import judge_claims, metric_values, paper_k, summarize
+from .claims import decidability, judge_claims, metric_values, paper_k, summarize
 from .commands import BUILTIN_CELL_MODULE, builtin_cell_command, cell_command, cell_env, launcher, stage_commands
 from .config import StudyConfig
 from .launchers import run_jobs, run_local
@@ -184,6 +184,7 @@ def build_results(
         "seconds": seconds,
         "environment": env,
         "claims": judge_claims(values, config.confidence, config.equal_nll_tolerance),
+        "decidability": decidability(values, config.confidence),
         "presets": {
             p: {m: summary["mean"][m][p].to_dict() for m in summary["mean"] if p in summary["mean"][m]}
             for p in config.preset_names()
